@@ -1,0 +1,24 @@
+"""Shelfwise engine: the public API for the CLI, the TUI, the HTTP server and plugins."""
+
+from .components import (
+    Component, DataSource, Encoder, ModelState, NoConfig, ProgressCallback, Ranker,
+    RankingExample, Recaller, mention, no_progress, top_n,
+)
+from .dataset import DEFAULT_KIND_WEIGHTS, Dataset
+from .errors import (
+    ArtifactError, ConfigError, EngineError, ImportDataError, NotTrainedError, PluginError,
+    UnknownComponentError,
+)
+from .hookspecs import hookimpl
+from .types import (
+    Candidate, Event, Interaction, Item, ItemEntity, Query, Recommendation, Record, Triple, User,
+)
+
+__all__ = [
+    "ArtifactError", "Candidate", "Component", "ConfigError", "DEFAULT_KIND_WEIGHTS",
+    "DataSource", "Dataset", "Encoder", "EngineError", "Event", "ImportDataError",
+    "Interaction", "Item", "ItemEntity", "ModelState", "NoConfig", "NotTrainedError",
+    "PluginError", "ProgressCallback", "Query", "Ranker", "RankingExample", "Recaller",
+    "Recommendation", "Record", "Triple", "UnknownComponentError", "User", "hookimpl",
+    "mention", "no_progress", "top_n",
+]

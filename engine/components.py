@@ -1,0 +1,179 @@
+"""The component contracts: what a data source, encoder, recaller or ranker must offer.
+
+Plugins subclass these and hand instances to the `register` callable of the matching hook
+(see engine/hookspecs.py). A component's tunable settings live in a pydantic model named
+by its `Config` attribute; `[plugins.<name>]` in shelfwise.toml fills it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from .errors import ConfigError
+from .types import Candidate, Event, Interaction, Query, Record
+
+# progress(stage, done, total, message): total None when unknown. Must be cheap to call.
+ProgressCallback = Callable[[str, int, "int | None", str], None]
+
+
+def no_progress(stage: str, done: int, total: int | None, message: str = "") -> None:
+    return None
+
+
+class NoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class ModelState:
+    """What a fitted component saves: numeric arrays (no object dtype) and JSON metadata.
+
+    The engine stores it as an npz artifact (allow_pickle=False) or safetensors, never pickle."""
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    format: str = "npz"  # or "safetensors" (arrays must then be numeric)
+
+
+def top_n(scores: np.ndarray, n: int, banned: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the n highest scores, best first, skipping `banned` (bool mask) and -inf."""
+    s = np.asarray(scores, dtype=np.float64).copy()
+    if banned is not None:
+        s[banned] = -np.inf
+    n = min(n, int(np.isfinite(s).sum()))
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    part = np.argpartition(-s, n - 1)[:n]
+    return part[np.argsort(-s[part], kind="stable")]
+
+
+def mention(item_id: str) -> str:
+    """Reference an item inside a reason; views replace it with the item's current title."""
+    return f"[[{item_id}]]"
+
+
+class Component(ABC):
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[BaseModel]] = NoConfig
+
+    def __init__(self, config: BaseModel | Mapping[str, Any] | None = None):
+        if config is None:
+            config = {}
+        if isinstance(config, Mapping):
+            try:
+                config = self.Config(**config)
+            except Exception as exc:  # pydantic.ValidationError, TypeError
+                raise ConfigError(f"[plugins.{self.name}] is invalid: {exc}") from exc
+        self.config = config
+
+    def state(self) -> ModelState:
+        """Everything needed to serve after a restart. Default: nothing."""
+        return ModelState()
+
+    def load(self, state: ModelState) -> None:
+        """Restore what `state()` returned."""
+
+    def is_fitted(self) -> bool:
+        return True
+
+
+class DataSource(Component):
+    """Reads records from somewhere (files, a generator, an export)."""
+
+    @abstractmethod
+    def read(self, location: str | None, **options: Any) -> Iterator[Record]:
+        """Yield Item, User, Event, Triple and ItemEntity records.
+
+        Raise ImportDataError (file, line, field, problem) on bad input; the engine then
+        writes nothing of this import."""
+
+
+class Encoder(Component):
+    """Turns texts into unit-length float32 vectors."""
+
+    dim: int = 0
+
+    @abstractmethod
+    def encode(self, texts: Sequence[str], progress: ProgressCallback | None = None) -> np.ndarray:
+        """Return a float32 array of shape (len(texts), dim), each row L2-normalised."""
+
+
+class Recaller(Component):
+    """Proposes candidate items for a batch of queries.
+
+    `default_quota` > 0 puts the recaller in the default pipeline (with that many
+    candidates per request) when it is installed; 0 means "only when configured".
+    `similar_items` says whether it answers item-to-item queries (`query.item_id`)."""
+
+    default_quota: ClassVar[int] = 0
+    similar_items: ClassVar[bool] = True
+
+    @abstractmethod
+    def fit(self, data: "Dataset", progress: ProgressCallback | None = None) -> None:
+        """Learn from `data` (never from the store directly: evaluation passes a split)."""
+
+    @abstractmethod
+    def recall(self, queries: Sequence[Query], n: int) -> list[list[Candidate]]:
+        """For each query, up to `n` candidates, best first, none in `query.exclude`.
+
+        Every candidate has `source == self.name`, a readable `reason`, and
+        `scores[self.name]`/`ranks[self.name]` set (use `candidates()` to build them)."""
+
+    def is_fitted(self) -> bool:
+        return getattr(self, "_fitted", False)
+
+    def update(self, events: Sequence[Event],
+               histories: Mapping[str, Sequence[Interaction]]) -> bool:
+        """Fold new events in without a full retrain. Return True if the state changed
+        (the engine then saves it). `histories` maps each user of `events` to their
+        history before these events (oldest first, recent part only).
+        Default: not incremental."""
+        return False
+
+    def candidates(self, scored: Sequence[tuple[str, float, str]]) -> list[Candidate]:
+        """Build this recaller's candidates from (item_id, score, reason), best first."""
+        return [
+            Candidate(item_id, float(score), self.name, reason, scores={self.name: float(score)},
+                      ranks={self.name: rank}, reasons={self.name: reason})
+            for rank, (item_id, score, reason) in enumerate(scored, start=1)
+        ]
+
+
+@dataclass
+class RankingExample:
+    """A validation moment: the query, what recall proposed, and what the user did next."""
+
+    query: Query
+    candidates: list[Candidate]
+    relevant: frozenset[str]
+
+
+class Ranker(Component):
+    """Orders merged candidates. Learns from validation examples the engine builds.
+
+    Of the installed rankers, the default pipeline uses the fitted one with the highest
+    `priority` (a learned ranker outranks plain score fusion)."""
+
+    priority: ClassVar[int] = 0
+
+    @abstractmethod
+    def fit(self, examples: Sequence[RankingExample], data: "Dataset",
+            progress: ProgressCallback | None = None) -> dict[str, float]:
+        """Learn from examples; return validation metrics (at least "ndcg@10")."""
+
+    @abstractmethod
+    def rank(self, query: Query, candidates: Sequence[Candidate]) -> list[Candidate]:
+        """Return the candidates re-scored, best first. Keep `source`, `reason`,
+        `scores` and `ranks`; set `score` to this ranker's score."""
+
+    def is_fitted(self) -> bool:
+        return getattr(self, "_fitted", False)
+
+
+from .dataset import Dataset  # noqa: E402  (circular: Dataset mentions nothing here)

@@ -1,0 +1,71 @@
+"""Settings: shelfwise.toml (next to the database, or SHELFWISE_CONFIG) over the defaults.
+
+    [pipeline]
+    recallers = { als = 200, cooccurrence = 100, popular = 50 }   # name = candidates
+    ranker = "fusion"
+    exclude_kinds = ["purchase", "rating"]
+
+    [events.weights]
+    view = 1
+    cart = 4
+    purchase = 8
+
+    [plugins.als]
+    factors = 64
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .dataset import DEFAULT_KIND_WEIGHTS
+from .errors import ConfigError
+
+
+class PipelineSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    recallers: dict[str, int] | None = Field(
+        None, description="recaller name -> candidates per request; default: every installed "
+                          "recaller that declares a default quota")
+    ranker: str | None = Field(None, description="default: the fitted ranker with the highest priority")
+    exclude_kinds: list[str] = Field(["purchase", "rating"],
+                                     description="items the user did this to are not recommended again")
+    history: int = Field(200, ge=1, description="most recent events of a user passed to recallers")
+    validation_share: float = Field(0.1, gt=0, lt=0.5, description="share of each user's newest items held out for tuning")
+    validation_users: int = Field(3000, ge=10, description="at most this many users tune the ranker")
+    min_interactions: int = Field(5, ge=2, description="users with fewer distinct items are never held out")
+    seed: int = 0
+
+
+class EventSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_KIND_WEIGHTS))
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+def load_settings(db_path: str | Path | None = None, path: str | Path | None = None) -> Settings:
+    """Read settings from `path`, else $SHELFWISE_CONFIG, else shelfwise.toml beside the db."""
+    candidates = [path, os.environ.get("SHELFWISE_CONFIG")]
+    if db_path is not None:
+        candidates.append(Path(db_path).resolve().parent / "shelfwise.toml")
+    for p in candidates:
+        if p and Path(p).is_file():
+            try:
+                raw = tomllib.loads(Path(p).read_text())
+                return Settings(**raw)
+            except (tomllib.TOMLDecodeError, ValidationError) as exc:
+                raise ConfigError(f"{p}: {exc}") from exc
+        if p == path and path is not None:
+            raise ConfigError(f"Config file {path} does not exist.")
+    return Settings()

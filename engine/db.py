@@ -1,0 +1,36 @@
+"""open_db: one SQLite file in WAL mode with every migration set applied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from .errors import EngineError
+from .migrations import migrations as engine_migrations
+
+
+def open_db(path: str | Path, extra: Iterable[Migrations] = ()) -> sqlite_utils.Database:
+    """Open (creating if needed) the database at `path` and bring its schema up to date.
+
+    `extra` are plugins' migration sets, applied after the engine's own."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise EngineError(f"Cannot create database {path}: folder {path.parent} does not exist.")
+    db = sqlite_utils.Database(path)
+    db.conn.execute("PRAGMA busy_timeout = 30000")
+    if db.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        db.enable_wal()
+    db.conn.execute("PRAGMA synchronous = NORMAL")
+    db.conn.execute("PRAGMA foreign_keys = ON")
+    names = {engine_migrations.name}
+    engine_migrations.apply(db)
+    for m in extra:
+        if m.name in names:
+            raise EngineError(f"Two migration sets are named {m.name!r}; plugin sets must be "
+                              f"named 'plugins.<name>'.")
+        names.add(m.name)
+        m.apply(db)
+    return db

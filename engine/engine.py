@@ -1,0 +1,305 @@
+"""Engine: the one API behind the CLI, the TUI and the HTTP server."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from .artifacts import dump_state, load_state
+from .components import Component, ProgressCallback, Ranker, Recaller, no_progress
+from .config import Settings, load_settings
+from .dataset import Dataset
+from .db import open_db
+from .errors import EngineError, NotTrainedError, UnknownComponentError
+from .evaluation import holdout
+from .metrics import aggregate
+from .pipeline import Pipeline
+from .plugins import PluginRegistry, load_plugins
+from .store import ImportReport, Store
+from .training import fit_pipeline
+from .types import Candidate, Event, Item, Query, Recommendation
+
+MENTION = re.compile(r"\[\[(.+?)\]\]")
+
+
+class Engine:
+    def __init__(self, db_path: str | Path = "shelfwise.db", settings: Settings | None = None,
+                 registry: PluginRegistry | None = None, config_path: str | Path | None = None):
+        self.db_path = Path(db_path)
+        self.registry = registry or load_plugins()
+        self.settings = settings or load_settings(self.db_path, config_path)
+        self.db = open_db(self.db_path)
+        self.store = Store(self.db)
+        self._loaded: dict[str, Component] = {}
+        self._catalogue: tuple[set[str], dict[str, str]] | None = None
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- plugins and components --------------------------------------------------------
+
+    def plugins(self) -> dict[str, Any]:
+        return {"plugins": self.registry.plugins(),
+                "failures": [f.__dict__ for f in self.registry.failures]}
+
+    def components(self) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        active = {a["name"]: a for a in self.store.active_artifacts()}
+        for kind, found in self.registry.components().items():
+            out[kind] = []
+            for name, (plugin, cls) in sorted(found.items()):
+                art = active.get(f"{kind[:-1]}/{name}")
+                out[kind].append({
+                    "name": name, "plugin": plugin, "description": cls.description,
+                    "trained": art is not None,
+                    "trained_at": art["created_at"] if art else None,
+                    "default": (getattr(cls, "default_quota", 0) > 0) if kind == "recallers" else None,
+                })
+        return out
+
+    def _make(self, kind: str, name: str) -> Component:
+        cls = self.registry.component(kind, name)
+        return cls(self.settings.plugins.get(name, {}))
+
+    def _fitted(self, kind: str, name: str) -> Component | None:
+        """The component with its active trained state, or None if never trained."""
+        key = f"{kind[:-1]}/{name}"
+        if key not in self._loaded:
+            component = self._make(kind, name)
+            found = self.store.load_artifact(key)
+            if found is None:
+                return None
+            component.load(load_state(*found))
+            self._loaded[key] = component
+        return self._loaded[key]
+
+    def _recaller_quotas(self, names: Sequence[str] | None = None) -> dict[str, int]:
+        installed = self.registry.components()["recallers"]
+        if names:
+            configured = self.settings.pipeline.recallers or {}
+            quotas = {}
+            for name in names:
+                cls = self.registry.component("recallers", name)
+                quotas[name] = configured.get(name) or cls.default_quota or 100
+            return quotas
+        if self.settings.pipeline.recallers is not None:
+            for name in self.settings.pipeline.recallers:
+                self.registry.component("recallers", name)
+            return dict(self.settings.pipeline.recallers)
+        return {name: cls.default_quota for name, (_, cls) in installed.items() if cls.default_quota > 0}
+
+    def _ranker_name(self, override: str | None = None, fitted_only: bool = True) -> str | None:
+        if override:
+            self.registry.component("rankers", override)
+            return override
+        if self.settings.pipeline.ranker:
+            return self.settings.pipeline.ranker
+        rankers = sorted(self.registry.components()["rankers"].items(),
+                         key=lambda kv: -kv[1][1].priority)
+        for name, _ in rankers:
+            if not fitted_only or self._fitted("rankers", name) is not None:
+                return name
+        return None
+
+    def _catalogue_view(self) -> tuple[set[str], dict[str, str]]:
+        if self._catalogue is None:
+            rows = self.store.conn.execute("SELECT item_id, category, in_stock FROM items").fetchall()
+            self._catalogue = ({r[0] for r in rows if r[2]}, {r[0]: r[1] or "" for r in rows})
+        return self._catalogue
+
+    def pipeline(self, recallers: Sequence[str] | None = None, ranker: str | None = None) -> Pipeline:
+        """The serving pipeline, from trained components only."""
+        quotas = self._recaller_quotas(recallers)
+        fitted: dict[str, Recaller] = {}
+        for name in quotas:
+            r = self._fitted("recallers", name)
+            if r is not None:
+                fitted[name] = r
+            elif recallers:
+                raise NotTrainedError(f"Recaller {name!r} has not been trained. Run \"shelfwise train\".")
+        if not fitted:
+            raise NotTrainedError("No trained recallers in this database. Import data, then run "
+                                  "\"shelfwise train\" (or \"shelfwise demo\" for the demo shop).")
+        ranker_name = self._ranker_name(ranker)
+        ranker_obj = None
+        if ranker_name is not None:
+            ranker_obj = self._fitted("rankers", ranker_name)
+            if ranker_obj is None and ranker:
+                raise NotTrainedError(f"Ranker {ranker_name!r} has not been trained. Run \"shelfwise train\".")
+        available, categories = self._catalogue_view()
+        return Pipeline(fitted, {k: v for k, v in quotas.items() if k in fitted}, ranker_obj,
+                        available=available, categories=categories)
+
+    # -- data --------------------------------------------------------------------------
+
+    def import_data(self, source: str, location: str | None = None,
+                    progress: ProgressCallback | None = None, **options: Any) -> ImportReport:
+        reader = self._make("sources", source)
+        report = self.store.write(reader.read(location, **options), progress=progress)
+        self._catalogue = None
+        return report
+
+    def dataset(self) -> Dataset:
+        return self.store.dataset(self.settings.events.weights)
+
+    def ingest(self, events: Sequence[Event]) -> dict[str, Any]:
+        """Store new events (idempotent) and fold them into incremental recallers at once."""
+        users = {e.user_id for e in events}
+        histories = {u: self.store.history(u, self.settings.pipeline.history) for u in users}
+        with self.db.atomic():
+            added, duplicates, conflicts = self.store.add_events(events)
+            if conflicts:
+                raise EngineError(
+                    f"event_id {conflicts[0].event_id!r} was already stored with a different "
+                    f"payload; nothing of this batch was stored.", title="Conflict")
+        if added:
+            self._update_recallers(added, histories)
+        return {"accepted": len(added), "duplicates": duplicates}
+
+    def _update_recallers(self, events: Sequence[Event], histories) -> None:
+        blobs = {}
+        for name in self._recaller_quotas():
+            recaller = self._fitted("recallers", name)
+            if recaller is not None and recaller.update(events, histories):
+                blobs[f"recaller/{name}"] = dump_state(recaller.state())
+        if blobs:
+            self.store.save_artifacts(blobs)
+
+    # -- training and evaluation -------------------------------------------------------
+
+    def _fresh_components(self, recallers: Sequence[str] | None = None, ranker: str | None = None):
+        quotas = self._recaller_quotas(recallers)
+        fresh = {name: self._make("recallers", name) for name in quotas}
+        ranker_name = self._ranker_name(ranker, fitted_only=False)
+        return quotas, fresh, (self._make("rankers", ranker_name) if ranker_name else None)
+
+    def train(self, progress: ProgressCallback = no_progress) -> dict[str, Any]:
+        """Fit every pipeline component on the whole store and activate them together."""
+        started = time.perf_counter()
+        data = self.dataset()
+        if data.n_events == 0:
+            raise EngineError("There are no events to learn from. Import some first: "
+                              "\"shelfwise import csv --events events.csv\".", title="No data")
+        quotas, recallers, ranker = self._fresh_components()
+        run_id = self.store.start_run("train", {"recallers": quotas,
+                                                "ranker": ranker.name if ranker else None})
+        try:
+            report = fit_pipeline(data, recallers, quotas, ranker, self.settings.pipeline, progress)
+        except BaseException as exc:
+            self.store.finish_run(run_id, {}, status="failed", note=str(exc))
+            raise
+        progress("save", 0, 1, "writing model artifacts")
+        blobs = {f"recaller/{n}": dump_state(r.state()) for n, r in recallers.items()}
+        if ranker is not None:
+            blobs[f"ranker/{ranker.name}"] = dump_state(ranker.state())
+        versions = self.store.save_artifacts(blobs)
+        self._loaded.clear()
+        self._catalogue = None
+        report.update({"run_id": run_id, "events": data.n_events, "users": data.n_users,
+                       "items": data.n_items, "versions": versions,
+                       "total_seconds": time.perf_counter() - started})
+        self.store.finish_run(run_id, report)
+        progress("save", 1, 1, "models activated")
+        return report
+
+    def evaluate(self, k: int = 10, progress: ProgressCallback = no_progress,
+                 recallers: Sequence[str] | None = None, ranker: str | None = None) -> dict[str, Any]:
+        """Hold out each user's newest items, fit on the rest, score per recaller and pipeline."""
+        ps = self.settings.pipeline
+        data = self.dataset()
+        split = holdout(data, ps.validation_share, ps.min_interactions, history=ps.history)
+        if not split.queries:
+            raise EngineError(f"No user has {ps.min_interactions} or more distinct items, so "
+                              f"nothing can be held out for evaluation.", title="Too little data")
+        quotas, fresh, ranker_obj = self._fresh_components(recallers, ranker)
+        run_id = self.store.start_run("evaluate", {"k": k, "recallers": quotas,
+                                                   "ranker": ranker_obj.name if ranker_obj else None})
+        fit_report = fit_pipeline(split.visible, fresh, quotas, ranker_obj, ps, progress)
+        results = []
+        names = [str(i) for i in data.item_ids]
+        for name, recaller in fresh.items():
+            progress(f"score {name}", 0, 1, "")
+            lists = recaller.recall(split.queries, k)
+            metrics = aggregate([[c.item_id for c in cs] for cs in lists], split.relevant, k, len(names))
+            results.append({"name": name, "kind": "recaller", "metrics": metrics})
+        progress("score pipeline", 0, 1, "")
+        pipe = Pipeline(fresh, quotas, ranker_obj)
+        lists = pipe.run(split.queries, k)
+        metrics = aggregate([[c.item_id for c in cs] for cs in lists], split.relevant, k, len(names))
+        results.append({"name": "pipeline", "kind": "pipeline", "metrics": metrics,
+                        "ranker": ranker_obj.name if ranker_obj else None})
+        out = {"k": k, "results": results, "run_id": run_id, "users": len(split.queries),
+               "ranker_validation": fit_report.get("ranker", {}),
+               "candidate_hit_rate": fit_report.get("candidate_hit_rate")}
+        self.store.finish_run(run_id, out)
+        return out
+
+    # -- recommendations ---------------------------------------------------------------
+
+    def query_for(self, user_id: str, category: str | None = None,
+                  exclude: Iterable[str] = ()) -> Query:
+        ps = self.settings.pipeline
+        history = self.store.history(user_id, ps.history)
+        consumed = self.store.consumed(user_id, ps.exclude_kinds)
+        return Query(user_id=user_id, history=history, exclude=frozenset(consumed) | frozenset(exclude),
+                     category=category, now=time.time())
+
+    def recommend(self, user_id: str, n: int = 10, recallers: Sequence[str] | None = None,
+                  ranker: str | None = None, category: str | None = None,
+                  exclude: Iterable[str] = ()) -> list[Recommendation]:
+        if n < 1:
+            raise EngineError(f"n must be at least 1, not {n}.")
+        pipe = self.pipeline(recallers, ranker)
+        query = self.query_for(user_id, category, exclude)
+        return self.render(pipe.run([query], n)[0], pipe.ranker)
+
+    def recommend_all(self, n: int = 10, batch: int = 512,
+                      progress: ProgressCallback = no_progress) -> Iterator[tuple[str, list[Recommendation]]]:
+        """Recommendations for every user with at least one event, in batches."""
+        pipe = self.pipeline()
+        users = self.store.users_with_events()
+        for start in range(0, len(users), batch):
+            part = users[start:start + batch]
+            queries = [self.query_for(u) for u in part]
+            for u, cands in zip(part, pipe.run(queries, n)):
+                yield u, [Recommendation(c.item_id, "", c.score, rank, c.source, c.reason)
+                          for rank, c in enumerate(cands, start=1)]
+            progress("recommend", min(start + batch, len(users)), len(users), "")
+
+    def similar(self, item_id: str, n: int = 10) -> list[Recommendation]:
+        if self.store.item(item_id) is None and not self.store.item_events(item_id, 1):
+            raise EngineError(f"Unknown item {item_id!r}. Find ids with \"shelfwise items QUERY\".",
+                              title="Unknown item")
+        pipe = self.pipeline()
+        pipe.recallers = {k: r for k, r in pipe.recallers.items() if r.similar_items}
+        pipe.ranker = None
+        query = Query(item_id=item_id, exclude=frozenset([item_id]), now=time.time())
+        return self.render(pipe.run([query], n)[0], None)
+
+    def render(self, cands: Sequence[Candidate], ranker: Ranker | None) -> list[Recommendation]:
+        """Candidates as the views show them: titles filled in, mentions named."""
+        mentioned = {m for c in cands for m in MENTION.findall(c.reason)}
+        items = self.store.items([c.item_id for c in cands] + sorted(mentioned))
+
+        def name(match: re.Match) -> str:
+            it = items.get(match.group(1))
+            return f"“{it.title}”" if it and it.title else f"item {match.group(1)}"
+
+        out = []
+        for rank, c in enumerate(cands, start=1):
+            it = items.get(c.item_id) or Item(c.item_id)
+            out.append(Recommendation(
+                item_id=c.item_id, title=it.title, score=c.score, rank=rank, source=c.source,
+                reason=MENTION.sub(name, c.reason), sources=tuple(sorted(c.ranks, key=c.ranks.get)),
+                ranker=ranker.name if ranker else "", category=it.category, price=it.price))
+        return out
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {"db": str(self.db_path), "counts": self.store.counts(),
+                "models": self.store.active_artifacts(),
+                "last_train": next(iter(self.store.runs("train", 1)), None),
+                "last_evaluation": next(iter(self.store.runs("evaluate", 1)), None)}

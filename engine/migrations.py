@@ -1,0 +1,55 @@
+"""The engine's schema, as numbered sqlite-utils migrations. Never edit one that has landed:
+add the next number instead."""
+
+from __future__ import annotations
+
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("engine")
+
+
+@migrations()
+def m001_core_tables(db):
+    db["items"].create({
+        "item_id": str, "title": str, "description": str, "category": str, "brand": str,
+        "price": float, "tags": str, "in_stock": int, "attrs": str,
+        "created_at": float, "updated_at": float,
+    }, pk="item_id")
+    db["items"].create_index(["category"])
+    db["users"].create({"user_id": str, "attrs": str, "created_at": float}, pk="user_id")
+    db["events"].create({
+        "id": int, "event_id": str, "user_id": str, "item_id": str, "kind": str,
+        "value": float, "ts": float,
+    }, pk="id", not_null={"event_id", "user_id", "item_id", "kind", "ts"})
+    db["events"].create_index(["event_id"], unique=True)
+    db["events"].create_index(["user_id", "ts"])
+    db["events"].create_index(["item_id"])
+    db["events"].create_index(["ts"])
+
+
+@migrations()
+def m002_knowledge_graph(db):
+    db["triples"].create({"head": str, "relation": str, "tail": str},
+                         not_null={"head", "relation", "tail"})
+    db["triples"].create_index(["head", "relation", "tail"], unique=True)
+    db["triples"].create_index(["tail"])
+    db["item_entities"].create({"item_id": str, "entity": str}, not_null={"item_id", "entity"})
+    db["item_entities"].create_index(["item_id", "entity"], unique=True)
+    db["item_entities"].create_index(["entity"])
+
+
+@migrations()
+def m003_models(db):
+    db["embeddings"].create({
+        "encoder": str, "item_id": str, "content_hash": str, "dim": int, "vector": bytes,
+    }, pk=("encoder", "item_id"))
+    db["artifacts"].create({
+        "id": int, "name": str, "version": int, "format": str, "bytes": bytes,
+        "sha256": str, "size": int, "meta": str, "created_at": float, "active": int,
+    }, pk="id", not_null={"name", "version", "format", "bytes", "sha256"})
+    db["artifacts"].create_index(["name", "version"], unique=True)
+    db["artifacts"].create_index(["name", "active"])
+    db["runs"].create({
+        "id": int, "kind": str, "status": str, "started_at": float, "finished_at": float,
+        "config": str, "metrics": str, "note": str,
+    }, pk="id")

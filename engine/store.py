@@ -1,0 +1,372 @@
+"""Store: every table of the shop's SQLite file behind small, transactional methods.
+
+Imports and model swaps are all-or-nothing: `write` runs one transaction for a whole
+import, `activate` switches every artifact of a training run at once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import sqlite_utils
+
+from .dataset import DEFAULT_KIND_WEIGHTS, Dataset
+from .errors import ArtifactError, ImportDataError
+from .types import Event, Interaction, Item, ItemEntity, Record, Triple, User
+
+CHUNK = 20_000
+
+
+def event_id_for(e: Event) -> str:
+    """A stable id for an event that came without one, so re-imports add nothing."""
+    raw = f"{e.user_id}\x1f{e.item_id}\x1f{e.kind}\x1f{e.ts!r}\x1f{e.value!r}".encode()
+    return "h:" + hashlib.blake2b(raw, digest_size=10).hexdigest()
+
+
+@dataclass
+class ImportReport:
+    items: int = 0
+    users: int = 0
+    events: int = 0
+    duplicates: int = 0
+    triples: int = 0
+    links: int = 0
+    seconds: float = 0.0
+    conflicts: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in
+                ("items", "users", "events", "duplicates", "triples", "links", "seconds")}
+
+
+def _item_row(item: Item, now: float) -> tuple:
+    return (item.item_id, item.title, item.description, item.category, item.brand, item.price,
+            json.dumps(list(item.tags)) if item.tags else "[]", 1 if item.in_stock else 0,
+            json.dumps(dict(item.attrs), sort_keys=True) if item.attrs else "{}", now, now)
+
+
+def row_to_item(row: Mapping[str, Any]) -> Item:
+    return Item(
+        item_id=row["item_id"], title=row["title"] or "", description=row["description"] or "",
+        category=row["category"] or "", brand=row["brand"] or "", price=row["price"],
+        tags=tuple(json.loads(row["tags"] or "[]")), in_stock=bool(row["in_stock"]),
+        attrs=json.loads(row["attrs"] or "{}"),
+    )
+
+
+class Store:
+    def __init__(self, db: sqlite_utils.Database):
+        self.db = db
+        self.conn = db.conn
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write(self, records: Iterable[Record], progress=None) -> ImportReport:
+        """Write a whole import in one transaction: every record or none of them."""
+        started = time.perf_counter()
+        report = ImportReport()
+        buffers: dict[type, list] = {Item: [], User: [], Event: [], Triple: [], ItemEntity: []}
+        seen = 0
+        with self.db.atomic():
+            for record in records:
+                buf = buffers.get(type(record))
+                if buf is None:
+                    raise ImportDataError(getattr(record, "origin", "") or "source", None, None,
+                                          f"unsupported record type {type(record).__name__}")
+                buf.append(record)
+                if len(buf) >= CHUNK:
+                    self._flush(type(record), buf, report)
+                seen += 1
+                if progress and seen % CHUNK == 0:
+                    progress("import", seen, None, f"{seen:,} records")
+            for kind, buf in buffers.items():
+                if buf:
+                    self._flush(kind, buf, report)
+        if progress:
+            progress("import", seen, seen, f"{seen:,} records")
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _flush(self, kind: type, buf: list, report: ImportReport) -> None:
+        if kind is Item:
+            report.items += self._write_items(buf)
+        elif kind is User:
+            report.users += self._write_users(buf)
+        elif kind is Event:
+            added, dups, conflicts = self.add_events(buf)
+            report.events += len(added)
+            report.duplicates += dups
+            if conflicts:
+                e = conflicts[0]
+                raise ImportDataError(e.origin or "events", None, "event_id",
+                                      f"{e.event_id!r} was already stored with a different "
+                                      f"payload (user, item, kind, value or timestamp differ)")
+        elif kind is Triple:
+            report.triples += self._insert_ignore(
+                "INSERT OR IGNORE INTO triples (head, relation, tail) VALUES (?, ?, ?)",
+                [(t.head, t.relation, t.tail) for t in buf])
+        elif kind is ItemEntity:
+            report.links += self._insert_ignore(
+                "INSERT OR IGNORE INTO item_entities (item_id, entity) VALUES (?, ?)",
+                [(link.item_id, link.entity) for link in buf])
+        buf.clear()
+
+    def _insert_ignore(self, sql: str, rows: list[tuple]) -> int:
+        before = self.conn.total_changes
+        self.conn.executemany(sql, rows)
+        return self.conn.total_changes - before
+
+    def _write_items(self, items: Sequence[Item]) -> int:
+        """Insert new items, update changed ones. Returns how many rows changed."""
+        now = time.time()
+        return self._insert_ignore(
+            """INSERT INTO items (item_id, title, description, category, brand, price, tags,
+                                  in_stock, attrs, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(item_id) DO UPDATE SET
+                 title=excluded.title, description=excluded.description,
+                 category=excluded.category, brand=excluded.brand, price=excluded.price,
+                 tags=excluded.tags, in_stock=excluded.in_stock, attrs=excluded.attrs,
+                 updated_at=excluded.updated_at
+               WHERE (title, description, category, brand, price, tags, in_stock, attrs)
+                     IS NOT (excluded.title, excluded.description, excluded.category,
+                             excluded.brand, excluded.price, excluded.tags,
+                             excluded.in_stock, excluded.attrs)""",
+            [_item_row(i, now) for i in items])
+
+    def _write_users(self, users: Sequence[User]) -> int:
+        now = time.time()
+        return self._insert_ignore(
+            """INSERT INTO users (user_id, attrs, created_at) VALUES (?, ?, ?)
+               ON CONFLICT(user_id) DO UPDATE SET attrs=excluded.attrs
+               WHERE attrs IS NOT excluded.attrs""",
+            [(u.user_id, json.dumps(dict(u.attrs), sort_keys=True), now) for u in users])
+
+    def add_events(self, events: Sequence[Event]) -> tuple[list[Event], int, list[Event]]:
+        """Store events idempotently. Returns (added, duplicates, conflicts): a duplicate
+        resends a stored id with the same payload and is skipped; a conflict reuses an id
+        for different data and is not stored (the caller decides whether that is fatal)."""
+        rows = []
+        for e in events:
+            if not e.user_id or not e.item_id:
+                raise ImportDataError(e.origin or "events", None,
+                                      "user_id" if not e.user_id else "item_id", "is empty")
+            if not math.isfinite(e.ts):
+                raise ImportDataError(e.origin or "events", None, "timestamp",
+                                      f"{e.ts!r} is not a finite time")
+            rows.append((e.event_id or event_id_for(e), e.user_id, e.item_id, e.kind,
+                         e.value, float(e.ts)))
+        seen = self._stored_events([r[0] for r in rows])
+        added, new_rows, conflicts, duplicates = [], [], [], 0
+        for e, row in zip(events, rows):
+            previous = seen.get(row[0])
+            if previous is None:
+                seen[row[0]] = row
+                new_rows.append(row)
+                added.append(e)
+            elif previous == row:
+                duplicates += 1
+            else:
+                conflicts.append(e)
+        self.conn.executemany(
+            "INSERT INTO events (event_id, user_id, item_id, kind, value, ts) "
+            "VALUES (?, ?, ?, ?, ?, ?)", new_rows)
+        if new_rows:
+            now = time.time()
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO users (user_id, attrs, created_at) VALUES (?, '{}', ?)",
+                [(u, now) for u in {r[1] for r in new_rows}])
+        return added, duplicates, conflicts
+
+    def _stored_events(self, ids: list[str]) -> dict[str, tuple]:
+        stored: dict[str, tuple] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for row in self.conn.execute(
+                    f"SELECT event_id, user_id, item_id, kind, value, ts FROM events "
+                    f"WHERE event_id IN ({marks})", part):
+                stored[row[0]] = row
+        return stored
+
+    def consumed(self, user_id: str, kinds: Sequence[str]) -> set[str]:
+        """Items the user did one of `kinds` to (by default: bought or rated)."""
+        if not kinds:
+            return set()
+        marks = ",".join("?" * len(kinds))
+        return {r[0] for r in self.conn.execute(
+            f"SELECT DISTINCT item_id FROM events WHERE user_id = ? AND kind IN ({marks})",
+            [user_id, *kinds])}
+
+    def delete_user(self, user_id: str) -> int:
+        with self.db.atomic():
+            n = self.conn.execute("DELETE FROM events WHERE user_id = ?", [user_id]).rowcount
+            self.conn.execute("DELETE FROM users WHERE user_id = ?", [user_id])
+        return n
+
+    # -- reading -----------------------------------------------------------------------
+
+    def counts(self) -> dict[str, Any]:
+        q = self.conn.execute
+        by_kind = dict(q("SELECT kind, count(*) FROM events GROUP BY kind ORDER BY 2 DESC"))
+        return {
+            "items": q("SELECT count(*) FROM items").fetchone()[0],
+            "users": q("SELECT count(*) FROM users").fetchone()[0],
+            "events": sum(by_kind.values()),
+            "events_by_kind": by_kind,
+            "triples": q("SELECT count(*) FROM triples").fetchone()[0],
+            "links": q("SELECT count(*) FROM item_entities").fetchone()[0],
+        }
+
+    def items(self, ids: Iterable[str]) -> dict[str, Item]:
+        ids = list(dict.fromkeys(ids))
+        out: dict[str, Item] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for row in self.db.query(f"SELECT * FROM items WHERE item_id IN ({marks})", part):
+                out[row["item_id"]] = row_to_item(row)
+        return out
+
+    def item(self, item_id: str) -> Item | None:
+        return self.items([item_id]).get(item_id)
+
+    def catalogue(self) -> Iterator[Item]:
+        for row in self.db.query("SELECT * FROM items ORDER BY item_id"):
+            yield row_to_item(row)
+
+    def find_items(self, text: str, limit: int = 20) -> list[Item]:
+        like = f"%{text}%"
+        rows = self.db.query(
+            "SELECT * FROM items WHERE item_id = ? OR title LIKE ? ORDER BY "
+            "item_id = ? DESC, length(title) LIMIT ?", [text, like, text, limit])
+        return [row_to_item(r) for r in rows]
+
+    def available_items(self) -> set[str]:
+        """Catalogue items that can be recommended (known and in stock)."""
+        return {r[0] for r in self.conn.execute("SELECT item_id FROM items WHERE in_stock = 1")}
+
+    def has_user(self, user_id: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM users WHERE user_id = ?",
+                                 [user_id]).fetchone() is not None
+
+    def history(self, user_id: str, limit: int | None = None) -> tuple[Interaction, ...]:
+        """The user's events, oldest first (the newest `limit` of them)."""
+        sql = "SELECT item_id, kind, ts, value FROM events WHERE user_id = ? ORDER BY ts DESC, id DESC"
+        params: list[Any] = [user_id]
+        if limit:
+            sql += " LIMIT ?"
+            params.append(limit)
+        rows = self.conn.execute(sql, params).fetchall()
+        return tuple(Interaction(r[0], r[1], r[2], r[3]) for r in reversed(rows))
+
+    def users_with_events(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT user_id FROM events ORDER BY user_id")]
+
+    def item_events(self, item_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        return list(self.db.query(
+            "SELECT user_id, kind, ts, value FROM events WHERE item_id = ? ORDER BY ts DESC LIMIT ?",
+            [item_id, limit]))
+
+    def dataset(self, kind_weights: Mapping[str, float] | None = None) -> Dataset:
+        """Everything in the store as arrays, events in time order."""
+        rows = self.conn.execute("SELECT user_id, item_id, kind, value, ts FROM events ORDER BY ts, id")
+        cols = list(zip(*rows)) or [(), (), (), (), ()]
+        users, items, kinds, values, ts = cols
+        cat = self.conn.execute("SELECT item_id, in_stock, category FROM items ORDER BY item_id").fetchall()
+        cat_ids = [r[0] for r in cat]
+        data = Dataset.from_arrays(users, items, kinds, ts, values=values, catalogue=cat_ids,
+                                   kind_weights=kind_weights or DEFAULT_KIND_WEIGHTS, store=self)
+        stock = dict((r[0], bool(r[1])) for r in cat)
+        category = dict((r[0], r[2] or "") for r in cat)
+        ids = data.item_ids.tolist()
+        data.in_stock = np.array([stock.get(i, False) for i in ids], dtype=bool)
+        data.categories = np.array([category.get(i, "") for i in ids], dtype=str)
+        return data
+
+    # -- artifacts ---------------------------------------------------------------------
+
+    def save_artifacts(self, blobs: Mapping[str, tuple[bytes, str, dict]], activate: bool = True) -> dict[str, int]:
+        """Store new versions of several artifacts and (optionally) make them the active
+        ones, all in one transaction. Returns name -> version."""
+        versions = {}
+        now = time.time()
+        with self.db.atomic():
+            for name, (payload, fmt, meta) in blobs.items():
+                version = (self.conn.execute("SELECT max(version) FROM artifacts WHERE name = ?",
+                                             [name]).fetchone()[0] or 0) + 1
+                self.conn.execute(
+                    "INSERT INTO artifacts (name, version, format, bytes, sha256, size, meta, "
+                    "created_at, active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                    [name, version, fmt, payload, hashlib.sha256(payload).hexdigest(),
+                     len(payload), json.dumps(meta), now])
+                versions[name] = version
+            if activate:
+                for name, version in versions.items():
+                    self._activate(name, version)
+        return versions
+
+    def _activate(self, name: str, version: int) -> None:
+        self.conn.execute("UPDATE artifacts SET active = 0 WHERE name = ? AND active = 1", [name])
+        self.conn.execute("UPDATE artifacts SET active = 1 WHERE name = ? AND version = ?",
+                          [name, version])
+
+    def activate(self, versions: Mapping[str, int]) -> None:
+        with self.db.atomic():
+            for name, version in versions.items():
+                self._activate(name, version)
+
+    def deactivate(self, names: Iterable[str]) -> None:
+        with self.db.atomic():
+            for name in names:
+                self.conn.execute("UPDATE artifacts SET active = 0 WHERE name = ?", [name])
+
+    def active_artifacts(self, prefix: str = "") -> list[dict[str, Any]]:
+        """Metadata (no bytes) of the active artifacts."""
+        return [dict(r, meta=json.loads(r["meta"] or "{}")) for r in self.db.query(
+            "SELECT name, version, format, sha256, size, meta, created_at FROM artifacts "
+            "WHERE active = 1 AND name LIKE ? ORDER BY name", [prefix + "%"])]
+
+    def load_artifact(self, name: str, version: int | None = None) -> tuple[bytes, str, dict] | None:
+        """The active (or given) version's bytes, format and meta, checked against its sha256."""
+        if version is None:
+            row = self.conn.execute("SELECT bytes, format, meta, sha256, version FROM artifacts "
+                                    "WHERE name = ? AND active = 1", [name]).fetchone()
+        else:
+            row = self.conn.execute("SELECT bytes, format, meta, sha256, version FROM artifacts "
+                                    "WHERE name = ? AND version = ?", [name, version]).fetchone()
+        if row is None:
+            return None
+        payload, fmt, meta, digest, version = row
+        if hashlib.sha256(payload).hexdigest() != digest:
+            raise ArtifactError(
+                f"Artifact {name!r} version {version} is corrupted (sha256 mismatch). "
+                f"Run \"shelfwise train\" to rebuild it.")
+        return payload, fmt, json.loads(meta or "{}")
+
+    # -- runs --------------------------------------------------------------------------
+
+    def start_run(self, kind: str, config: Mapping[str, Any]) -> int:
+        return self.db["runs"].insert({
+            "kind": kind, "status": "running", "started_at": time.time(),
+            "config": json.dumps(config, default=str), "metrics": "{}", "note": "",
+        }).last_pk
+
+    def finish_run(self, run_id: int, metrics: Mapping[str, Any], status: str = "ok", note: str = "") -> None:
+        self.db["runs"].update(run_id, {"status": status, "finished_at": time.time(),
+                                        "metrics": json.dumps(metrics), "note": note})
+
+    def runs(self, kind: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        where, params = ("WHERE kind = ?", [kind]) if kind else ("", [])
+        rows = self.db.query(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?", [*params, limit])
+        return [dict(r, config=json.loads(r["config"] or "{}"), metrics=json.loads(r["metrics"] or "{}"))
+                for r in rows]
+
+    def run(self, run_id: int) -> dict[str, Any] | None:
+        rows = [r for r in self.runs(limit=10_000) if r["id"] == run_id]
+        return rows[0] if rows else None

@@ -1,0 +1,55 @@
+"""Fitting a pipeline: recallers on the visible part, the ranker on validation examples,
+then the recallers again on everything. Used by both `train` and `evaluate`."""
+
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+from .components import ProgressCallback, Ranker, RankingExample, Recaller, no_progress
+from .config import PipelineSettings
+from .dataset import Dataset
+from .evaluation import holdout
+from .pipeline import Pipeline
+
+
+def fit_recallers(data: Dataset, recallers: Mapping[str, Recaller],
+                  progress: ProgressCallback, label: str = "fit") -> dict[str, float]:
+    seconds = {}
+    for name, recaller in recallers.items():
+        stage = f"{label} {name}"
+        progress(stage, 0, None, "")
+        started = time.perf_counter()
+        recaller.fit(data, progress=lambda _s, done, total, msg="", st=stage: progress(st, done, total, msg))
+        seconds[name] = time.perf_counter() - started
+        progress(stage, 1, 1, f"done in {seconds[name]:.1f}s")
+    return seconds
+
+
+def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mapping[str, int],
+                 ranker: Ranker | None, settings: PipelineSettings,
+                 progress: ProgressCallback = no_progress) -> dict:
+    """Fit everything on `data`. Returns timings and the ranker's validation metrics."""
+    report: dict = {"seconds": {}}
+    if ranker is not None:
+        split = holdout(data, settings.validation_share, settings.min_interactions,
+                        history=settings.history, max_users=settings.validation_users,
+                        seed=settings.seed)
+        fit_recallers(split.visible, recallers, progress, label="validate")
+        progress("candidates", 0, len(split.queries), "recalling for validation users")
+        pipe = Pipeline(dict(recallers), dict(quotas))
+        cands = pipe.candidates(split.queries)
+        examples = [RankingExample(q, c, rel)
+                    for q, c, rel in zip(split.queries, cands, split.relevant)]
+        progress("candidates", len(examples), len(examples), f"{len(examples)} validation users")
+        stage = f"fit {ranker.name}"
+        started = time.perf_counter()
+        report["ranker"] = ranker.fit(
+            examples, split.visible,
+            progress=lambda _s, done, total, msg="": progress(stage, done, total, msg))
+        report["seconds"][ranker.name] = time.perf_counter() - started
+        recall_hit = sum(bool(set(c.item_id for c in cs) & ex.relevant)
+                         for cs, ex in zip(cands, examples))
+        report["candidate_hit_rate"] = recall_hit / max(len(examples), 1)
+    report["seconds"].update(fit_recallers(data, recallers, progress))
+    return report

@@ -1,0 +1,219 @@
+"""`cooccurrence`: "bought together" and "viewed together" item-to-item recall.
+
+Counts how often two items are among a shopper's nearby interactions, normalises by item
+popularity and shrinks small counts. New events are folded into the counts as they
+arrive (`update`), without a retrain."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel, Field
+
+from engine import (
+    Dataset, Event, Interaction, ModelState, Query, Recaller, hookimpl, mention, top_n,
+)
+
+from ._kernels import distinct_interactions, pair_counts, similarity
+
+
+class CooccurrenceConfig(BaseModel):
+    window: int = Field(20, ge=1, description="an interaction pairs with this many previous distinct items of the same user")
+    shrinkage: float = Field(5.0, ge=0, description="pseudo-count that damps rare pairs")
+    history: int = Field(30, ge=1, description="recent distinct items used as anchors at request time")
+    decay: float = Field(0.9, gt=0, le=1, description="weight factor per step back in the history")
+    strong_weight: float = Field(4.0, gt=0, description="kind weight from which an interaction counts as 'bought' (cart, purchase, rating)")
+
+
+class CooccurrenceRecaller(Recaller):
+    name = "cooccurrence"
+    description = "Items bought or viewed together (item-to-item co-occurrence, incremental)"
+    Config = CooccurrenceConfig
+    default_quota = 100
+
+    def fit(self, data: Dataset, progress=None) -> None:
+        cfg = self.config
+        users, items, strength = distinct_interactions(
+            data.users, data.items, data.event_weights().astype(np.float64), data.n_items)
+        if progress:
+            progress("cooccurrence", 0, 1, "counting pairs")
+        C, S = pair_counts(users, items, strength, data.n_items, cfg.window, cfg.strong_weight)
+        degree = np.bincount(items, weights=strength, minlength=data.n_items)
+        strong_kinds = [k for k in data.kind_names if data.kind_weight(k) >= cfg.strong_weight]
+        counts = {k: int((data.kinds == data.kind_names.index(k)).sum()) for k in strong_kinds}
+        phrase = ("liked by the same people as" if counts and max(counts, key=counts.get) == "rating"
+                  else "bought together with")
+        known = data.known if data.known is not None else np.ones(data.n_items, bool)
+        self._set(data.item_ids, known, C, S, degree, dict(data.kind_weights), phrase)
+        if progress:
+            progress("cooccurrence", 1, 1, f"{C.nnz:,} item pairs")
+
+    def _set(self, item_ids, known, C, S, degree, kind_weights, phrase) -> None:
+        self.item_ids = np.asarray(item_ids, dtype=str)
+        self.index = {item: i for i, item in enumerate(self.item_ids.tolist())}
+        self.known = np.asarray(known, dtype=bool)
+        self.C, self.S = C.tocsr(), S.tocsr()
+        self.degree = np.asarray(degree, dtype=np.float64)
+        self.kind_weights = dict(kind_weights)
+        self.phrase = phrase
+        self.delta: dict[int, dict[int, list[float]]] = {}  # a -> b -> [count, strong]
+        self._fitted = True
+
+    # -- persistence -------------------------------------------------------------------
+
+    def _merged(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        n = len(self.item_ids)
+        C, S = self.C, self.S
+        if C.shape[0] < n:
+            C = sp.csr_matrix((C.data, C.indices, np.pad(C.indptr, (0, n - C.shape[0]), mode="edge")), shape=(n, n))
+            S = sp.csr_matrix((S.data, S.indices, np.pad(S.indptr, (0, n - S.shape[0]), mode="edge")), shape=(n, n))
+        if self.delta:
+            r = [a for a, row in self.delta.items() for _ in row]
+            c = [b for row in self.delta.values() for b in row]
+            dc = [v[0] for row in self.delta.values() for v in row.values()]
+            ds = [v[1] for row in self.delta.values() for v in row.values()]
+            C = (C + sp.csr_matrix((np.array(dc, np.float32), (r, c)), shape=(n, n))).tocsr()
+            S = (S + sp.csr_matrix((np.array(ds, np.float32), (r, c)), shape=(n, n))).tocsr()
+        return C, S
+
+    def state(self) -> ModelState:
+        C, S = self._merged()
+        self.C, self.S, self.delta = C, S, {}  # compact: the delta is now part of the base
+        return ModelState(
+            arrays={"item_ids": self.item_ids, "known": self.known, "degree": self.degree,
+                    "c_data": C.data, "c_indices": C.indices, "c_indptr": C.indptr,
+                    "s_data": S.data, "s_indices": S.indices, "s_indptr": S.indptr},
+            meta={"kind_weights": self.kind_weights, "phrase": self.phrase})
+
+    def load(self, state: ModelState) -> None:
+        a = state.arrays
+        n = len(a["item_ids"])
+        C = sp.csr_matrix((a["c_data"], a["c_indices"], a["c_indptr"]), shape=(n, n))
+        S = sp.csr_matrix((a["s_data"], a["s_indices"], a["s_indptr"]), shape=(n, n))
+        self._set(a["item_ids"], a["known"], C, S, a["degree"], state.meta["kind_weights"],
+                  state.meta["phrase"])
+
+    # -- serving -----------------------------------------------------------------------
+
+    def _row(self, a: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Neighbours of item a: (indices, weighted counts, strong counts)."""
+        if a < self.C.shape[0]:
+            lo, hi = self.C.indptr[a], self.C.indptr[a + 1]
+            idx, cnt = self.C.indices[lo:hi], self.C.data[lo:hi].astype(np.float64)
+            slo, shi = self.S.indptr[a], self.S.indptr[a + 1]
+            strong = dict(zip(self.S.indices[slo:shi].tolist(), self.S.data[slo:shi].tolist()))
+        else:
+            idx, cnt, strong = np.zeros(0, np.int32), np.zeros(0), {}
+        extra = self.delta.get(a)
+        if extra:
+            row = dict(zip(idx.tolist(), cnt.tolist()))
+            for b, (dc, ds) in extra.items():
+                row[b] = row.get(b, 0.0) + dc
+                strong[b] = strong.get(b, 0.0) + ds
+            idx = np.fromiter(row, dtype=np.int64, count=len(row))
+            cnt = np.fromiter(row.values(), dtype=np.float64, count=len(row))
+        s = np.array([strong.get(b, 0.0) for b in idx.tolist()]) if len(idx) else np.zeros(0)
+        return idx, cnt, s
+
+    def _anchors(self, q: Query) -> list[tuple[int, float]]:
+        if q.item_id is not None:
+            a = self.index.get(q.item_id)
+            return [] if a is None else [(a, 1.0)]
+        top = max(self.kind_weights.values(), default=1.0)
+        strongest: dict[str, float] = {}
+        for step in q.history:
+            w = self.kind_weights.get(step.kind, 1.0)
+            strongest[step.item_id] = max(strongest.get(step.item_id, 0.0), w)
+        anchors = []
+        for pos, item in enumerate(q.history_items[: self.config.history]):
+            a = self.index.get(item)
+            if a is not None:
+                anchors.append((a, self.config.decay ** pos * strongest[item] / top))
+        return anchors
+
+    def recall(self, queries: Sequence[Query], n: int):
+        cfg = self.config
+        size = len(self.item_ids)
+        out = []
+        for q in queries:
+            anchors = self._anchors(q)
+            if not anchors:
+                out.append([])
+                continue
+            score = np.zeros(size)
+            best = np.zeros(size)
+            best_anchor = np.full(size, -1, dtype=np.int64)
+            best_strong = np.zeros(size)
+            for a, wa in anchors:
+                idx, cnt, strong = self._row(a)
+                if not len(idx):
+                    continue
+                contrib = wa * similarity(cnt, self.degree[a], self.degree[idx], cfg.shrinkage)
+                score[idx] += contrib
+                better = contrib > best[idx]
+                best[idx[better]] = contrib[better]
+                best_anchor[idx[better]] = a
+                best_strong[idx[better]] = strong[better]
+            banned = ~self.known | (score <= 0)
+            for item in q.exclude:
+                i = self.index.get(item)
+                if i is not None:
+                    banned[i] = True
+            for a, _ in anchors:
+                banned[a] = True
+            picked = []
+            for i in top_n(score, n, banned):
+                phrase = self.phrase if best_strong[i] >= 1 else "viewed together with"
+                picked.append((str(self.item_ids[i]), float(score[i]),
+                               f"{phrase} {mention(str(self.item_ids[best_anchor[i]]))}"))
+            out.append(self.candidates(picked))
+        return out
+
+    # -- incremental learning ----------------------------------------------------------
+
+    def update(self, events: Sequence[Event], histories: Mapping[str, Sequence[Interaction]]) -> bool:
+        """Pair each user's new items with their previous `window` distinct items."""
+        cfg = self.config
+        seqs: dict[str, dict[str, float]] = {}
+        changed = False
+        for e in sorted(events, key=lambda e: e.ts):
+            seq = seqs.get(e.user_id)
+            if seq is None:
+                seq = seqs[e.user_id] = {}
+                for step in histories.get(e.user_id, ()):
+                    w = self.kind_weights.get(step.kind, 1.0)
+                    seq[step.item_id] = max(seq.get(step.item_id, 0.0), w)
+            w = self.kind_weights.get(e.kind, 1.0)
+            if e.item_id in seq:
+                seq[e.item_id] = max(seq[e.item_id], w)
+                continue
+            b = self._ensure(e.item_id)
+            for item, s in list(seq.items())[-cfg.window:]:
+                a = self._ensure(item)
+                dc = min(s, w)
+                ds = 1.0 if s >= cfg.strong_weight and w >= cfg.strong_weight else 0.0
+                for x, y in ((a, b), (b, a)):
+                    cell = self.delta.setdefault(x, {}).setdefault(y, [0.0, 0.0])
+                    cell[0] += dc
+                    cell[1] += ds
+            self.degree[b] += w
+            seq[e.item_id] = w
+            changed = True
+        return changed
+
+    def _ensure(self, item_id: str) -> int:
+        i = self.index.get(item_id)
+        if i is None:
+            i = len(self.item_ids)
+            self.item_ids = np.append(self.item_ids, item_id)
+            self.known = np.append(self.known, True)
+            self.degree = np.append(self.degree, 0.0)
+            self.index[item_id] = i
+        return i
+
+
+@hookimpl
+def register_recallers(register):
+    register(CooccurrenceRecaller)
