@@ -217,19 +217,20 @@ class Engine:
         run_id = self.store.start_run("evaluate", {"k": k, "recallers": quotas,
                                                    "ranker": ranker_obj.name if ranker_obj else None})
         fit_report = fit_pipeline(split.visible, fresh, quotas, ranker_obj, ps, progress)
+        progress("score", 0, len(fresh) + 1, "recalling for held-out users")
+        pipe = Pipeline(fresh, {name: max(q, k) for name, q in quotas.items()}, ranker_obj)
+        recalled = pipe.recall(split.queries)
         results = []
-        names = [str(i) for i in data.item_ids]
-        for name, recaller in fresh.items():
-            progress(f"score {name}", 0, 1, "")
-            lists = recaller.recall(split.queries, k)
-            metrics = aggregate([[c.item_id for c in cs] for cs in lists], split.relevant, k, len(names))
-            results.append({"name": name, "kind": "recaller", "metrics": metrics})
-        progress("score pipeline", 0, 1, "")
-        pipe = Pipeline(fresh, quotas, ranker_obj)
-        lists = pipe.run(split.queries, k)
-        metrics = aggregate([[c.item_id for c in cs] for cs in lists], split.relevant, k, len(names))
-        results.append({"name": "pipeline", "kind": "pipeline", "metrics": metrics,
+        for step, name in enumerate(fresh, start=1):
+            lists = [[c.item_id for c in per[name][:k]] for per in recalled]
+            results.append({"name": name, "kind": "recaller",
+                            "metrics": aggregate(lists, split.relevant, k, data.n_items)})
+            progress("score", step, len(fresh) + 1, name)
+        lists = [[c.item_id for c in cs] for cs in pipe.run(split.queries, k, recalled)]
+        results.append({"name": "pipeline", "kind": "pipeline",
+                        "metrics": aggregate(lists, split.relevant, k, data.n_items),
                         "ranker": ranker_obj.name if ranker_obj else None})
+        progress("score", len(fresh) + 1, len(fresh) + 1, "pipeline")
         out = {"k": k, "results": results, "run_id": run_id, "users": len(split.queries),
                "ranker_validation": fit_report.get("ranker", {}),
                "candidate_hit_rate": fit_report.get("candidate_hit_rate")}

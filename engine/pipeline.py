@@ -59,14 +59,17 @@ class Pipeline:
             return False
         return True
 
-    def candidates(self, queries: Sequence[Query]) -> list[list[Candidate]]:
+    def candidates(self, queries: Sequence[Query],
+                   recalled: list[dict[str, list[Candidate]]] | None = None) -> list[list[Candidate]]:
         """Merged, filtered candidates per query (what the ranker sees)."""
-        return [[c for c in merge(lists) if self.keep(q, c)]
-                for q, lists in zip(queries, self.recall(queries))]
+        recalled = self.recall(queries) if recalled is None else recalled
+        return [[c for c in merge(lists) if self.keep(q, c)] for q, lists in zip(queries, recalled)]
 
-    def run(self, queries: Sequence[Query], n: int) -> list[list[Candidate]]:
+    def run(self, queries: Sequence[Query], n: int,
+            recalled: list[dict[str, list[Candidate]]] | None = None) -> list[list[Candidate]]:
+        """Top n per query. `recalled`: the output of `recall(queries)`, if already at hand."""
         out = []
-        for q, cands in zip(queries, self.candidates(queries)):
+        for q, cands in zip(queries, self.candidates(queries, recalled)):
             ranked = self.ranker.rank(q, cands) if self.ranker is not None else cands
             out.append(ranked[:n])
         return out

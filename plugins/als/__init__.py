@@ -62,7 +62,8 @@ class AlsRecaller(Recaller):
         self.item_ids = np.asarray(item_ids, dtype=str)
         self.known = np.asarray(known, dtype=bool)
         self.kind_weights = dict(kind_weights)
-        self.index = {item: i for i, item in enumerate(self.item_ids.tolist())}
+        self.ids = self.item_ids.tolist()
+        self.index = {item: i for i, item in enumerate(self.ids)}
         self.gram = (factors.astype(np.float64).T @ factors.astype(np.float64))
         norms = np.linalg.norm(factors, axis=1)
         self.unit = factors / np.maximum(norms, 1e-9)[:, None]
@@ -116,17 +117,18 @@ class AlsRecaller(Recaller):
         if len(best) == 0:
             return []
         contrib = (self.unit[items] @ self.unit[best].T) * conf[:, None]  # (history, best)
-        anchors = items[np.argmax(contrib, axis=0)]
+        anchors = items[np.argmax(contrib, axis=0)].tolist()
         last_kind = {step.item_id: step.kind for step in q.history}
+        ids = self.ids
         out = []
-        for cand, anchor in zip(best, anchors):
-            anchor_id = str(self.item_ids[anchor])
+        for cand, anchor, score in zip(best.tolist(), anchors, scores[best].tolist()):
+            anchor_id = ids[anchor]
             if q.item_id is not None:
                 reason = f"liked by the same shoppers as {mention(anchor_id)}"
             else:
                 verb = VERBS.get(last_kind.get(anchor_id, ""), "chose")
                 reason = f"shoppers who {verb} {mention(anchor_id)} also chose this"
-            out.append((str(self.item_ids[cand]), float(scores[cand]), reason))
+            out.append((ids[cand], score, reason))
         return out
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
-import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
 from engine import (
     Dataset, Event, Interaction, ModelState, Query, Recaller, hookimpl, mention, top_n,
 )
 
-from ._kernels import distinct_interactions, pair_counts, similarity
+from ._kernels import distinct_interactions, pair_counts, similarity, summed_csr
 
 
 class CooccurrenceConfig(BaseModel):
@@ -39,22 +38,27 @@ class CooccurrenceRecaller(Recaller):
             data.users, data.items, data.event_weights().astype(np.float64), data.n_items)
         if progress:
             progress("cooccurrence", 0, 1, "counting pairs")
-        C, S = pair_counts(users, items, strength, data.n_items, cfg.window, cfg.strong_weight)
+        indptr, indices, (counts, strong) = pair_counts(
+            users, items, strength, data.n_items, cfg.window, cfg.strong_weight)
         degree = np.bincount(items, weights=strength, minlength=data.n_items)
         strong_kinds = [k for k in data.kind_names if data.kind_weight(k) >= cfg.strong_weight]
-        counts = {k: int((data.kinds == data.kind_names.index(k)).sum()) for k in strong_kinds}
-        phrase = ("liked by the same people as" if counts and max(counts, key=counts.get) == "rating"
+        counts_by_kind = {k: int((data.kinds == data.kind_names.index(k)).sum()) for k in strong_kinds}
+        phrase = ("liked by the same people as"
+                  if counts_by_kind and max(counts_by_kind, key=counts_by_kind.get) == "rating"
                   else "bought together with")
         known = data.known if data.known is not None else np.ones(data.n_items, bool)
-        self._set(data.item_ids, known, C, S, degree, dict(data.kind_weights), phrase)
+        self._set(data.item_ids, known, indptr, indices, counts, strong, degree,
+                  dict(data.kind_weights), phrase)
         if progress:
-            progress("cooccurrence", 1, 1, f"{C.nnz:,} item pairs")
+            progress("cooccurrence", 1, 1, f"{len(indices):,} item pairs")
 
-    def _set(self, item_ids, known, C, S, degree, kind_weights, phrase) -> None:
+    def _set(self, item_ids, known, indptr, indices, counts, strong, degree, kind_weights, phrase) -> None:
         self.item_ids = np.asarray(item_ids, dtype=str)
-        self.index = {item: i for i, item in enumerate(self.item_ids.tolist())}
+        self.ids = self.item_ids.tolist()
+        self.index = {item: i for i, item in enumerate(self.ids)}
         self.known = np.asarray(known, dtype=bool)
-        self.C, self.S = C.tocsr(), S.tocsr()
+        self.indptr, self.indices = np.asarray(indptr, np.int64), np.asarray(indices, np.int32)
+        self.counts, self.strong = np.asarray(counts, np.float32), np.asarray(strong, np.float32)
         self.degree = np.asarray(degree, dtype=np.float64)
         self.kind_weights = dict(kind_weights)
         self.phrase = phrase
@@ -63,59 +67,54 @@ class CooccurrenceRecaller(Recaller):
 
     # -- persistence -------------------------------------------------------------------
 
-    def _merged(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-        n = len(self.item_ids)
-        C, S = self.C, self.S
-        if C.shape[0] < n:
-            C = sp.csr_matrix((C.data, C.indices, np.pad(C.indptr, (0, n - C.shape[0]), mode="edge")), shape=(n, n))
-            S = sp.csr_matrix((S.data, S.indices, np.pad(S.indptr, (0, n - S.shape[0]), mode="edge")), shape=(n, n))
-        if self.delta:
-            r = [a for a, row in self.delta.items() for _ in row]
-            c = [b for row in self.delta.values() for b in row]
-            dc = [v[0] for row in self.delta.values() for v in row.values()]
-            ds = [v[1] for row in self.delta.values() for v in row.values()]
-            C = (C + sp.csr_matrix((np.array(dc, np.float32), (r, c)), shape=(n, n))).tocsr()
-            S = (S + sp.csr_matrix((np.array(ds, np.float32), (r, c)), shape=(n, n))).tocsr()
-        return C, S
+    def _compact(self) -> None:
+        """Fold the incremental delta into the base arrays."""
+        if not self.delta:
+            return
+        n = len(self.ids)
+        rows = np.repeat(np.arange(len(self.indptr) - 1), np.diff(self.indptr))
+        d_rows = np.array([a for a, row in self.delta.items() for _ in row], np.int64)
+        d_cols = np.array([b for row in self.delta.values() for b in row], np.int64)
+        d_vals = np.array([v for row in self.delta.values() for v in row.values()], np.float64)
+        indptr, indices, (counts, strong) = summed_csr(
+            np.concatenate([rows, d_rows]), np.concatenate([self.indices, d_cols]),
+            [np.concatenate([self.counts, d_vals[:, 0]]), np.concatenate([self.strong, d_vals[:, 1]])], n)
+        self.indptr, self.indices, self.counts, self.strong = indptr, indices, counts, strong
+        self.delta = {}
 
     def state(self) -> ModelState:
-        C, S = self._merged()
-        self.C, self.S, self.delta = C, S, {}  # compact: the delta is now part of the base
+        self._compact()
         return ModelState(
             arrays={"item_ids": self.item_ids, "known": self.known, "degree": self.degree,
-                    "c_data": C.data, "c_indices": C.indices, "c_indptr": C.indptr,
-                    "s_data": S.data, "s_indices": S.indices, "s_indptr": S.indptr},
+                    "indptr": self.indptr, "indices": self.indices, "counts": self.counts,
+                    "strong": self.strong},
             meta={"kind_weights": self.kind_weights, "phrase": self.phrase})
 
     def load(self, state: ModelState) -> None:
         a = state.arrays
-        n = len(a["item_ids"])
-        C = sp.csr_matrix((a["c_data"], a["c_indices"], a["c_indptr"]), shape=(n, n))
-        S = sp.csr_matrix((a["s_data"], a["s_indices"], a["s_indptr"]), shape=(n, n))
-        self._set(a["item_ids"], a["known"], C, S, a["degree"], state.meta["kind_weights"],
-                  state.meta["phrase"])
+        self._set(a["item_ids"], a["known"], a["indptr"], a["indices"], a["counts"], a["strong"],
+                  a["degree"], state.meta["kind_weights"], state.meta["phrase"])
 
     # -- serving -----------------------------------------------------------------------
 
     def _row(self, a: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Neighbours of item a: (indices, weighted counts, strong counts)."""
-        if a < self.C.shape[0]:
-            lo, hi = self.C.indptr[a], self.C.indptr[a + 1]
-            idx, cnt = self.C.indices[lo:hi], self.C.data[lo:hi].astype(np.float64)
-            slo, shi = self.S.indptr[a], self.S.indptr[a + 1]
-            strong = dict(zip(self.S.indices[slo:shi].tolist(), self.S.data[slo:shi].tolist()))
+        if a < len(self.indptr) - 1:
+            lo, hi = self.indptr[a], self.indptr[a + 1]
+            idx, cnt, strong = self.indices[lo:hi], self.counts[lo:hi], self.strong[lo:hi]
         else:
-            idx, cnt, strong = np.zeros(0, np.int32), np.zeros(0), {}
+            idx, cnt, strong = np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.float32)
         extra = self.delta.get(a)
         if extra:
-            row = dict(zip(idx.tolist(), cnt.tolist()))
+            row = {b: [c, s] for b, c, s in zip(idx.tolist(), cnt.tolist(), strong.tolist())}
             for b, (dc, ds) in extra.items():
-                row[b] = row.get(b, 0.0) + dc
-                strong[b] = strong.get(b, 0.0) + ds
+                cell = row.setdefault(b, [0.0, 0.0])
+                cell[0] += dc
+                cell[1] += ds
             idx = np.fromiter(row, dtype=np.int64, count=len(row))
-            cnt = np.fromiter(row.values(), dtype=np.float64, count=len(row))
-        s = np.array([strong.get(b, 0.0) for b in idx.tolist()]) if len(idx) else np.zeros(0)
-        return idx, cnt, s
+            vals = np.array(list(row.values()), dtype=np.float64).reshape(-1, 2)
+            cnt, strong = vals[:, 0], vals[:, 1]
+        return idx, cnt.astype(np.float64), strong
 
     def _anchors(self, q: Query) -> list[tuple[int, float]]:
         if q.item_id is not None:
@@ -164,10 +163,10 @@ class CooccurrenceRecaller(Recaller):
             for a, _ in anchors:
                 banned[a] = True
             picked = []
-            for i in top_n(score, n, banned):
+            ids = self.ids
+            for i in top_n(score, n, banned).tolist():
                 phrase = self.phrase if best_strong[i] >= 1 else "viewed together with"
-                picked.append((str(self.item_ids[i]), float(score[i]),
-                               f"{phrase} {mention(str(self.item_ids[best_anchor[i]]))}"))
+                picked.append((ids[i], float(score[i]), f"{phrase} {mention(ids[best_anchor[i]])}"))
             out.append(self.candidates(picked))
         return out
 
@@ -208,6 +207,7 @@ class CooccurrenceRecaller(Recaller):
         if i is None:
             i = len(self.item_ids)
             self.item_ids = np.append(self.item_ids, item_id)
+            self.ids.append(item_id)
             self.known = np.append(self.known, True)
             self.degree = np.append(self.degree, 0.0)
             self.index[item_id] = i

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 
 def distinct_interactions(users, items, weights, n_items):
@@ -20,11 +19,11 @@ def distinct_interactions(users, items, weights, n_items):
 
 
 def pair_counts(users, items, strength, n_items, window, strong_at):
-    """Symmetric co-occurrence matrices from per-user item sequences.
+    """Symmetric co-occurrence counts from per-user item sequences, as one CSR structure.
 
     Each distinct interaction pairs with the previous `window` distinct items of the same
     user. C[a, b] adds min(strength_a, strength_b); S[a, b] counts pairs where both
-    strengths are >= strong_at ("bought together")."""
+    strengths are >= strong_at ("bought together"). Returns (indptr, indices, [C, S])."""
     rows, cols, vals, strong = [], [], [], []
     for d in range(1, window + 1):
         same = users[d:] == users[:-d]
@@ -37,16 +36,22 @@ def pair_counts(users, items, strength, n_items, window, strong_at):
         vals.append(np.minimum(sa, sb))
         strong.append(((sa >= strong_at) & (sb >= strong_at)).astype(np.float32))
     if not rows:
-        empty = sp.csr_matrix((n_items, n_items), dtype=np.float32)
-        return empty, empty.copy()
+        return summed_csr(np.zeros(0, np.int64), np.zeros(0, np.int64), [np.zeros(0), np.zeros(0)], n_items)
     r, c = np.concatenate(rows), np.concatenate(cols)
-    both_r, both_c = np.concatenate([r, c]), np.concatenate([c, r])
-    C = sp.csr_matrix((np.concatenate(vals * 2).astype(np.float32), (both_r, both_c)),
-                      shape=(n_items, n_items))
-    S = sp.csr_matrix((np.concatenate(strong * 2), (both_r, both_c)), shape=(n_items, n_items))
-    C.sum_duplicates()
-    S.sum_duplicates()
-    return C, S
+    counts, strongs = np.concatenate(vals), np.concatenate(strong)
+    return summed_csr(np.concatenate([r, c]), np.concatenate([c, r]),
+                      [np.concatenate([counts, counts]), np.concatenate([strongs, strongs])], n_items)
+
+
+def summed_csr(rows, cols, values, n):
+    """CSR structure (indptr, indices) of the distinct (row, col) pairs and, for each array in
+    `values`, its sums aligned with that structure. All arrays share one sparsity pattern."""
+    key = rows.astype(np.int64) * n + cols
+    uniq, inverse = np.unique(key, return_inverse=True)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(uniq // n, minlength=n), out=indptr[1:])
+    sums = [np.bincount(inverse, weights=v, minlength=len(uniq)).astype(np.float32) for v in values]
+    return indptr, (uniq % n).astype(np.int32), sums
 
 
 def pair_counts_reference(sequences, n_items, window, strong_at):

@@ -1,0 +1,350 @@
+"""The `shelfwise` command: parse, call one Engine method, format. No logic of its own."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+from click_default_group import DefaultGroup
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import EngineError
+
+console = Console(stderr=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+_registry = None  # plugins loaded once per process (main() loads them for register_commands)
+
+
+def registry(plugins_dir: str | None = None):
+    global _registry
+    from .plugins import load_plugins
+
+    if plugins_dir:
+        return load_plugins(plugins_dir)
+    if _registry is None:
+        _registry = load_plugins()
+    return _registry
+
+
+class Context:
+    def __init__(self, db: str, plugins_dir: str | None, config: str | None):
+        self.db, self.plugins_dir, self.config = db, plugins_dir, config
+        self._engine = None
+
+    def engine(self):
+        if self._engine is None:
+            from .engine import Engine
+
+            self._engine = Engine(self.db, registry=registry(self.plugins_dir),
+                                  config_path=self.config)
+        return self._engine
+
+
+class ShelfwiseGroup(DefaultGroup):
+    """Turns every EngineError into one clear line on stderr and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EngineError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@contextmanager
+def rich_progress(enabled: bool = True) -> Iterator:
+    """A progress callback rendered with rich: one bar per stage."""
+    if not enabled:
+        yield lambda *a, **k: None
+        return
+    with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[stage]:<22}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[message]}"), console=console, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def callback(stage: str, done: int, total: int | None, message: str = "") -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, stage=stage, message="", total=total)
+            bar.update(tasks[stage], completed=done, total=total, message=message)
+
+        yield callback
+
+
+def _print_recs(recs, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in recs], indent=2))
+        return
+    table = Table(show_lines=False, pad_edge=False)
+    for col in ("#", "item", "title", "score", "source", "why"):
+        table.add_column(col, overflow="fold")
+    for r in recs:
+        table.add_row(str(r.rank), r.item_id, r.title, f"{r.score:.4f}", r.source, r.reason)
+    out.print(table)
+
+
+def _eval_table(report: dict) -> Table:
+    k = report["k"]
+    cols = [f"{m}@{k}" for m in ("ndcg", "recall", "hit", "mrr", "precision", "coverage")]
+    table = Table(title=f"Evaluation on {report['users']} held-out users (run {report['run_id']})")
+    table.add_column("model")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for row in report["results"]:
+        name = row["name"] + (f" ({row['ranker']})" if row.get("ranker") else "")
+        table.add_row(name, *(f"{row['metrics'][c]:.4f}" for c in cols))
+    return table
+
+
+@click.group(cls=ShelfwiseGroup, default="demo", default_if_no_args=False,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="shelfwise")
+@click.option("--db", default="shelfwise.db", envvar="SHELFWISE_DB", show_default=True,
+              type=click.Path(dir_okay=False), help="The shop's SQLite file (env SHELFWISE_DB).")
+@click.option("--plugins-dir", type=click.Path(file_okay=False, exists=True),
+              help="Also load every *.py in this folder as a plugin.")
+@click.option("--config", type=click.Path(dir_okay=False, exists=True),
+              help="Settings file (default: shelfwise.toml beside the database).")
+@click.pass_context
+def cli(ctx, db, plugins_dir, config):
+    """Shelfwise: recommendations for a small online shop, in one SQLite file.
+
+    \b
+    Quick start:
+      shelfwise demo                      # the demo shop, trained and evaluated
+      shelfwise import csv --items items.csv --events events.csv
+      shelfwise train
+      shelfwise recommend USER_ID -n 10
+    """
+    ctx.obj = Context(db, plugins_dir, config)
+
+
+@cli.command()
+@click.pass_obj
+def init(obj):
+    """Create the database (or bring its schema up to date)."""
+    engine = obj.engine()
+    click.echo(f"Database ready: {engine.db_path}")
+
+
+@cli.command(name="import", context_settings={"ignore_unknown_options": False})
+@click.argument("source")
+@click.argument("location", required=False)
+@click.option("--items", help="Items file (csv/jsonl sources).")
+@click.option("--users", help="Users file.")
+@click.option("--events", help="Events file.")
+@click.option("--triples", help="Knowledge-graph triples file (head, relation, tail).")
+@click.option("--links", help="Item-entity links file (item_id, entity).")
+@click.option("-o", "--option", "extra", multiple=True, metavar="KEY=VALUE",
+              help="Any other option of the source, e.g. -o seed=3.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def import_(obj, source, location, items, users, events, triples, links, extra, as_json):
+    """Import data with a source plugin: csv, jsonl, recbole, demo, ...
+
+    \b
+    Examples:
+      shelfwise import csv --items items.csv --events events.csv
+      shelfwise import jsonl exports/          # items.jsonl, events.jsonl, ... in a folder
+      shelfwise import recbole path/to/ml-100k
+      shelfwise import demo -o seed=3
+    """
+    options = {k: v for k, v in dict(items=items, users=users, events=events,
+                                     triples=triples, links=links).items() if v}
+    for pair in extra:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--option")
+        key, value = pair.split("=", 1)
+        options[key.strip()] = value
+    with rich_progress(not as_json) as progress:
+        report = obj.engine().import_data(source, location, progress=progress, **options)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        click.echo(f"Imported {report.items:,} items, {report.users:,} users, {report.events:,} "
+                   f"events ({report.duplicates:,} already stored), {report.triples:,} triples, "
+                   f"{report.links:,} item-entity links in {report.seconds:.1f}s.")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def train(obj, as_json):
+    """Fit every recaller and the ranker; activate the new models together."""
+    with rich_progress(not as_json) as progress:
+        report = obj.engine().train(progress=progress)
+    if as_json:
+        click.echo(json.dumps(report, default=str))
+    else:
+        ranker = report.get("ranker", {})
+        click.echo(f"Trained on {report['events']:,} events of {report['users']:,} users in "
+                   f"{report['total_seconds']:.1f}s (run {report['run_id']}).")
+        if ranker:
+            click.echo(f"Ranker validation NDCG@10: {ranker.get('ndcg@10', 0):.4f} "
+                       f"({ranker.get('examples', 0)} users).")
+
+
+@cli.command()
+@click.argument("user", required=False)
+@click.option("-n", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True, help="JSON list of recommendations.")
+@click.option("--recallers", help="Comma-separated recallers for this call only.")
+@click.option("--ranker", help="Ranker for this call only.")
+@click.option("--category", help="Only items of this category.")
+@click.option("--all", "all_users", is_flag=True, help="Every user with at least one event.")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv",
+              show_default=True, help="Output format with --all.")
+@click.pass_obj
+def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, fmt):
+    """Personalised recommendations for USER, with the reason for each.
+
+    \b
+    Examples:
+      shelfwise recommend u42 -n 5
+      shelfwise recommend u42 --recallers als,popular --json
+      shelfwise recommend --all -n 20 --format tsv > campaign.tsv
+    """
+    engine = obj.engine()
+    if all_users:
+        if user:
+            raise click.UsageError("Give either USER or --all, not both.")
+        if fmt == "tsv":
+            click.echo("user_id\titem_id\trank\tscore")
+        for user_id, recs in engine.recommend_all(n):
+            for r in recs:
+                if fmt == "tsv":
+                    click.echo(f"{user_id}\t{r.item_id}\t{r.rank}\t{r.score:.6f}")
+                else:
+                    click.echo(json.dumps({"user_id": user_id, **r.to_dict()}))
+        return
+    if not user:
+        raise click.UsageError("Missing USER (or use --all).")
+    names = [r.strip() for r in recallers.split(",") if r.strip()] if recallers else None
+    recs = engine.recommend(user, n, recallers=names, ranker=ranker, category=category)
+    _print_recs(recs, as_json)
+
+
+@cli.command()
+@click.argument("item")
+@click.option("-n", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def similar(obj, item, n, as_json):
+    """Items similar to ITEM, and which recaller found each."""
+    _print_recs(obj.engine().similar(item, n), as_json)
+
+
+@cli.command()
+@click.option("-k", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--recallers", help="Comma-separated recallers to evaluate (default: the pipeline's).")
+@click.option("--ranker", help="Ranker to evaluate.")
+@click.pass_obj
+def evaluate(obj, k, as_json, recallers, ranker):
+    """Offline metrics: chronological hold-out, full ranking, per recaller and pipeline."""
+    names = [r.strip() for r in recallers.split(",") if r.strip()] if recallers else None
+    with rich_progress(not as_json) as progress:
+        report = obj.engine().evaluate(k, progress=progress, recallers=names, ranker=ranker)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        out.print(_eval_table(report))
+
+
+@cli.command()
+@click.option("--all", "show_all", is_flag=True, help="Also list every component's details.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def plugins(obj, show_all, as_json):
+    """Loaded plugins, their hooks and the components they register."""
+    engine = obj.engine()
+    info = engine.plugins()
+    if show_all or as_json:
+        info["components"] = engine.components()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    table = Table(title="Plugins")
+    for col in ("plugin", "version", "hooks", "components"):
+        table.add_column(col, overflow="fold")
+    for p in info["plugins"]:
+        comps = "; ".join(f"{k}: {', '.join(v)}" for k, v in p["components"].items())
+        table.add_row(p["name"], p["version"] or "", ", ".join(p["hooks"]), comps)
+    out.print(table)
+    for f in info["failures"]:
+        out.print(f"[red]failed to load[/red] {f['name']}: {f['error']}")
+    if show_all:
+        for kind, comps in info["components"].items():
+            for c in comps:
+                state = "trained" if c["trained"] else "not trained"
+                out.print(f"{kind[:-1]:>9} {c['name']:<14} {state:<12} {c['description']}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(obj, as_json):
+    """What is in the database: counts, active models, last runs."""
+    st = obj.engine().status()
+    if as_json:
+        click.echo(json.dumps(st, default=str, indent=2))
+        return
+    c = st["counts"]
+    click.echo(f"{st['db']}: {c['items']:,} items, {c['users']:,} users, {c['events']:,} events "
+               f"({', '.join(f'{k} {v:,}' for k, v in c['events_by_kind'].items())}), "
+               f"{c['triples']:,} triples")
+    for m in st["models"]:
+        click.echo(f"  {m['name']} v{m['version']} ({m['size']:,} bytes, "
+                   f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(m['created_at']))})")
+
+
+@cli.command()
+@click.option("--seed", default=7, show_default=True, help="Seed of the generated shop.")
+@click.option("--users", default=5000, show_default=True)
+@click.option("--items", default=2000, show_default=True)
+@click.option("--evaluate/--no-evaluate", "run_eval", default=True, show_default=True)
+@click.pass_obj
+def demo(obj, seed, users, items, run_eval):
+    """Create the demo shop, train, show recommendations with reasons and the evaluation."""
+    engine = obj.engine()
+    with rich_progress() as progress:
+        report = engine.import_data("demo", None, progress=progress, seed=seed, users=users, items=items)
+        engine.train(progress=progress)
+    click.echo(f"Demo shop in {engine.db_path}: {report.items:,} items, {report.events:,} new events.")
+    for user_id in engine.store.users_with_events()[:3]:
+        history = engine.store.history(user_id, 3)
+        seen = ", ".join(f"{h.kind} {h.item_id}" for h in reversed(history))
+        out.print(f"\n[bold]Recommendations for {user_id}[/bold] (recently: {seen})")
+        _print_recs(engine.recommend(user_id, 5), as_json=False)
+    if run_eval:
+        with rich_progress() as progress:
+            ev = engine.evaluate(10, progress=progress)
+        out.print(_eval_table(ev))
+    click.echo(f"\nNext: shelfwise --db {engine.db_path} recommend USER_ID  |  similar ITEM_ID  |  evaluate")
+
+
+def load_plugin_commands(group: click.Group = cli) -> None:
+    """Let plugins add commands (register_commands hook)."""
+    try:
+        registry().pm.hook.register_commands(cli=group)
+    except EngineError as exc:
+        console.print(f"[red]Error:[/red] {exc}")
+        sys.exit(1)
+
+
+def main() -> None:
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"Warning: {message}\n"
+    load_plugin_commands(cli)
+    cli(prog_name="shelfwise")
+
+
+if __name__ == "__main__":
+    main()
