@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
+
 from pydantic import BaseModel, Field
 
 from engine import Candidate, ModelState, Query, Ranker, RankingExample, hookimpl
@@ -22,10 +24,16 @@ class FusionConfig(BaseModel):
     k: int = Field(10, ge=1, description="cut-off of the NDCG the weights are tuned for")
 
 
-def _ndcg(ranked: list[str], relevant: frozenset[str], k: int) -> float:
-    dcg = sum(1 / math.log2(i + 2) for i, item in enumerate(ranked[:k]) if item in relevant)
-    idcg = sum(1 / math.log2(i + 2) for i in range(min(len(relevant), k)))
-    return dcg / idcg
+def _example_arrays(examples: Sequence[RankingExample], names: list[str]):
+    """All candidates of all examples as one matrix of ranks (inf: not recalled by r)."""
+    ranks, relevant, owner = [], [], []
+    for e, ex in enumerate(examples):
+        for cand in ex.candidates:
+            ranks.append([cand.ranks.get(r, np.inf) for r in names])
+            relevant.append(cand.item_id in ex.relevant)
+            owner.append(e)
+    return (np.array(ranks, dtype=np.float64).reshape(-1, len(names)), np.array(relevant, bool),
+            np.array(owner, dtype=np.int64))
 
 
 class FusionRanker(Ranker):
@@ -38,46 +46,51 @@ class FusionRanker(Ranker):
         super().__init__(config)
         self.weights: dict[str, float] = {}
 
-    def _score(self, cand: Candidate, weights: dict[str, float]) -> float:
-        c = self.config.c
-        return sum(weights.get(r, 1.0) / (c + rank) for r, rank in cand.ranks.items())
-
-    def _mean_ndcg(self, examples: Sequence[RankingExample], weights: dict[str, float]) -> float:
+    def _mean_ndcg(self, arrays, weights: np.ndarray) -> float:
+        ranks, relevant, owner = arrays
         k = self.config.k
-        total = 0.0
-        for ex in examples:
-            ranked = sorted(ex.candidates, key=lambda cand: -self._score(cand, weights))
-            total += _ndcg([cand.item_id for cand in ranked], ex.relevant, k)
-        return total / max(len(examples), 1)
+        score = (weights / (self.config.c + ranks)).sum(axis=1)
+        order = np.lexsort((-score, owner))
+        own = owner[order]
+        starts = np.searchsorted(own, own, side="left")
+        position = np.arange(len(own)) - starts
+        hit = relevant[order] & (position < k)
+        dcg = np.bincount(own[hit], weights=1 / np.log2(position[hit] + 2), minlength=self._n)
+        return float((dcg / self._idcg).mean()) if self._n else 0.0
 
     def fit(self, examples, data, progress=None) -> dict[str, float]:
         examples = [ex for ex in examples if ex.relevant]
         names = sorted({r for ex in examples for cand in ex.candidates for r in cand.ranks})
-        weights = {name: 1.0 for name in names}
-        best = self._mean_ndcg(examples, weights)
-        start = best
+        arrays = _example_arrays(examples, names)
+        k = self.config.k
+        self._n = len(examples)
+        self._idcg = np.array([sum(1 / math.log2(i + 2) for i in range(min(len(ex.relevant), k)))
+                               for ex in examples])
+        w = np.ones(len(names))
+        best = start = self._mean_ndcg(arrays, w)
         steps, total = 0, self.config.rounds * len(names) * len(GRID)
         for _ in range(self.config.rounds):
             improved = False
-            for name in names:
+            for j, name in enumerate(names):
                 for value in GRID:
                     steps += 1
                     if progress:
-                        progress("fusion", steps, total, f"tuning weight of {name}")
-                    if value == weights[name]:
+                        progress("fusion", steps, total, f"tuning the weight of {name}")
+                    if value == w[j]:
                         continue
-                    trial = dict(weights, **{name: value})
-                    if not any(trial.values()):
+                    trial = w.copy()
+                    trial[j] = value
+                    if not trial.any():
                         continue
-                    score = self._mean_ndcg(examples, trial)
+                    score = self._mean_ndcg(arrays, trial)
                     if score > best + 1e-9:
-                        best, weights, improved = score, trial, True
+                        best, w, improved = score, trial, True
             if not improved:
                 break
-        self.weights = weights
+        self.weights = {name: float(v) for name, v in zip(names, w)}
         self._fitted = True
-        k = self.config.k
-        return {f"ndcg@{k}": best, f"ndcg@{k}_equal_weights": start, "examples": len(examples)}
+        return {f"ndcg@{k}": best, f"ndcg@{k}_equal_weights": start, "examples": len(examples),
+                "weights": dict(self.weights)}
 
     def rank(self, query: Query, candidates: Sequence[Candidate]) -> list[Candidate]:
         c = self.config.c

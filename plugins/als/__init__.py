@@ -22,8 +22,8 @@ VERBS = {"purchase": "bought", "cart": "added", "view": "viewed", "click": "view
 
 class AlsConfig(BaseModel):
     factors: int = Field(64, ge=2, description="latent dimensions")
-    regularization: float = Field(0.1, ge=0, description="L2 penalty λ")
-    alpha: float = Field(2.0, gt=0, description="confidence scale: 1 + alpha*log1p(weight)")
+    regularization: float = Field(2.0, ge=0, description="L2 penalty λ")
+    alpha: float = Field(0.5, gt=0, description="confidence scale: 1 + alpha*log1p(weight)")
     iterations: int = Field(15, ge=1, description="ALS sweeps")
     history: int = Field(200, ge=1, description="most recent events used to fold a user in")
     seed: int = Field(42, description="random seed for the initial factors")

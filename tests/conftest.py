@@ -1,0 +1,48 @@
+import importlib.metadata
+import sys
+
+import pytest
+
+from engine.db import open_db
+from engine.plugins import load_plugins
+
+
+def pytest_report_header(config):
+    versions = []
+    for dist in ("shelfwise", "pluggy", "sqlite-utils", "implicit", "numpy", "torch", "textual"):
+        try:
+            versions.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{dist} missing")
+    return "shelfwise stack: " + ", ".join(versions)
+
+
+@pytest.fixture(autouse=True)
+def shelfwise_home(tmp_path, monkeypatch):
+    """Every test gets its own home and no stray settings or database."""
+    monkeypatch.setenv("SHELFWISE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SHELFWISE_CONFIG", raising=False)
+    monkeypatch.delenv("SHELFWISE_LOAD_PLUGINS", raising=False)
+    monkeypatch.delenv("SHELFWISE_DB", raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = open_db(tmp_path / "shelfwise.db")
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def registry():
+    return load_plugins()
+
+
+@pytest.fixture
+def engine(tmp_path, registry):
+    from engine.engine import Engine
+
+    eng = Engine(tmp_path / "shelfwise.db", registry=registry)
+    yield eng
+    eng.close()
