@@ -5,6 +5,7 @@ from .components import (
     RankingExample, Recaller, mention, no_progress, top_n,
 )
 from .dataset import DEFAULT_KIND_WEIGHTS, Dataset
+from .engine import Engine
 from .errors import (
     ArtifactError, ConfigError, EngineError, ImportDataError, NotTrainedError, PluginError,
     UnknownComponentError,
@@ -16,7 +17,7 @@ from .types import (
 
 __all__ = [
     "ArtifactError", "Candidate", "Component", "ConfigError", "DEFAULT_KIND_WEIGHTS",
-    "DataSource", "Dataset", "Encoder", "EngineError", "Event", "ImportDataError",
+    "DataSource", "Dataset", "Encoder", "Engine", "EngineError", "Event", "ImportDataError",
     "Interaction", "Item", "ItemEntity", "ModelState", "NoConfig", "NotTrainedError",
     "PluginError", "ProgressCallback", "Query", "Ranker", "RankingExample", "Recaller",
     "Recommendation", "Record", "Triple", "UnknownComponentError", "User", "hookimpl",

@@ -184,12 +184,11 @@ def train(obj, as_json):
     if as_json:
         click.echo(json.dumps(report, default=str))
     else:
-        ranker = report.get("ranker", {})
         click.echo(f"Trained on {report['events']:,} events of {report['users']:,} users in "
                    f"{report['total_seconds']:.1f}s (run {report['run_id']}).")
-        if ranker:
-            click.echo(f"Ranker validation NDCG@10: {ranker.get('ndcg@10', 0):.4f} "
-                       f"({ranker.get('examples', 0)} users).")
+        for name, metrics in report["rankers"].items():
+            click.echo(f"Ranker {name}: validation NDCG@10 {metrics.get('ndcg@10', 0):.4f} "
+                       f"({metrics.get('examples', 0)} users).")
 
 
 @cli.command()

@@ -66,6 +66,11 @@ class Component(ABC):
         if config is None:
             config = {}
         if isinstance(config, Mapping):
+            unknown = set(config) - set(self.Config.model_fields)
+            if unknown:
+                valid = ", ".join(sorted(self.Config.model_fields)) or "none"
+                raise ConfigError(f"[plugins.{self.name}] has unknown setting(s) "
+                                  f"{', '.join(sorted(unknown))}. Valid settings: {valid}.")
             try:
                 config = self.Config(**config)
             except Exception as exc:  # pydantic.ValidationError, TypeError

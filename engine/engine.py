@@ -169,31 +169,43 @@ class Engine:
 
     # -- training and evaluation -------------------------------------------------------
 
-    def _fresh_components(self, recallers: Sequence[str] | None = None, ranker: str | None = None):
+    def _fresh_components(self, recallers: Sequence[str] | None = None, ranker: str | None = None,
+                          every: bool = False):
+        """Unfitted components: the pipeline's recallers (with `every`, all installed ones
+        too) and rankers (the chosen one, or with `every` all installed)."""
         quotas = self._recaller_quotas(recallers)
-        fresh = {name: self._make("recallers", name) for name in quotas}
-        ranker_name = self._ranker_name(ranker, fitted_only=False)
-        return quotas, fresh, (self._make("rankers", ranker_name) if ranker_name else None)
+        names = list(quotas)
+        if every:
+            names += [n for n in self.registry.components()["recallers"] if n not in quotas]
+        fresh = {name: self._make("recallers", name) for name in names}
+        if every and not ranker:
+            rankers = [self._make("rankers", n) for n in self.registry.components()["rankers"]]
+        else:
+            name = self._ranker_name(ranker, fitted_only=False)
+            rankers = [self._make("rankers", name)] if name else []
+        return quotas, fresh, rankers
 
     def train(self, progress: ProgressCallback = no_progress) -> dict[str, Any]:
-        """Fit every pipeline component on the whole store and activate them together."""
+        """Fit every installed recaller and ranker on the whole store; activate them together.
+
+        Every recaller is fitted (so any can be asked for with `recallers=`); the rankers
+        learn from the candidates of the pipeline's recallers."""
         started = time.perf_counter()
         data = self.dataset()
         if data.n_events == 0:
             raise EngineError("There are no events to learn from. Import some first: "
                               "\"shelfwise import csv --events events.csv\".", title="No data")
-        quotas, recallers, ranker = self._fresh_components()
-        run_id = self.store.start_run("train", {"recallers": quotas,
-                                                "ranker": ranker.name if ranker else None})
+        quotas, recallers, rankers = self._fresh_components(every=True)
+        run_id = self.store.start_run("train", {"pipeline": quotas, "recallers": list(recallers),
+                                                "rankers": [r.name for r in rankers]})
         try:
-            report = fit_pipeline(data, recallers, quotas, ranker, self.settings.pipeline, progress)
+            report = fit_pipeline(data, recallers, quotas, rankers, self.settings.pipeline, progress)
         except BaseException as exc:
             self.store.finish_run(run_id, {}, status="failed", note=str(exc))
             raise
         progress("save", 0, 1, "writing model artifacts")
         blobs = {f"recaller/{n}": dump_state(r.state()) for n, r in recallers.items()}
-        if ranker is not None:
-            blobs[f"ranker/{ranker.name}"] = dump_state(ranker.state())
+        blobs.update({f"ranker/{r.name}": dump_state(r.state()) for r in rankers})
         versions = self.store.save_artifacts(blobs)
         self._loaded.clear()
         self._catalogue = None
@@ -213,10 +225,15 @@ class Engine:
         if not split.queries:
             raise EngineError(f"No user has {ps.min_interactions} or more distinct items, so "
                               f"nothing can be held out for evaluation.", title="Too little data")
-        quotas, fresh, ranker_obj = self._fresh_components(recallers, ranker)
+        quotas, fresh, rankers = self._fresh_components(recallers, ranker)
+        ranker_obj = rankers[0] if rankers else None
         run_id = self.store.start_run("evaluate", {"k": k, "recallers": quotas,
                                                    "ranker": ranker_obj.name if ranker_obj else None})
-        fit_report = fit_pipeline(split.visible, fresh, quotas, ranker_obj, ps, progress)
+        try:
+            fit_report = fit_pipeline(split.visible, fresh, quotas, rankers, ps, progress)
+        except BaseException as exc:
+            self.store.finish_run(run_id, {}, status="failed", note=str(exc))
+            raise
         progress("score", 0, len(fresh) + 1, "recalling for held-out users")
         pipe = Pipeline(fresh, {name: max(q, k) for name, q in quotas.items()}, ranker_obj)
         recalled = pipe.recall(split.queries)
@@ -232,7 +249,7 @@ class Engine:
                         "ranker": ranker_obj.name if ranker_obj else None})
         progress("score", len(fresh) + 1, len(fresh) + 1, "pipeline")
         out = {"k": k, "results": results, "run_id": run_id, "users": len(split.queries),
-               "ranker_validation": fit_report.get("ranker", {}),
+               "ranker_validation": fit_report["rankers"].get(ranker_obj.name, {}) if ranker_obj else {},
                "candidate_hit_rate": fit_report.get("candidate_hit_rate")}
         self.store.finish_run(run_id, out)
         return out
@@ -265,8 +282,7 @@ class Engine:
             part = users[start:start + batch]
             queries = [self.query_for(u) for u in part]
             for u, cands in zip(part, pipe.run(queries, n)):
-                yield u, [Recommendation(c.item_id, "", c.score, rank, c.source, c.reason)
-                          for rank, c in enumerate(cands, start=1)]
+                yield u, self.render(cands, pipe.ranker)
             progress("recommend", min(start + batch, len(users)), len(users), "")
 
     def similar(self, item_id: str, n: int = 10) -> list[Recommendation]:

@@ -28,7 +28,8 @@ def register_sources(register: Callable[..., None]) -> None:
         ``ItemEntity`` records with ``origin`` set to "FILE line N"; bad input raises
         ``engine.ImportDataError`` so that nothing of the import is written.
 
-    Called once when the engine starts. Return value ignored.
+    Called once per process, the first time the engine needs its components. Return
+    value ignored.
     """
 
 
@@ -40,7 +41,8 @@ def register_encoders(register: Callable[..., None]) -> None:
         ``engine.Encoder``: ``name``, ``dim`` and ``encode(texts) -> float32 (n, dim)``
         with L2-normalised rows.
 
-    Called once when the engine starts. Return value ignored.
+    Called once per process, the first time the engine needs its components. Return
+    value ignored.
     """
 
 
@@ -55,7 +57,8 @@ def register_recallers(register: Callable[..., None]) -> None:
         with a readable ``reason``); ``state()``/``load(state)`` as arrays plus JSON
         (never pickle); optionally ``update(events, data)`` for incremental learning.
 
-    Called once when the engine starts. Return value ignored. The pipeline uses a
+    Called once per process, the first time the engine needs its components. Return
+    value ignored. The pipeline uses a
     registered recaller only if the configuration names it (or it is in the defaults).
     """
 
@@ -70,7 +73,8 @@ def register_rankers(register: Callable[..., None]) -> None:
         ``rank(query, candidates)`` returns the candidates re-scored, best first, with
         ``source`` and ``reason`` kept.
 
-    Called once when the engine starts. Return value ignored.
+    Called once per process, the first time the engine needs its components. Return
+    value ignored.
     """
 
 

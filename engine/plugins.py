@@ -87,6 +87,14 @@ class PluginRegistry:
         return out
 
 
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"Plugin {name!r} does not match the hook contract: {exc}. "
+                          f"See the hook signatures in README.md, \"Plugin hooks\".") from exc
+
+
 def _wanted() -> set[str] | None:
     raw = os.environ.get("SHELFWISE_LOAD_PLUGINS")
     if raw is None:
@@ -122,7 +130,7 @@ def load_plugins(plugins_dir: str | Path | None = None,
             registry.failures.append(PluginFailure(ep.name, message))
             warnings.warn(f"Shelfwise plugin {ep.name!r} failed to load: {message}", stacklevel=2)
             continue
-        pm.register(plugin, name=ep.name)
+        _register(pm, plugin, ep.name)
         if ep.dist is not None:
             registry.versions[ep.name] = ep.dist.version
     if plugins_dir:
@@ -135,7 +143,7 @@ def load_plugins(plugins_dir: str | Path | None = None,
                 registry.failures.append(PluginFailure(path.stem, f"{type(exc).__name__}: {exc}"))
                 warnings.warn(f"Shelfwise plugin {str(path)!r} failed to load: {exc}", stacklevel=2)
                 continue
-            pm.register(module, name=path.stem)
+            _register(pm, module, path.stem)
             seen.add(path.stem)
     if wanted is not None:
         missing = wanted - seen

@@ -24,7 +24,8 @@ CHUNK = 20_000
 
 def event_id_for(e: Event) -> str:
     """A stable id for an event that came without one, so re-imports add nothing."""
-    raw = f"{e.user_id}\x1f{e.item_id}\x1f{e.kind}\x1f{e.ts!r}\x1f{e.value!r}".encode()
+    value = None if e.value is None else float(e.value)  # 5 and 5.0 are the same event
+    raw = f"{e.user_id}\x1f{e.item_id}\x1f{e.kind}\x1f{float(e.ts)!r}\x1f{value!r}".encode()
     return "h:" + hashlib.blake2b(raw, digest_size=10).hexdigest()
 
 
@@ -72,25 +73,50 @@ class Store:
         report = ImportReport()
         buffers: dict[type, list] = {Item: [], User: [], Event: [], Triple: [], ItemEntity: []}
         seen = 0
-        with self.db.atomic():
-            for record in records:
-                buf = buffers.get(type(record))
-                if buf is None:
-                    raise ImportDataError(getattr(record, "origin", "") or "source", None, None,
-                                          f"unsupported record type {type(record).__name__}")
-                buf.append(record)
-                if len(buf) >= CHUNK:
-                    self._flush(type(record), buf, report)
-                seen += 1
-                if progress and seen % CHUNK == 0:
-                    progress("import", seen, None, f"{seen:,} records")
-            for kind, buf in buffers.items():
-                if buf:
-                    self._flush(kind, buf, report)
+        deferred: list[str] = []
+        self.conn.execute("PRAGMA cache_size = -262144")  # 256 MiB while importing
+        try:
+            with self.db.atomic():
+                for record in records:
+                    buf = buffers.get(type(record))
+                    if buf is None:
+                        raise ImportDataError(getattr(record, "origin", "") or "source", None, None,
+                                              f"unsupported record type {type(record).__name__}")
+                    buf.append(record)
+                    if len(buf) >= CHUNK:
+                        if type(record) is Event and not deferred:
+                            deferred = self._defer_event_indexes()
+                        self._flush(type(record), buf, report)
+                    seen += 1
+                    if progress and seen % CHUNK == 0:
+                        progress("import", seen, None, f"{seen:,} records")
+                for kind, buf in buffers.items():
+                    if buf:
+                        self._flush(kind, buf, report)
+                if deferred:
+                    if progress:
+                        progress("index", 0, 1, "rebuilding event indexes")
+                    for sql in deferred:
+                        self.conn.execute(sql)
+        finally:
+            self.conn.execute("PRAGMA cache_size = -65536")
         if progress:
             progress("import", seen, seen, f"{seen:,} records")
         report.seconds = time.perf_counter() - started
         return report
+
+    def _defer_event_indexes(self) -> list[str]:
+        """For a big import into a small table: drop the secondary event indexes now and
+        return the SQL that rebuilds them at the end (same transaction, so a failed
+        import rolls the drop back too). Sorting once beats updating B-trees per row."""
+        if self.conn.execute("SELECT count(*) FROM events").fetchone()[0] > 2_000_000:
+            return []
+        rows = self.conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' "
+            "AND sql IS NOT NULL AND sql NOT LIKE 'CREATE UNIQUE%'").fetchall()
+        for name, _ in rows:
+            self.conn.execute(f'DROP INDEX "{name}"')
+        return [sql for _, sql in rows]
 
     def _flush(self, kind: type, buf: list, report: ImportReport) -> None:
         if kind is Item:
@@ -161,26 +187,40 @@ class Store:
                                       f"{e.ts!r} is not a finite time")
             rows.append((e.event_id or event_id_for(e), e.user_id, e.item_id, e.kind,
                          e.value, float(e.ts)))
-        seen = self._stored_events([r[0] for r in rows])
-        added, new_rows, conflicts, duplicates = [], [], [], 0
-        for e, row in zip(events, rows):
-            previous = seen.get(row[0])
-            if previous is None:
-                seen[row[0]] = row
-                new_rows.append(row)
-                added.append(e)
-            elif previous == row:
-                duplicates += 1
-            else:
-                conflicts.append(e)
+        # Fast path: insert, and only look closer if some ids were already there.
+        before = self.conn.total_changes
         self.conn.executemany(
-            "INSERT INTO events (event_id, user_id, item_id, kind, value, ts) "
-            "VALUES (?, ?, ?, ?, ?, ?)", new_rows)
-        if new_rows:
+            "INSERT OR IGNORE INTO events (event_id, user_id, item_id, kind, value, ts) "
+            "VALUES (?, ?, ?, ?, ?, ?)", rows)
+        inserted = self.conn.total_changes - before
+        if inserted == len(rows):
+            added, duplicates, conflicts = list(events), 0, []
+        else:
+            added, duplicates, conflicts = self._sort_out(events, rows, before)
+        if inserted:
             now = time.time()
             self.conn.executemany(
                 "INSERT OR IGNORE INTO users (user_id, attrs, created_at) VALUES (?, '{}', ?)",
-                [(u, now) for u in {r[1] for r in new_rows}])
+                [(u, now) for u in {r[1] for r in rows}])
+        return added, duplicates, conflicts
+
+    def _sort_out(self, events, rows, changes_before):
+        """After a partial insert: which rows are new, which resend a stored event, and
+        which reuse an id for different data. New rows got rowids above the old maximum."""
+        stored = self._stored_events([r[0] for r in rows])
+        first_new = self.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0] \
+            - (self.conn.total_changes - changes_before) + 1
+        new_ids = {r[0] for r in self.conn.execute(
+            "SELECT event_id FROM events WHERE id >= ?", [first_new])}
+        added, conflicts, duplicates, taken = [], [], 0, set()
+        for e, row in zip(events, rows):
+            if row[0] in new_ids and row[0] not in taken and stored.get(row[0]) == row:
+                added.append(e)
+                taken.add(row[0])
+            elif stored.get(row[0]) == row:
+                duplicates += 1
+            else:
+                conflicts.append(e)
         return added, duplicates, conflicts
 
     def _stored_events(self, ids: list[str]) -> dict[str, tuple]:
@@ -312,6 +352,10 @@ class Store:
         return versions
 
     def _activate(self, name: str, version: int) -> None:
+        if self.conn.execute("SELECT 1 FROM artifacts WHERE name = ? AND version = ?",
+                             [name, version]).fetchone() is None:
+            raise ArtifactError(f"Artifact {name!r} has no version {version}; nothing was "
+                                f"activated.")
         self.conn.execute("UPDATE artifacts SET active = 0 WHERE name = ? AND active = 1", [name])
         self.conn.execute("UPDATE artifacts SET active = 1 WHERE name = ? AND version = ?",
                           [name, version])

@@ -23,7 +23,7 @@ from .dataset import Dataset
 from .pipeline import merge
 from .types import Candidate, Interaction, Query
 
-N_USERS, N_ITEMS, PER_USER = 40, 20, 8
+N_USERS, N_ITEMS, PER_USER = 40, 40, 8
 T0 = 1_700_000_000.0
 
 

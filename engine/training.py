@@ -4,7 +4,7 @@ then the recallers again on everything. Used by both `train` and `evaluate`."""
 from __future__ import annotations
 
 import time
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from .components import ProgressCallback, Ranker, RankingExample, Recaller, no_progress
 from .config import PipelineSettings
@@ -27,29 +27,32 @@ def fit_recallers(data: Dataset, recallers: Mapping[str, Recaller],
 
 
 def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mapping[str, int],
-                 ranker: Ranker | None, settings: PipelineSettings,
+                 rankers: Sequence[Ranker], settings: PipelineSettings,
                  progress: ProgressCallback = no_progress) -> dict:
-    """Fit everything on `data`. Returns timings and the ranker's validation metrics."""
-    report: dict = {"seconds": {}}
-    if ranker is not None:
+    """Fit everything on `data`: the recallers on a validation split first, so that each
+    ranker learns from candidates of recallers that did not see the held-out items; then
+    the recallers again on all of `data`. Only recallers in `quotas` feed the rankers.
+    Returns timings, each ranker's validation metrics and the candidates' hit rate."""
+    report: dict = {"seconds": {}, "rankers": {}}
+    if rankers:
         split = holdout(data, settings.validation_share, settings.min_interactions,
                         history=settings.history, max_users=settings.validation_users,
                         seed=settings.seed)
-        fit_recallers(split.visible, recallers, progress, label="validate")
+        in_pipeline = {name: recallers[name] for name in quotas}
+        fit_recallers(split.visible, in_pipeline, progress, label="validate")
         progress("candidates", 0, len(split.queries), "recalling for validation users")
-        pipe = Pipeline(dict(recallers), dict(quotas))
-        cands = pipe.candidates(split.queries)
+        cands = Pipeline(in_pipeline, dict(quotas)).candidates(split.queries)
         examples = [RankingExample(q, c, rel)
                     for q, c, rel in zip(split.queries, cands, split.relevant)]
         progress("candidates", len(examples), len(examples), f"{len(examples)} validation users")
-        stage = f"fit {ranker.name}"
-        started = time.perf_counter()
-        report["ranker"] = ranker.fit(
-            examples, split.visible,
-            progress=lambda _s, done, total, msg="": progress(stage, done, total, msg))
-        report["seconds"][ranker.name] = time.perf_counter() - started
-        recall_hit = sum(bool(set(c.item_id for c in cs) & ex.relevant)
-                         for cs, ex in zip(cands, examples))
-        report["candidate_hit_rate"] = recall_hit / max(len(examples), 1)
+        for ranker in rankers:
+            stage = f"fit {ranker.name}"
+            started = time.perf_counter()
+            report["rankers"][ranker.name] = ranker.fit(
+                examples, split.visible,
+                progress=lambda _s, done, total, msg="", st=stage: progress(st, done, total, msg))
+            report["seconds"][ranker.name] = time.perf_counter() - started
+        hits = sum(bool({c.item_id for c in cs} & ex.relevant) for cs, ex in zip(cands, examples))
+        report["candidate_hit_rate"] = hits / max(len(examples), 1)
     report["seconds"].update(fit_recallers(data, recallers, progress))
     return report

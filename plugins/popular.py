@@ -73,7 +73,8 @@ class PopularRecaller(Recaller):
         days = int(self.config.recent_days)
         if self.recent[i] * 4 >= self.people[i] and self.recent[i] >= 3:
             return f"trending: {self.recent[i]} people in the last {days} days"
-        return f"popular with {self.people[i]} people"
+        n = self.people[i]
+        return f"popular with {n} {'person' if n == 1 else 'people'}"
 
     def recall(self, queries: Sequence[Query], n: int):
         out = []

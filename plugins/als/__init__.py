@@ -43,15 +43,15 @@ class AlsRecaller(Recaller):
         cfg = self.config
         m = data.matrix()
         m.data = confidence(m.data, cfg.alpha).astype(np.float32)
-        model = AlternatingLeastSquares(
-            factors=cfg.factors, regularization=cfg.regularization, alpha=1.0,
-            iterations=cfg.iterations, random_state=cfg.seed, num_threads=cfg.threads)
 
         def step(iteration, seconds, loss):
             if progress:
                 progress("als", iteration + 1, cfg.iterations, f"ALS sweep {iteration + 1}")
 
-        with threadpool_limits(limits=cfg.threads or None):
+        with threadpool_limits(limits=1, user_api="blas"):  # implicit parallelises itself
+            model = AlternatingLeastSquares(
+                factors=cfg.factors, regularization=cfg.regularization, alpha=1.0,
+                iterations=cfg.iterations, random_state=cfg.seed, num_threads=cfg.threads)
             model.fit(m, show_progress=False, callback=step)
         self._set(np.asarray(model.item_factors, dtype=np.float32), data.item_ids,
                   data.known if data.known is not None else np.ones(data.n_items, bool),
@@ -94,6 +94,10 @@ class AlsRecaller(Recaller):
 
     def recall(self, queries: Sequence[Query], n: int):
         rows = self._rows(queries)
+        # "similar to this item": fold in a user who knows only that item
+        rows = [((np.array([self.index[q.item_id]]), confidence(np.array([1.0]), self.config.alpha))
+                 if q.item_id is not None and not q.history and q.item_id in self.index else row)
+                for q, row in zip(queries, rows)]
         users = fold_in(self.item_factors, self.gram, rows, self.config.regularization)
         scores = users @ self.item_factors.T
         out = []

@@ -1,0 +1,315 @@
+"""The `shelfwise` command line: CliRunner over a CSV-imported shop. Errors are one clear line
+and a non-zero exit status, never a traceback."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import cli
+
+from . import shop
+
+N_USERS = 120
+
+
+def run(db, *args):
+    return CliRunner().invoke(cli, ["--db", str(db), *args])
+
+
+def assert_clean_error(result, *texts):
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    for text in texts:
+        assert text in result.output, result.output
+
+
+@pytest.fixture(scope="module")
+def csv_files(tmp_path_factory):
+    return shop.write_csv(tmp_path_factory.mktemp("csv"), n_users=N_USERS)
+
+
+@pytest.fixture(scope="module")
+def shop_db(tmp_path_factory, csv_files):
+    """A database created, imported and trained through the CLI (checked by the tests below)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("SHELFWISE_LOAD_PLUGINS", "SHELFWISE_CONFIG", "SHELFWISE_DB"):
+            mp.delenv(var, raising=False)
+        db = tmp_path_factory.mktemp("cli") / "x.db"
+        items, events = csv_files
+        results = {
+            "init": run(db, "init"),
+            "import": run(db, "import", "csv", "--items", str(items), "--events", str(events)),
+            "train": run(db, "train"),
+        }
+    return db, results
+
+
+def test_init_import_and_train(shop_db):
+    db, results = shop_db
+    for name, result in results.items():
+        assert result.exit_code == 0, f"{name}: {result.output}"
+    assert f"Database ready: {db}" in results["init"].output
+    n_events = len(shop.events(N_USERS))
+    assert "Imported 60 items" in results["import"].output
+    assert f"{n_events:,} events (0 already stored)" in results["import"].output
+    assert "Trained on" in results["train"].output
+
+
+def test_import_again_adds_nothing(tmp_path, csv_files):
+    items, events = csv_files
+    db = tmp_path / "again.db"
+    first = run(db, "import", "csv", "--items", str(items), "--events", str(events), "--json")
+    assert first.exit_code == 0, first.output
+    second = run(db, "import", "csv", "--items", str(items), "--events", str(events), "--json")
+    assert second.exit_code == 0, second.output
+    report = json.loads(second.stdout)
+    assert report["events"] == 0
+    assert report["duplicates"] == json.loads(first.stdout)["events"]
+
+
+def test_status(shop_db):
+    db, _ = shop_db
+    result = run(db, "status")
+    assert result.exit_code == 0, result.output
+    assert "60 items" in result.output
+    assert "recaller/als v1" in result.output and "ranker/fusion v1" in result.output
+    as_json = run(db, "status", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout)["counts"]["items"] == 60
+
+
+def test_recommend_json(shop_db):
+    db, _ = shop_db
+    result = run(db, "recommend", "user001", "-n", "3", "--json")
+    assert result.exit_code == 0, result.output
+    recs = json.loads(result.stdout)
+    assert isinstance(recs, list) and len(recs) == 3
+    for r in recs:
+        assert {"item_id", "title", "score", "source", "reason"} <= set(r)
+        assert r["title"].startswith("Item ") and r["reason"]
+        assert r["item_id"] != shop.OUT_OF_STOCK
+    assert [r["rank"] for r in recs] == [1, 2, 3]
+
+
+def test_recommend_table(shop_db):
+    db, _ = shop_db
+    result = run(db, "recommend", "user001", "-n", "2")
+    assert result.exit_code == 0, result.output
+    assert "Item " in result.output and "source" in result.output
+
+
+def test_recommend_with_chosen_recallers(shop_db):
+    db, _ = shop_db
+    result = run(db, "recommend", "user001", "--recallers", "popular", "--json")
+    assert result.exit_code == 0, result.output
+    recs = json.loads(result.stdout)
+    assert len(recs) == 10 and {r["source"] for r in recs} == {"popular"}
+
+
+def test_recommend_category(shop_db):
+    db, _ = shop_db
+    result = run(db, "recommend", "user001", "--category", "cat1", "--json")
+    assert result.exit_code == 0, result.output
+    recs = json.loads(result.stdout)
+    assert recs and {r["category"] for r in recs} == {"cat1"}
+
+
+def test_recommend_all_tsv(shop_db):
+    db, _ = shop_db
+    result = run(db, "recommend", "--all", "-n", "2", "--format", "tsv")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "user_id\titem_id\trank\tscore"
+    rows = [line.split("\t") for line in lines[1:]]
+    per_user = {}
+    for user, item, rank, score in rows:
+        per_user.setdefault(user, []).append((int(rank), item))
+        float(score)
+    assert len(per_user) == N_USERS
+    assert all([rank for rank, _ in recs] == [1, 2] for recs in per_user.values())
+
+
+def test_recommend_all_jsonl(shop_db):
+    db, _ = shop_db
+    result = run(db, "recommend", "--all", "-n", "1", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == N_USERS and {"user_id", "item_id", "reason"} <= set(lines[0])
+    for line in lines:
+        assert line["title"].startswith("Item "), line
+        assert "[[" not in line["reason"], f"unrendered mention: {line['reason']}"
+
+
+def test_similar(shop_db):
+    db, _ = shop_db
+    item = shop.item_id(2, 4)
+    result = run(db, "similar", item, "-n", "4", "--json")
+    assert result.exit_code == 0, result.output
+    recs = json.loads(result.stdout)
+    assert len(recs) == 4 and item not in {r["item_id"] for r in recs}
+    assert all(r["reason"] for r in recs)
+
+
+def test_evaluate_json(shop_db):
+    db, _ = shop_db
+    result = run(db, "evaluate", "-k", "5", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["k"] == 5
+    rows = {r["name"]: r for r in report["results"]}
+    assert set(rows) == {"popular", "als", "cooccurrence", "pipeline"}
+    assert rows["pipeline"]["kind"] == "pipeline"
+    assert {r["kind"] for name, r in rows.items() if name != "pipeline"} == {"recaller"}
+    for r in rows.values():
+        assert {f"{m}@5" for m in ("ndcg", "recall", "hit", "mrr", "precision", "coverage")} \
+            <= set(r["metrics"])
+
+
+def test_evaluate_table(shop_db):
+    db, _ = shop_db
+    result = run(db, "evaluate", "-k", "3", "--recallers", "popular")
+    assert result.exit_code == 0, result.output
+    assert "ndcg@3" in result.output and "pipeline" in result.output
+
+
+def test_plugins(shop_db):
+    db, _ = shop_db
+    result = run(db, "plugins")
+    assert result.exit_code == 0, result.output
+    for name in ("popular", "als", "cooccurrence", "fusion", "register_recallers"):
+        assert name in result.output
+    as_json = run(db, "plugins", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    info = json.loads(as_json.stdout)
+    plugins = {p["name"]: p for p in info["plugins"]}
+    assert plugins["fusion"]["components"] == {"rankers": ["fusion"]}
+    assert "failures" in info
+    trained = {c["name"] for c in info["components"]["recallers"] if c["trained"]}
+    assert trained == {"popular", "als", "cooccurrence"}
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+def test_unknown_recaller(shop_db):
+    db, _ = shop_db
+    result = run(db, "recommend", "user001", "--recallers", "popular,nope")
+    assert_clean_error(result, "Unknown recaller 'nope'", "als, cooccurrence, popular")
+
+
+def test_unknown_source(tmp_path):
+    result = run(tmp_path / "x.db", "import", "nope", "somewhere")
+    assert_clean_error(result, "Unknown source 'nope'", "csv")
+
+
+def test_recommend_before_train(tmp_path, csv_files):
+    items, events = csv_files
+    db = tmp_path / "untrained.db"
+    imported = run(db, "import", "csv", "--items", str(items), "--events", str(events))
+    assert imported.exit_code == 0, imported.output
+    result = run(db, "recommend", "user001")
+    assert_clean_error(result, "No trained recallers", "shelfwise train")
+
+
+def test_train_an_empty_database(tmp_path):
+    assert_clean_error(run(tmp_path / "empty.db", "train"), "no events")
+
+
+def test_import_a_missing_file(tmp_path):
+    missing = tmp_path / "nowhere.csv"
+    result = run(tmp_path / "x.db", "import", "csv", "--events", str(missing))
+    assert_clean_error(result, "nowhere.csv", "file not found")
+
+
+def test_import_a_bad_value_keeps_nothing(tmp_path):
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,title,category,price,in_stock\n"
+                     "a,Red shoes,shoes,12.50,yes\n"
+                     "b,Blue hat,hats,abc,yes\n")
+    db = tmp_path / "x.db"
+    result = run(db, "import", "csv", "--items", str(items))
+    assert_clean_error(result, "items.csv line 3", "price", "'abc' is not a number")
+    status = run(db, "status", "--json")
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["counts"]["items"] == 0, "nothing half-imported"
+
+
+def test_import_a_bad_timestamp(tmp_path):
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,kind,timestamp\n"
+                      "u1,a,view,2024-05-01T10:00:00\n"
+                      "u1,b,view,yesterday\n")
+    result = run(tmp_path / "x.db", "import", "csv", "--events", str(events))
+    assert_clean_error(result, "events.csv line 3", "timestamp", "'yesterday'")
+
+
+def test_similar_unknown_item(shop_db):
+    db, _ = shop_db
+    assert_clean_error(run(db, "similar", "no-such-item"), "Unknown item 'no-such-item'")
+
+
+def test_database_in_a_missing_folder(tmp_path):
+    result = run(tmp_path / "missing" / "x.db", "status")
+    assert_clean_error(result, "does not exist")
+
+
+def test_recommend_needs_a_user_or_all(shop_db):
+    db, _ = shop_db
+    result = run(db, "recommend")
+    assert result.exit_code == 2 and "Missing USER" in result.output
+    both = run(db, "recommend", "user001", "--all")
+    assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_plugins_dir(tmp_path):
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    (folder / "shelf_extra.py").write_text(
+        "from engine import Recaller, hookimpl\n\n"
+        "class Newest(Recaller):\n"
+        "    name = 'newest'\n"
+        "    description = 'the newest items'\n"
+        "    def fit(self, data, progress=None):\n"
+        "        pass\n"
+        "    def recall(self, queries, n):\n"
+        "        return [[] for _ in queries]\n\n"
+        "@hookimpl\n"
+        "def register_recallers(register):\n"
+        "    register(Newest)\n")
+    result = CliRunner().invoke(cli, ["--db", str(tmp_path / "x.db"), "--plugins-dir",
+                                      str(folder), "plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert {p["name"]: p["components"] for p in info["plugins"]}["shelf_extra"] == \
+        {"recallers": ["newest"]}
+
+
+def test_plugin_with_an_unknown_hook(tmp_path):
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    (folder / "widgets.py").write_text(
+        "from engine import hookimpl\n\n"
+        "@hookimpl\n"
+        "def register_widgets(register):\n"
+        "    pass\n")
+    result = CliRunner().invoke(cli, ["--db", str(tmp_path / "x.db"), "--plugins-dir",
+                                      str(folder), "plugins"])
+    assert_clean_error(result, "register_widgets")
+
+
+def test_bad_settings_file(tmp_path):
+    (tmp_path / "shelfwise.toml").write_text("[pipeline]\nrecallers = { popular = 'many' }\n")
+    result = run(tmp_path / "x.db", "status")
+    assert_clean_error(result, "shelfwise.toml", "recallers")
+
+
+def test_misspelt_component_setting(tmp_path, csv_files):
+    items, events = csv_files
+    (tmp_path / "shelfwise.toml").write_text("[plugins.als]\nfactor = 8\n")
+    db = tmp_path / "x.db"
+    imported = run(db, "import", "csv", "--items", str(items), "--events", str(events))
+    assert imported.exit_code == 0, imported.output
+    assert_clean_error(run(db, "train"), "[plugins.als]", "factor", "factors")

@@ -1,0 +1,395 @@
+"""The request path (merge, filters, ranker) and the Engine API on a small synthetic shop:
+train, recommend, similar, ingest, evaluate."""
+
+import pytest
+
+from engine import (
+    Candidate, EngineError, Event, NotTrainedError, Query, Recaller, UnknownComponentError,
+    hookimpl,
+)
+from engine.config import Settings
+from engine.engine import Engine
+from engine.pipeline import Pipeline, merge
+from engine.plugins import load_plugins
+
+from . import shop
+
+DEFAULT_RECALLERS = {"popular", "als", "cooccurrence"}
+METRIC_KEYS = {f"{m}@5" for m in ("ndcg", "recall", "hit", "mrr", "precision", "coverage")}
+
+
+def cand(item, source, rank, score=None, reason=None):
+    score = 1.0 / rank if score is None else score
+    reason = reason or f"{source} likes {item}"
+    return Candidate(item, score, source, reason, {source: score}, {source: rank},
+                     {source: reason})
+
+
+# -- merge ----------------------------------------------------------------------------
+
+
+def test_merge_keeps_every_recallers_opinion():
+    merged = merge({
+        "a": [cand("x", "a", 1), cand("y", "a", 2, reason="a's reason for y")],
+        "b": [cand("y", "b", 1, score=0.3, reason="b's reason for y"), cand("z", "b", 2)],
+    })
+    by_id = {c.item_id: c for c in merged}
+    assert set(by_id) == {"x", "y", "z"}
+    y = by_id["y"]
+    assert y.ranks == {"a": 2, "b": 1}
+    assert y.scores == {"a": 0.5, "b": 0.3}
+    assert y.reasons == {"a": "a's reason for y", "b": "b's reason for y"}
+    assert y.source == "b" and y.reason == "b's reason for y", "the best-ranked recaller leads"
+    assert merged[0].item_id == "y", "found by two recallers: first by reciprocal rank"
+    assert by_id["x"].source == "a" and by_id["x"].ranks == {"a": 1}
+
+
+def test_merge_tie_goes_to_the_earlier_recaller():
+    merged = merge({"a": [cand("x", "a", 1)], "b": [cand("x", "b", 1)]})
+    assert len(merged) == 1 and merged[0].source == "a"
+    assert merged[0].ranks == {"a": 1, "b": 1}
+
+
+class StaticRecaller(Recaller):
+    """Proposes fixed items and ignores `exclude`, so only the pipeline can filter."""
+
+    name = "static"
+    description = "fixed list"
+
+    def __init__(self, items):
+        super().__init__()
+        self.items = items
+
+    def fit(self, data, progress=None):
+        pass
+
+    def recall(self, queries, n):
+        return [self.candidates([(i, 1.0 / r, f"static {i}")
+                                 for r, i in enumerate(self.items[:n], start=1)])
+                for _ in queries]
+
+
+def test_pipeline_filters_excluded_unavailable_and_other_categories():
+    pipe = Pipeline({"static": StaticRecaller(["a", "b", "c", "d", "e", "f"])}, {"static": 10},
+                    available={"a", "b", "c", "e", "f"},
+                    categories={"a": "hats", "b": "shoes", "c": "hats", "d": "hats",
+                                "e": "socks", "f": "hats"})
+    q = Query(user_id="u", exclude=frozenset(["a"]))
+    assert [c.item_id for c in pipe.run([q], 10)[0]] == ["b", "c", "e", "f"]
+    hats = Query(user_id="u", exclude=frozenset(["a"]), category="hats")
+    assert [c.item_id for c in pipe.run([hats], 10)[0]] == ["c", "f"]
+    assert [c.item_id for c in pipe.run([q], 2)[0]] == ["b", "c"]
+    everything = Pipeline({"static": StaticRecaller(["a", "d"])}, {"static": 10})
+    assert [c.item_id for c in everything.run([Query()], 10)[0]] == ["a", "d"], \
+        "available=None means no stock filter"
+
+
+def test_pipeline_applies_the_ranker_after_filtering():
+    class Reverse:
+        name = "reverse"
+
+        def rank(self, query, candidates):
+            assert "a" not in [c.item_id for c in candidates], "filters run before the ranker"
+            return [c.led_by(c.source, float(r)) for r, c in enumerate(reversed(candidates))]
+
+    pipe = Pipeline({"static": StaticRecaller(["a", "b", "c"])}, {"static": 10}, ranker=Reverse())
+    assert [c.item_id for c in pipe.run([Query(exclude=frozenset(["a"]))], 10)[0]] == ["c", "b"]
+
+
+def test_pipeline_respects_quotas():
+    pipe = Pipeline({"static": StaticRecaller(list("abcdefgh"))}, {"static": 3})
+    assert [c.item_id for c in pipe.run([Query()], 10)[0]] == ["a", "b", "c"]
+
+
+# -- the engine on a small shop -------------------------------------------------------
+
+
+def fill(eng):
+    eng.store.write(shop.catalogue() + shop.events())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One trained engine shared by the read-only tests of this module."""
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("SHELFWISE_LOAD_PLUGINS", "SHELFWISE_CONFIG", "SHELFWISE_DB"):
+            mp.delenv(var, raising=False)
+        eng = Engine(tmp_path_factory.mktemp("shop") / "shelfwise.db", registry=load_plugins(),
+                     settings=Settings())
+        fill(eng)
+        eng.train_report = eng.train()
+    yield eng
+    eng.close()
+
+
+def users_with(eng, kind):
+    return sorted({r[0] for r in eng.store.conn.execute(
+        "SELECT user_id FROM events WHERE kind = ?", [kind])})
+
+
+def test_train_fits_and_activates_every_component(trained):
+    report = trained.train_report
+    assert set(report["versions"]) == {f"recaller/{n}" for n in DEFAULT_RECALLERS} | {"ranker/fusion"}
+    assert report["users"] == 200 and report["items"] == 61  # 60 + the uncatalogued one
+    run = trained.store.run(report["run_id"])
+    assert run["kind"] == "train" and run["status"] == "ok"
+    comps = trained.components()
+    assert {c["name"] for c in comps["recallers"] if c["trained"]} == DEFAULT_RECALLERS
+    assert [c["name"] for c in comps["rankers"] if c["trained"]] == ["fusion"]
+
+
+def test_recommend_never_returns_what_the_user_bought(trained):
+    buyers = users_with(trained, "purchase")
+    assert len(buyers) > 100
+    for user in buyers[:40]:
+        recs = trained.recommend(user, n=10)
+        assert len(recs) == 10
+        bought = trained.store.consumed(user, ["purchase", "rating"])
+        assert bought
+        assert not {r.item_id for r in recs} & bought, user
+
+
+def test_viewed_items_may_come_back(trained):
+    """Only purchases and ratings hide an item; a viewed item may be recommended (here by ALS,
+    which scores what a shopper looked at highly)."""
+    shown_again = 0
+    for user in users_with(trained, "view")[:20]:
+        viewed_only = ({h.item_id for h in trained.store.history(user) if h.kind == "view"}
+                       - trained.store.consumed(user, ["purchase", "rating"]))
+        assert not trained.query_for(user).exclude & viewed_only
+        recs = trained.recommend(user, n=10, recallers=["als"])
+        shown_again += len({r.item_id for r in recs} & viewed_only)
+    assert shown_again > 0, "views are not a reason to hide an item"
+
+
+def test_out_of_stock_and_unknown_items_are_never_recommended(trained):
+    popular = trained.pipeline().recallers["popular"]
+    raw = [c.item_id for c in popular.recall([Query()], 5)[0]]
+    assert shop.OUT_OF_STOCK in raw, "the test needs the out-of-stock item to be popular"
+    hidden = {shop.OUT_OF_STOCK, shop.NOT_IN_CATALOGUE}
+    for user in trained.store.users_with_events()[::5]:
+        recs = trained.recommend(user, n=20)
+        assert not {r.item_id for r in recs} & hidden, user
+    for user, recs in trained.recommend_all(n=10):
+        assert not {r.item_id for r in recs} & hidden, user
+
+
+def test_recommendations_explain_themselves(trained):
+    user = users_with(trained, "purchase")[0]
+    recs = trained.recommend(user, n=10)
+    assert [r.rank for r in recs] == list(range(1, 11))
+    assert [r.score for r in recs] == sorted((r.score for r in recs), reverse=True)
+    for r in recs:
+        assert r.title.startswith("Item ") and r.category.startswith("cat")
+        assert r.source in DEFAULT_RECALLERS and r.source in r.sources
+        assert r.reason and "[[" not in r.reason, "mentions are rendered as titles"
+        assert r.ranker == "fusion"
+    assert any("“Item " in r.reason for r in recs), "a reason names an item by its title"
+
+
+def test_only_the_chosen_recallers(trained):
+    user = users_with(trained, "purchase")[3]
+    recs = trained.recommend(user, n=8, recallers=["popular"])
+    assert len(recs) == 8
+    assert {r.source for r in recs} == {"popular"}
+    assert {s for r in recs for s in r.sources} == {"popular"}
+
+
+def test_category_filter(trained):
+    user = users_with(trained, "purchase")[0]
+    recs = trained.recommend(user, n=5, category="cat2")
+    assert recs and {r.category for r in recs} == {"cat2"}
+
+
+def test_unknown_user_gets_popular_items(trained):
+    recs = trained.recommend("somebody-new", n=5)
+    assert len(recs) == 5
+    assert {r.source for r in recs} == {"popular"}
+    assert shop.OUT_OF_STOCK not in {r.item_id for r in recs}
+
+
+def test_unknown_recaller_lists_the_installed_ones(trained):
+    with pytest.raises(UnknownComponentError) as err:
+        trained.recommend("user001", recallers=["popular", "nope"])
+    message = str(err.value)
+    assert "'nope'" in message
+    for name in DEFAULT_RECALLERS:
+        assert name in message
+
+
+def test_unknown_ranker_is_an_error(trained):
+    with pytest.raises(UnknownComponentError, match="'bert2'"):
+        trained.recommend("user001", ranker="bert2")
+
+
+def test_n_must_be_positive(trained):
+    with pytest.raises(EngineError, match="n must be at least 1"):
+        trained.recommend("user001", n=0)
+
+
+def test_similar_items(trained):
+    item = shop.item_id(1, 3)
+    recs = trained.similar(item, n=5)
+    assert len(recs) == 5
+    assert item not in {r.item_id for r in recs}
+    assert {r.source for r in recs} <= {"als", "cooccurrence"}
+    assert sum(r.category == "cat1" for r in recs) >= 4
+    assert shop.OUT_OF_STOCK not in {r.item_id for r in trained.similar(shop.item_id(0, 1), 20)}
+    with pytest.raises(EngineError, match="Unknown item 'no-such-item'"):
+        trained.similar("no-such-item")
+
+
+def test_recommend_before_training(engine):
+    fill(engine)
+    with pytest.raises(NotTrainedError, match="shelfwise train"):
+        engine.recommend("user001")
+    with pytest.raises(NotTrainedError):
+        engine.recommend("user001", recallers=["popular"])
+
+
+def test_train_without_events_is_an_error(engine):
+    engine.store.write(shop.catalogue())
+    with pytest.raises(EngineError, match="no events"):
+        engine.train()
+
+
+def test_ingest_is_idempotent_and_updates_cooccurrence(engine):
+    fill(engine)
+    engine.train()
+    version = {a["name"]: a["version"] for a in engine.store.active_artifacts()}
+    user = "user001"
+    target = shop.item_id(1, 7)
+    assert target not in engine.store.consumed(user, ["purchase"])
+    new = [Event(user, shop.item_id(1, 5), "cart", shop.T0 + 60 * shop.DAY, event_id="n1"),
+           Event(user, target, "purchase", shop.T0 + 60 * shop.DAY + 5, event_id="n2")]
+    assert engine.ingest(new) == {"accepted": 2, "duplicates": 0}
+    after = {a["name"]: a["version"] for a in engine.store.active_artifacts()}
+    assert after["recaller/cooccurrence"] == version["recaller/cooccurrence"] + 1
+    assert after["recaller/als"] == version["recaller/als"], "ALS folds users in; no new state"
+    assert target not in {r.item_id for r in engine.recommend(user, n=30)}
+
+    assert engine.ingest(new) == {"accepted": 0, "duplicates": 2}
+    again = {a["name"]: a["version"] for a in engine.store.active_artifacts()}
+    assert again == after, "nothing new, nothing saved"
+
+
+def test_ingest_conflict_stores_nothing(engine):
+    fill(engine)
+    engine.train()
+    engine.ingest([Event("user001", shop.item_id(0, 1), "view", shop.T0 + 99 * shop.DAY,
+                         event_id="c1")])
+    before = engine.store.counts()["events"]
+    versions = engine.store.active_artifacts()
+    with pytest.raises(EngineError, match="c1") as err:
+        engine.ingest([
+            Event("user002", shop.item_id(0, 2), "view", shop.T0 + 99 * shop.DAY, event_id="c2"),
+            Event("user001", shop.item_id(0, 1), "purchase", shop.T0 + 99 * shop.DAY,
+                  event_id="c1"),
+        ])
+    assert "nothing of this batch was stored" in str(err.value)
+    assert engine.store.counts()["events"] == before
+    assert engine.store.active_artifacts() == versions
+
+
+def test_evaluate_reports_every_recaller_and_the_pipeline(trained):
+    report = trained.evaluate(k=5)
+    assert report["k"] == 5 and report["users"] > 100
+    by_name = {r["name"]: r for r in report["results"]}
+    assert set(by_name) == DEFAULT_RECALLERS | {"pipeline"}
+    assert by_name["pipeline"]["kind"] == "pipeline" and by_name["pipeline"]["ranker"] == "fusion"
+    for name in DEFAULT_RECALLERS:
+        assert by_name[name]["kind"] == "recaller"
+    for row in report["results"]:
+        assert METRIC_KEYS <= set(row["metrics"]), row["name"]
+        assert all(0.0 <= row["metrics"][k] <= 1.0 for k in METRIC_KEYS)
+    # the shop has structure: personalised recall beats chance by a wide margin
+    assert by_name["pipeline"]["metrics"]["hit@5"] > 0.2
+    run = trained.store.run(report["run_id"])
+    assert run["kind"] == "evaluate" and run["status"] == "ok"
+    assert run["metrics"]["results"] == report["results"]
+
+    second = trained.evaluate(k=5)
+    assert second["run_id"] != report["run_id"]
+    assert second["results"] == report["results"], "evaluation must be reproducible"
+
+
+def test_evaluate_does_not_touch_the_served_models(trained):
+    before = trained.store.active_artifacts()
+    trained.evaluate(k=3, recallers=["popular"])
+    assert trained.store.active_artifacts() == before
+
+
+def test_evaluate_needs_enough_history(engine):
+    engine.store.write([Event("u1", "a", "view", shop.T0), Event("u1", "b", "view", shop.T0 + 1)])
+    with pytest.raises(EngineError, match="held out"):
+        engine.evaluate(k=5)
+
+
+def test_recommend_all_agrees_with_recommend(trained):
+    """`recommend --all` (campaign exports) must show what `recommend USER` shows: the same
+    items, titles and readable reasons."""
+    everyone = dict(trained.recommend_all(n=5, batch=7))
+    assert set(everyone) == set(trained.store.users_with_events())
+    for user in sorted(everyone)[:10]:
+        one = trained.recommend(user, n=5)
+        assert [r.item_id for r in everyone[user]] == [r.item_id for r in one]
+        assert [r.title for r in everyone[user]] == [r.title for r in one]
+        assert [r.reason for r in everyone[user]] == [r.reason for r in one]
+
+
+def test_stock_changes_apply_without_retraining(engine, tmp_path):
+    fill(engine)
+    engine.train()
+    user = "somebody-new"
+    top = engine.recommend(user, n=1)[0].item_id
+    items = tmp_path / "items.csv"
+    items.write_text(f"item_id,in_stock\n{top},no\n")
+    engine.import_data("csv", None, items=str(items))
+    assert top not in {r.item_id for r in engine.recommend(user, n=10)}
+
+
+def test_settings_choose_the_pipeline(tmp_path):
+    (tmp_path / "shelfwise.toml").write_text(
+        '[pipeline]\nrecallers = { popular = 7 }\n\n[plugins.popular]\ntrend = 0.0\n')
+    eng = Engine(tmp_path / "shelfwise.db", registry=load_plugins())
+    try:
+        fill(eng)
+        eng.train()
+        assert set(eng.pipeline().recallers) == {"popular"}
+        recs = eng.recommend("somebody-new", n=20)
+        # a quota counts candidates before the filters: 7 minus the out-of-stock one
+        assert len(recs) == 6 and {r.source for r in recs} == {"popular"}
+        assert eng.pipeline().recallers["popular"].config.trend == 0.0
+    finally:
+        eng.close()
+
+
+def test_a_failed_evaluation_is_recorded(tmp_path):
+    registry = load_plugins()
+
+    class Boom(Recaller):
+        name = "boom"
+        description = "fails to fit"
+
+        def fit(self, data, progress=None):
+            raise RuntimeError("boom while fitting")
+
+        def recall(self, queries, n):
+            return [[] for _ in queries]
+
+    class BoomPlugin:
+        @staticmethod
+        @hookimpl
+        def register_recallers(register):
+            register(Boom)
+
+    registry.pm.register(BoomPlugin(), name="boom-plugin")
+    eng = Engine(tmp_path / "shelfwise.db", registry=registry)
+    try:
+        fill(eng)
+        with pytest.raises(RuntimeError, match="boom while fitting"):
+            eng.evaluate(k=5, recallers=["boom"])
+        run = eng.store.runs("evaluate")[0]
+        assert run["status"] == "failed" and "boom while fitting" in run["note"]
+    finally:
+        eng.close()

@@ -1,0 +1,355 @@
+"""Built-in recallers and rankers: the engine.testing contracts, the numeric kernels against
+their slow references (and implicit), and each algorithm's own promises."""
+
+import re
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from engine import ConfigError, Dataset, Event, Query, mention
+from engine.artifacts import dump_state, load_state
+from engine.testing import RankerContract, RecallerContract, checkerboard, query_for
+from plugins.als import AlsRecaller
+from plugins.als._kernels import confidence, fold_in, fold_in_reference
+from plugins.cooccurrence import CooccurrenceRecaller
+from plugins.cooccurrence._kernels import (
+    distinct_interactions, pair_counts, pair_counts_reference,
+)
+from plugins.fusion import FusionRanker
+from plugins.popular import PopularRecaller
+
+T0 = 1_700_000_000.0
+DAY = 86_400.0
+MENTION = re.compile(r"\[\[(.+?)\]\]")
+ALS = {}  # the shipped defaults: the checkerboard is tiny, fitting takes milliseconds
+
+
+# -- contracts ------------------------------------------------------------------------
+
+
+class TestPopularContract(RecallerContract):
+    min_checkerboard_accuracy = 0.0  # popularity ignores who is asking
+
+    def make(self):
+        return PopularRecaller()
+
+
+class TestAlsContract(RecallerContract):
+    def make(self):
+        return AlsRecaller(ALS)
+
+
+class TestCooccurrenceContract(RecallerContract):
+    def make(self):
+        return CooccurrenceRecaller()
+
+
+class TestFusionContract(RankerContract):
+    def make(self):
+        return FusionRanker()
+
+
+# -- ALS ------------------------------------------------------------------------------
+
+
+def test_fold_in_matches_the_reference():
+    rng = np.random.default_rng(3)
+    factors = rng.normal(size=(30, 6)).astype(np.float32)
+    gram = factors.astype(np.float64).T @ factors.astype(np.float64)
+    rows = []
+    for size in (0, 1, 4, 12):
+        items = rng.choice(30, size, replace=False)
+        rows.append((items, confidence(rng.uniform(1, 9, size), 2.0)))
+    got = fold_in(factors, gram, rows, 0.1)
+    want = fold_in_reference(factors, gram, rows, 0.1)
+    assert got.shape == (4, 6)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert not got[0].any(), "an empty history folds in to the zero vector"
+
+
+def test_fold_in_matches_implicit_recalculate_user():
+    """Serving folds a user in from their history; for a user of the training matrix that
+    must be the same least-squares step implicit takes."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    data = checkerboard()
+    recaller = AlsRecaller(ALS)
+    recaller.fit(data)
+    cfg = recaller.config
+    model = AlternatingLeastSquares(factors=cfg.factors, regularization=cfg.regularization,
+                                    alpha=1.0, num_threads=1)
+    model.item_factors = recaller.item_factors
+    m = data.matrix()
+    m.data = confidence(m.data, cfg.alpha).astype(np.float32)
+    for user in ("u0", "u1", "u7"):
+        u = data.user_index[user]
+        expected = model.recalculate_user(u, m[u])
+        row = m[u]
+        got = fold_in(recaller.item_factors, recaller.gram, [(row.indices, row.data)],
+                      cfg.regularization)[0]
+        np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-4)
+        # and the recaller's own path (history -> weights -> confidence -> fold-in) agrees
+        cands = recaller.recall([query_for(data, user)], 5)[0]
+        assert cands
+        idx = [recaller.index[c.item_id] for c in cands]
+        np.testing.assert_allclose([c.score for c in cands],
+                                   recaller.item_factors[idx] @ expected, rtol=2e-3, atol=2e-4)
+
+
+def test_als_answers_similar_item_queries():
+    """`similar_items` is True for ALS, so `shelfwise similar` relies on it answering a query
+    that names an item and has no history."""
+    data = checkerboard()
+    recaller = AlsRecaller(ALS)
+    recaller.fit(data)
+    assert recaller.similar_items
+    cands = recaller.recall([Query(item_id="i00", exclude=frozenset(["i00"]))], 5)[0]
+    assert cands, "no similar items for a well-known item"
+    assert "i00" not in [c.item_id for c in cands]
+    assert sum(int(c.item_id[1:]) % 2 == 0 for c in cands) >= 4
+    assert all(mention("i00") in c.reason for c in cands)
+
+
+def test_als_reasons_mention_a_history_item():
+    data = checkerboard()
+    recaller = AlsRecaller(ALS)
+    recaller.fit(data)
+    q = query_for(data, "u3")
+    for c in recaller.recall([q], 5)[0]:
+        mentioned = MENTION.findall(c.reason)
+        assert len(mentioned) == 1 and mentioned[0] in q.history_items
+
+
+def test_als_folds_in_a_new_user_without_retraining():
+    data = checkerboard()
+    recaller = AlsRecaller(ALS)
+    recaller.fit(data)
+    history = tuple(query_for(data, "u1").history[:3])  # odd items only
+    cands = recaller.recall([Query(user_id="newcomer", history=history)], 5)[0]
+    assert sum(int(c.item_id[1:]) % 2 == 1 for c in cands) >= 4
+
+
+# -- co-occurrence --------------------------------------------------------------------
+
+
+def random_events(seed, n_users=25, n_items=30, per_user=9):
+    """Each user touches `per_user` distinct items once, in a random order, one kind each."""
+    rng = np.random.default_rng(seed)
+    users, items, kinds, ts = [], [], [], []
+    t = T0
+    order = [(u, j) for u in range(n_users) for j in range(per_user)]
+    rng.shuffle(order)
+    picks = {u: rng.choice(n_items, per_user, replace=False) for u in range(n_users)}
+    for u, j in order:
+        t += 60
+        users.append(f"u{u:02d}")
+        items.append(f"i{picks[u][j]:02d}")
+        kinds.append(str(rng.choice(["view", "cart", "purchase"], p=[0.5, 0.3, 0.2])))
+        ts.append(t)
+    return Dataset.from_arrays(users, items, kinds, ts,
+                               catalogue=[f"i{i:02d}" for i in range(n_items)])
+
+
+@pytest.mark.parametrize("window", [1, 3, 50])
+def test_pair_counts_match_the_reference(window):
+    rng = np.random.default_rng(window)
+    n_items = 12
+    users = np.sort(rng.integers(0, 6, 80)).astype(np.int32)
+    items = rng.integers(0, n_items, 80).astype(np.int32)
+    weights = rng.choice([1.0, 4.0, 8.0], 80)
+    du, di, strength = distinct_interactions(users, items, weights, n_items)
+    sequences = {}
+    for u, i, s in zip(du.tolist(), di.tolist(), strength.tolist()):
+        sequences.setdefault(u, []).append((i, s))
+    indptr, indices, (counts, strong) = pair_counts(du, di, strength, n_items, window, 4.0)
+    C_ref, S_ref = pair_counts_reference(sequences, n_items, window, 4.0)
+    shape = (n_items, n_items)
+    C = sp.csr_matrix((counts, indices, indptr), shape=shape).toarray()
+    S = sp.csr_matrix((strong, indices, indptr), shape=shape).toarray()
+    np.testing.assert_allclose(C, C_ref, rtol=1e-6)
+    np.testing.assert_allclose(S, S_ref)
+    assert (np.diff(indptr) >= 0).all() and len(indices) == len(counts) == len(strong)
+
+
+def test_distinct_interactions_keep_first_order_and_strongest_kind():
+    users = np.array([0, 0, 0, 1, 0, 1])
+    items = np.array([2, 1, 2, 2, 0, 2])
+    weights = np.array([1.0, 1.0, 8.0, 4.0, 1.0, 1.0])
+    du, di, strength = distinct_interactions(users, items, weights, 3)
+    assert du.tolist() == [0, 0, 0, 1]
+    assert di.tolist() == [2, 1, 0, 2]
+    assert strength.tolist() == [8.0, 1.0, 1.0, 4.0]
+
+
+def answers(recaller, queries, n=8):
+    return [[(c.item_id, round(c.score, 5), c.reason) for c in cands]
+            for cands in recaller.recall(queries, n)]
+
+
+def test_incremental_update_equals_a_full_fit():
+    """update() pairs each user's new items with their previous `window` distinct items,
+    exactly as fit() does, when every new event is a new item for its user."""
+    full = random_events(seed=5)
+    cut = full.ts[int(full.n_events * 0.6)]
+    first = full.subset(full.ts < cut)
+    later = np.flatnonzero(full.ts >= cut)
+    events = [Event(str(full.user_ids[full.users[e]]), str(full.item_ids[full.items[e]]),
+                    full.kind_names[full.kinds[e]], float(full.ts[e])) for e in later]
+    histories = {}
+    for e in events:
+        histories.setdefault(e.user_id, first.history(first.user_index[e.user_id]))
+
+    config = {"window": 3}
+    incremental = CooccurrenceRecaller(config)
+    incremental.fit(first)
+    before = answers(incremental, [query_for(full, "u00")])
+    assert incremental.update(events, histories) is True
+    refit = CooccurrenceRecaller(config)
+    refit.fit(full)
+
+    queries = [query_for(full, u) for u in full.user_ids.tolist()]
+    queries += [Query(item_id=i, exclude=frozenset([i])) for i in full.item_ids.tolist()]
+    assert answers(incremental, queries) == answers(refit, queries)
+    assert answers(incremental, [query_for(full, "u00")]) != before
+
+    # what the engine saves after an update (the compacted state) serves the same answers
+    clone = CooccurrenceRecaller(config)
+    clone.load(load_state(*dump_state(incremental.state())))
+    assert answers(clone, queries) == answers(refit, queries)
+    assert answers(incremental, queries) == answers(refit, queries)
+
+
+def test_update_with_nothing_new_changes_nothing():
+    data = random_events(seed=2)
+    recaller = CooccurrenceRecaller()
+    recaller.fit(data)
+    u = data.user_index["u01"]
+    history = data.history(u)
+    again = [Event("u01", h.item_id, h.kind, h.ts + 1) for h in history[:2]]
+    assert recaller.update(again, {"u01": history}) is False
+
+
+def test_shrinkage_damps_a_pair_seen_once():
+    """X-B is seen by ten shoppers, X-C by one; without shrinkage their cosines are equal
+    (B is also popular on its own), with it the rare pair scores lower."""
+    users, items = [], []
+    for u in range(10):
+        users += [f"u{u}", f"u{u}"]
+        items += ["X", "B"]
+    for u in range(10, 100):
+        users.append(f"u{u}")
+        items.append("B")
+    users += ["u100", "u100"]
+    items += ["X", "C"]
+    ts = T0 + np.arange(len(users)) * 60.0
+    data = Dataset.from_arrays(users, items, ["view"] * len(users), ts)
+    q = [Query(item_id="X", exclude=frozenset(["X"]))]
+
+    plain = CooccurrenceRecaller({"shrinkage": 0.0})
+    plain.fit(data)
+    scores = {c.item_id: c.score for c in plain.recall(q, 5)[0]}
+    assert scores["B"] == pytest.approx(scores["C"], rel=1e-6)
+
+    shrunk = CooccurrenceRecaller({"shrinkage": 5.0})
+    shrunk.fit(data)
+    ranked = shrunk.recall(q, 5)[0]
+    assert [c.item_id for c in ranked] == ["B", "C"]
+    assert ranked[1].score < ranked[0].score / 2
+
+
+def test_cooccurrence_reasons_mention_the_anchor():
+    data = random_events(seed=4)
+    recaller = CooccurrenceRecaller()
+    recaller.fit(data)
+    q = query_for(data, "u02")
+    cands = recaller.recall([q], 10)[0]
+    assert cands
+    for c in cands:
+        mentioned = MENTION.findall(c.reason)
+        assert len(mentioned) == 1 and mentioned[0] in q.history_items
+        assert c.reason.startswith(("bought together with", "viewed together with"))
+
+
+def test_cooccurrence_says_viewed_or_bought_together():
+    users = ["a", "a", "b", "b", "c", "c"]
+    items = ["shoe", "sock", "shoe", "sock", "hat", "shoe"]
+    kinds = ["purchase", "purchase", "purchase", "purchase", "view", "view"]
+    data = Dataset.from_arrays(users, items, kinds, T0 + np.arange(6) * 60.0)
+    recaller = CooccurrenceRecaller()
+    recaller.fit(data)
+    by_item = {c.item_id: c.reason for c in
+               recaller.recall([Query(item_id="shoe", exclude=frozenset(["shoe"]))], 5)[0]}
+    assert by_item["sock"] == f"bought together with {mention('shoe')}"
+    assert by_item["hat"] == f"viewed together with {mention('shoe')}"
+
+
+# -- popular --------------------------------------------------------------------------
+
+
+def trending_data():
+    users, items, kinds, ts = [], [], [], []
+    now = T0 + 100 * DAY
+    for u in range(10):  # "old" was a hit two months ago
+        users.append(f"a{u}"), items.append("old"), kinds.append("purchase")
+        ts.append(now - 60 * DAY + u * 60)
+    for u in range(4):  # "hot" is selling this week
+        users.append(f"b{u}"), items.append("hot"), kinds.append("purchase")
+        ts.append(now - DAY + u * 60)
+    return Dataset.from_arrays(users, items, kinds, ts)
+
+
+def test_popular_trend_prefers_what_is_hot_now():
+    data = trending_data()
+    trending = PopularRecaller({"trend": 1.0})
+    trending.fit(data)
+    ranked = trending.recall([Query()], 3)[0]
+    assert [c.item_id for c in ranked] == ["hot", "old"]
+    assert ranked[0].reason == "trending: 4 people in the last 7 days"
+
+    all_time = PopularRecaller({"trend": 0.0})
+    all_time.fit(data)
+    ranked = all_time.recall([Query()], 3)[0]
+    assert [c.item_id for c in ranked] == ["old", "hot"]
+    assert ranked[0].reason == "popular with 10 people"
+
+
+def test_popular_honours_the_category():
+    data = Dataset.from_arrays(["u1", "u2", "u3", "u1"], ["a", "b", "b", "c"],
+                               ["view"] * 4, T0 + np.arange(4.0),
+                               catalogue=["a", "b", "c", "d"])
+    data.categories = np.array(["hats", "shoes", "hats", "hats"])
+    recaller = PopularRecaller()
+    recaller.fit(data)
+    hats = recaller.recall([Query(category="hats")], 10)[0]
+    assert sorted(c.item_id for c in hats) == ["a", "c"]  # d was never touched
+    assert [c.item_id for c in recaller.recall([Query(category="shoes")], 10)[0]] == ["b"]
+    assert recaller.recall([Query(category="socks")], 10)[0] == []
+
+
+def test_popular_skips_items_outside_the_catalogue():
+    data = Dataset.from_arrays(["u1", "u2", "u3"], ["a", "ghost", "ghost"], ["view"] * 3,
+                               T0 + np.arange(3.0), catalogue=["a"])
+    recaller = PopularRecaller()
+    recaller.fit(data)
+    assert [c.item_id for c in recaller.recall([Query()], 5)[0]] == ["a"]
+
+
+# -- settings -------------------------------------------------------------------------
+
+
+BUILT_INS = [PopularRecaller, AlsRecaller, CooccurrenceRecaller, FusionRanker]
+
+
+@pytest.mark.parametrize("cls", BUILT_INS, ids=lambda c: c.name)
+def test_a_bad_setting_value_is_a_config_error(cls):
+    field = next(iter(cls.Config.model_fields))
+    with pytest.raises(ConfigError, match=rf"\[plugins\.{cls.name}\]"):
+        cls({field: "not a value"})
+
+
+@pytest.mark.parametrize("cls", BUILT_INS, ids=lambda c: c.name)
+def test_a_misspelt_setting_is_a_config_error(cls):
+    """`[plugins.als] factor = 32` (for `factors`) must not be silently ignored."""
+    with pytest.raises(ConfigError, match="no_such_setting"):
+        cls({"no_such_setting": 1})
