@@ -2,7 +2,7 @@
 
 from .components import (
     Component, DataSource, Encoder, ModelState, NoConfig, ProgressCallback, Ranker,
-    RankingExample, Recaller, mention, no_progress, top_n,
+    RankingExample, Recaller, Resources, mention, no_progress, top_n,
 )
 from .dataset import DEFAULT_KIND_WEIGHTS, Dataset
 from .engine import Engine
@@ -20,6 +20,6 @@ __all__ = [
     "DataSource", "Dataset", "Encoder", "Engine", "EngineError", "Event", "ImportDataError",
     "Interaction", "Item", "ItemEntity", "ModelState", "NoConfig", "NotTrainedError",
     "PluginError", "ProgressCallback", "Query", "Ranker", "RankingExample", "Recaller",
-    "Recommendation", "Record", "Triple", "UnknownComponentError", "User", "hookimpl",
+    "Recommendation", "Record", "Resources", "Triple", "UnknownComponentError", "User", "hookimpl",
     "mention", "no_progress", "top_n",
 ]

@@ -91,17 +91,29 @@ def _print_recs(recs, as_json: bool) -> None:
     out.print(table)
 
 
-def _eval_table(report: dict) -> Table:
+def _eval_table(report: dict, slice_: str = "metrics") -> Table:
     k = report["k"]
     cols = [f"{m}@{k}" for m in ("ndcg", "recall", "hit", "mrr", "precision", "coverage")]
-    table = Table(title=f"Evaluation on {report['users']} held-out users (run {report['run_id']})")
+    title = (f"Evaluation on {report['users']} held-out users (run {report['run_id']})"
+             if slice_ == "metrics" else
+             f"Cold-start slice: {report['cold_start_users']} users whose held-out items "
+             f"had no interactions before")
+    table = Table(title=title)
     table.add_column("model")
     for c in cols:
         table.add_column(c, justify="right")
     for row in report["results"]:
+        if slice_ not in row:
+            continue
         name = row["name"] + (f" ({row['ranker']})" if row.get("ranker") else "")
-        table.add_row(name, *(f"{row['metrics'][c]:.4f}" for c in cols))
+        table.add_row(name, *(f"{row[slice_][c]:.4f}" for c in cols))
     return table
+
+
+def _print_evaluation(report: dict) -> None:
+    out.print(_eval_table(report))
+    if report.get("cold_start_users"):
+        out.print(_eval_table(report, "cold_start"))
 
 
 @click.group(cls=ShelfwiseGroup, default="demo", default_if_no_args=False,
@@ -199,10 +211,12 @@ def train(obj, as_json):
 @click.option("--ranker", help="Ranker for this call only.")
 @click.option("--category", help="Only items of this category.")
 @click.option("--all", "all_users", is_flag=True, help="Every user with at least one event.")
+@click.option("--item", "items", multiple=True, help="An item the visitor just viewed (repeatable).")
+@click.option("--text", help="What the visitor is looking for, in words.")
 @click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv",
               show_default=True, help="Output format with --all.")
 @click.pass_obj
-def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, fmt):
+def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, items, text, fmt):
     """Personalised recommendations for USER, with the reason for each.
 
     \b
@@ -210,6 +224,7 @@ def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, fmt
       shelfwise recommend u42 -n 5
       shelfwise recommend u42 --recallers als,popular --json
       shelfwise recommend --all -n 20 --format tsv > campaign.tsv
+      shelfwise recommend --item p00042 --item p00107     # an anonymous visitor
     """
     engine = obj.engine()
     if all_users:
@@ -224,11 +239,23 @@ def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, fmt
                 else:
                     click.echo(json.dumps({"user_id": user_id, **r.to_dict()}))
         return
-    if not user:
-        raise click.UsageError("Missing USER (or use --all).")
+    if not user and not items and not text:
+        raise click.UsageError("Missing USER (or --item / --text for a visitor, or --all).")
     names = [r.strip() for r in recallers.split(",") if r.strip()] if recallers else None
-    recs = engine.recommend(user, n, recallers=names, ranker=ranker, category=category)
+    recs = engine.recommend(user, n, recallers=names, ranker=ranker, category=category,
+                            items=items, text=text)
     _print_recs(recs, as_json)
+
+
+@cli.command()
+@click.argument("query")
+@click.option("-n", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--category", help="Only items of this category.")
+@click.option("--json", "as_json", is_flag=True, help="JSON list, the same shape as recommend.")
+@click.pass_obj
+def search(obj, query, n, category, as_json):
+    """Search the catalogue: exact names and SKUs, and meaning ("warm socks for hiking")."""
+    _print_recs(obj.engine().search(query, n, category=category), as_json)
 
 
 @cli.command()
@@ -255,7 +282,7 @@ def evaluate(obj, k, as_json, recallers, ranker):
     if as_json:
         click.echo(json.dumps(report))
     else:
-        out.print(_eval_table(report))
+        _print_evaluation(report)
 
 
 @cli.command()
@@ -326,7 +353,7 @@ def demo(obj, seed, users, items, run_eval):
     if run_eval:
         with rich_progress() as progress:
             ev = engine.evaluate(10, progress=progress)
-        out.print(_eval_table(ev))
+        _print_evaluation(ev)
     click.echo(f"\nNext: shelfwise --db {engine.db_path} recommend USER_ID  |  similar ITEM_ID  |  evaluate")
 
 

@@ -7,6 +7,8 @@ by its `Config` attribute; `[plugins.<name>]` in shelfwise.toml fills it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
@@ -15,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from .errors import ConfigError
-from .types import Candidate, Event, Interaction, Query, Record
+from .types import Candidate, Event, Interaction, Item, Query, Record
 
 # progress(stage, done, total, message): total None when unknown. Must be cheap to call.
 ProgressCallback = Callable[[str, int, "int | None", str], None]
@@ -57,10 +59,26 @@ def mention(item_id: str) -> str:
     return f"[[{item_id}]]"
 
 
+@dataclass
+class Resources:
+    """Shared services the engine hands to recallers and rankers (`attach`): the catalogue
+    store, the active text encoder and its vector index over the catalogue (either may be
+    None when no encoder is installed or nothing is encoded yet)."""
+
+    store: Any = None
+    encoder: "Encoder | None" = None
+    vectors: Any = None  # engine.vectors.VectorIndex
+
+
 class Component(ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Config: ClassVar[type[BaseModel]] = NoConfig
+    resources: Resources = Resources()
+
+    def attach(self, resources: Resources) -> None:
+        """Receive the engine's shared services before `fit` and before serving."""
+        self.resources = resources
 
     def __init__(self, config: BaseModel | Mapping[str, Any] | None = None):
         if config is None:
@@ -100,13 +118,34 @@ class DataSource(Component):
 
 
 class Encoder(Component):
-    """Turns texts into unit-length float32 vectors."""
+    """Turns texts (and catalogue items) into unit-length float32 vectors.
+
+    `priority`: of several installed encoders the engine uses the highest (unless
+    `[pipeline] encoder` names one)."""
 
     dim: int = 0
+    priority: ClassVar[int] = 0
 
     @abstractmethod
     def encode(self, texts: Sequence[str], progress: ProgressCallback | None = None) -> np.ndarray:
         """Return a float32 array of shape (len(texts), dim), each row L2-normalised."""
+
+    def item_text(self, item: Item) -> str:
+        """The text that stands for an item (used by the default `encode_items`)."""
+        parts = [item.title, item.category, item.brand, item.description, " ".join(item.tags)]
+        return ". ".join(p for p in parts if p)
+
+    def encode_items(self, items: Sequence[Item], progress: ProgressCallback | None = None) -> np.ndarray:
+        """Vectors for catalogue items, shape (len(items), dim), L2-normalised."""
+        return self.encode([self.item_text(item) for item in items], progress)
+
+    def content_hash(self, item: Item) -> str:
+        """Changes whenever the item's vector would change (its text or this encoder's
+        settings), so `train` re-encodes only new or edited items."""
+        raw = json.dumps([self.name, self.config.model_dump(mode="json"), item.title,
+                          item.description, item.category, item.brand, list(item.tags)],
+                         sort_keys=True, default=str)
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
 class Recaller(Component):
@@ -114,10 +153,12 @@ class Recaller(Component):
 
     `default_quota` > 0 puts the recaller in the default pipeline (with that many
     candidates per request) when it is installed; 0 means "only when configured".
-    `similar_items` says whether it answers item-to-item queries (`query.item_id`)."""
+    `similar_items` says whether it answers item-to-item queries (`query.item_id`),
+    `text_queries` whether it is a search recaller (answers `query.text` on its own)."""
 
     default_quota: ClassVar[int] = 0
     similar_items: ClassVar[bool] = True
+    text_queries: ClassVar[bool] = False  # answers `query.text` (used by Engine.search)
 
     @abstractmethod
     def fit(self, data: "Dataset", progress: ProgressCallback | None = None) -> None:

@@ -33,6 +33,7 @@ class PipelineSettings(BaseModel):
         None, description="recaller name -> candidates per request; default: every installed "
                           "recaller that declares a default quota")
     ranker: str | None = Field(None, description="default: the fitted ranker with the highest priority")
+    encoder: str | None = Field(None, description="text encoder for item vectors; default: the installed one with the highest priority")
     exclude_kinds: list[str] = Field(["purchase", "rating"],
                                      description="items the user did this to are not recommended again")
     history: int = Field(200, ge=1, description="most recent events of a user passed to recallers")

@@ -7,19 +7,23 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import numpy as np
+
 from .artifacts import dump_state, load_state
-from .components import Component, ProgressCallback, Ranker, Recaller, no_progress
+from .components import (
+    Component, Encoder, ProgressCallback, Ranker, Recaller, Resources, no_progress,
+)
 from .config import Settings, load_settings
 from .dataset import Dataset
 from .db import open_db
 from .errors import EngineError, NotTrainedError, UnknownComponentError
 from .evaluation import holdout
 from .metrics import aggregate
-from .pipeline import Pipeline
+from .pipeline import Pipeline, interleave
 from .plugins import PluginRegistry, load_plugins
 from .store import ImportReport, Store
 from .training import fit_pipeline
-from .types import Candidate, Event, Item, Query, Recommendation
+from .types import Candidate, Event, Interaction, Item, Query, Recommendation
 
 MENTION = re.compile(r"\[\[(.+?)\]\]")
 
@@ -33,6 +37,8 @@ class Engine:
         self.db = open_db(self.db_path)
         self.store = Store(self.db)
         self._loaded: dict[str, Component] = {}
+        self._encoder: Encoder | None = None
+        self._vectors: VectorIndex | None = None
         self._catalogue: tuple[set[str], dict[str, str]] | None = None
 
     def close(self) -> None:
@@ -61,7 +67,87 @@ class Engine:
 
     def _make(self, kind: str, name: str) -> Component:
         cls = self.registry.component(kind, name)
-        return cls(self.settings.plugins.get(name, {}))
+        component = cls(self.settings.plugins.get(name, {}))
+        if kind in ("recallers", "rankers"):
+            component.attach(self.resources())
+        return component
+
+    # -- encoder and vector index ------------------------------------------------------
+
+    def encoder(self) -> Encoder | None:
+        """The text encoder: `[pipeline] encoder`, else the installed one with the highest
+        priority; None when no encoder plugin is installed."""
+        if self._encoder is None:
+            found = self.registry.components()["encoders"]
+            name = self.settings.pipeline.encoder
+            if name is None and found:
+                name = max(found, key=lambda n: (found[n][1].priority, n))
+            if name is None:
+                return None
+            self._encoder = self._make("encoders", name)
+        return self._encoder
+
+    def vectors(self):  # -> engine.vectors.VectorIndex | None
+        """The active vector index over the catalogue (None before the first `train`)."""
+        if self._vectors is None:
+            enc = self.encoder()
+            found = self.store.load_artifact(f"index/{enc.name}") if enc else None
+            if found is not None:
+                from .vectors import VectorIndex
+
+                self._vectors = VectorIndex.from_bytes(found[0], found[2])
+        return self._vectors
+
+    def resources(self) -> Resources:
+        return Resources(store=self.store, encoder=self.encoder(), vectors=self.vectors())
+
+    def refresh_vectors(self, progress: ProgressCallback = no_progress,
+                        rebuild: bool = False) -> dict[str, Any]:
+        """Encode new and edited items, drop removed ones, and bring the index up to date
+        incrementally (or rebuild it); the `embeddings` table is the source of truth."""
+        enc = self.encoder()
+        if enc is None:
+            return {}
+        items = list(self.store.catalogue())
+        stored = self.store.embedding_hashes(enc.name)
+        hashes = {item.item_id: enc.content_hash(item) for item in items}
+        todo = [item for item in items if stored.get(item.item_id) != hashes[item.item_id]]
+        gone = sorted(set(stored) - set(hashes))
+        started = time.perf_counter()
+        if todo:
+            progress(f"encode {enc.name}", 0, len(todo), f"{len(todo):,} new or changed items")
+            vectors = enc.encode_items(todo, progress=lambda _s, d, t, m="": progress(
+                f"encode {enc.name}", d, t, m))
+            self.store.save_embeddings(enc.name, [i.item_id for i in todo],
+                                       [hashes[i.item_id] for i in todo], vectors)
+        if gone:
+            self.store.delete_embeddings(enc.name, gone)
+        encode_seconds = time.perf_counter() - started
+        index = None if rebuild else self.vectors()
+        started = time.perf_counter()
+        if index is None or index.dim != enc.dim:
+            from .vectors import VectorIndex
+
+            ids, matrix = self.store.embeddings(enc.name)
+            if not ids:
+                return {"encoded": 0, "removed": 0, "indexed": 0}
+            index = VectorIndex.build(ids, matrix, progress=progress)
+            changed = True
+        else:
+            changed = bool(todo or gone)
+            if todo:
+                index.add([i.item_id for i in todo], vectors)
+            if gone:
+                index.remove(gone)
+        if changed:
+            payload, meta = index.to_bytes()
+            self.store.save_artifacts({f"index/{enc.name}": (payload, "hnsw", meta)})
+        self._vectors = index
+        for component in self._loaded.values():  # serving components see the new index
+            component.attach(self.resources())
+        return {"encoder": enc.name, "encoded": len(todo), "removed": len(gone),
+                "indexed": len(index), "encode_seconds": encode_seconds,
+                "index_seconds": time.perf_counter() - started}
 
     def _fitted(self, kind: str, name: str) -> Component | None:
         """The component with its active trained state, or None if never trained."""
@@ -139,6 +225,8 @@ class Engine:
         reader = self._make("sources", source)
         report = self.store.write(reader.read(location, **options), progress=progress)
         self._catalogue = None
+        if report.items and self.vectors() is not None:
+            self.refresh_vectors(progress or no_progress)  # new products are recommendable at once
         return report
 
     def dataset(self) -> Dataset:
@@ -195,6 +283,7 @@ class Engine:
         if data.n_events == 0:
             raise EngineError("There are no events to learn from. Import some first: "
                               "\"shelfwise import csv --events events.csv\".", title="No data")
+        vector_report = self.refresh_vectors(progress)
         quotas, recallers, rankers = self._fresh_components(every=True)
         run_id = self.store.start_run("train", {"pipeline": quotas, "recallers": list(recallers),
                                                 "rankers": [r.name for r in rankers]})
@@ -209,7 +298,7 @@ class Engine:
         versions = self.store.save_artifacts(blobs)
         self._loaded.clear()
         self._catalogue = None
-        report.update({"run_id": run_id, "events": data.n_events, "users": data.n_users,
+        report.update({"vectors": vector_report, "run_id": run_id, "events": data.n_events, "users": data.n_users,
                        "items": data.n_items, "versions": versions,
                        "total_seconds": time.perf_counter() - started})
         self.store.finish_run(run_id, report)
@@ -220,6 +309,7 @@ class Engine:
                  recallers: Sequence[str] | None = None, ranker: str | None = None) -> dict[str, Any]:
         """Hold out each user's newest items, fit on the rest, score per recaller and pipeline."""
         ps = self.settings.pipeline
+        self.refresh_vectors(progress)
         data = self.dataset()
         split = holdout(data, ps.validation_share, ps.min_interactions, history=ps.history)
         if not split.queries:
@@ -237,18 +327,32 @@ class Engine:
         progress("score", 0, len(fresh) + 1, "recalling for held-out users")
         pipe = Pipeline(fresh, {name: max(q, k) for name, q in quotas.items()}, ranker_obj)
         recalled = pipe.recall(split.queries)
+        # Cold-start slice: held-out items nobody touched in the visible part.
+        seen = np.bincount(split.visible.items, minlength=data.n_items) > 0
+        cold = {str(i) for i in data.item_ids[~seen]}
+        cold_rel = [rel & cold for rel in split.relevant]
+        cold_users = [j for j, rel in enumerate(cold_rel) if rel]
+
+        def score(lists: list[list[str]]) -> dict[str, Any]:
+            out = {"metrics": aggregate(lists, split.relevant, k, data.n_items)}
+            if cold_users:
+                out["cold_start"] = aggregate([lists[j] for j in cold_users],
+                                              [cold_rel[j] for j in cold_users], k, data.n_items)
+            return out
+
         results = []
         for step, name in enumerate(fresh, start=1):
+            if fresh[name].text_queries:  # search answers typed queries; held-out users have none
+                continue
             lists = [[c.item_id for c in per[name][:k]] for per in recalled]
-            results.append({"name": name, "kind": "recaller",
-                            "metrics": aggregate(lists, split.relevant, k, data.n_items)})
+            results.append({"name": name, "kind": "recaller", **score(lists)})
             progress("score", step, len(fresh) + 1, name)
         lists = [[c.item_id for c in cs] for cs in pipe.run(split.queries, k, recalled)]
-        results.append({"name": "pipeline", "kind": "pipeline",
-                        "metrics": aggregate(lists, split.relevant, k, data.n_items),
+        results.append({"name": "pipeline", "kind": "pipeline", **score(lists),
                         "ranker": ranker_obj.name if ranker_obj else None})
         progress("score", len(fresh) + 1, len(fresh) + 1, "pipeline")
         out = {"k": k, "results": results, "run_id": run_id, "users": len(split.queries),
+               "cold_start_users": len(cold_users),
                "ranker_validation": fit_report["rankers"].get(ranker_obj.name, {}) if ranker_obj else {},
                "candidate_hit_rate": fit_report.get("candidate_hit_rate")}
         self.store.finish_run(run_id, out)
@@ -256,22 +360,44 @@ class Engine:
 
     # -- recommendations ---------------------------------------------------------------
 
-    def query_for(self, user_id: str, category: str | None = None,
-                  exclude: Iterable[str] = ()) -> Query:
+    def query_for(self, user_id: str | None, category: str | None = None,
+                  exclude: Iterable[str] = (), items: Sequence[str] = (),
+                  text: str | None = None) -> Query:
+        """The request as recallers see it: the user's stored history (if any) followed by
+        `items` the caller says were just viewed (anonymous visitors, cold start)."""
         ps = self.settings.pipeline
-        history = self.store.history(user_id, ps.history)
-        consumed = self.store.consumed(user_id, ps.exclude_kinds)
-        return Query(user_id=user_id, history=history, exclude=frozenset(consumed) | frozenset(exclude),
-                     category=category, now=time.time())
+        now = time.time()
+        history = self.store.history(user_id, ps.history) if user_id else ()
+        history = history + tuple(Interaction(i, "view", now) for i in items)
+        consumed = self.store.consumed(user_id, ps.exclude_kinds) if user_id else set()
+        return Query(user_id=user_id, history=history, text=text or None,
+                     exclude=frozenset(consumed) | frozenset(exclude) | frozenset(items),
+                     category=category, now=now)
 
-    def recommend(self, user_id: str, n: int = 10, recallers: Sequence[str] | None = None,
+    def recommend(self, user_id: str | None, n: int = 10, recallers: Sequence[str] | None = None,
                   ranker: str | None = None, category: str | None = None,
-                  exclude: Iterable[str] = ()) -> list[Recommendation]:
+                  exclude: Iterable[str] = (), items: Sequence[str] = (),
+                  text: str | None = None) -> list[Recommendation]:
+        """Personalised recommendations. An unknown user (or None) gets the cold-start
+        path: popular items, or content neighbours of `items` / matches of `text`."""
         if n < 1:
             raise EngineError(f"n must be at least 1, not {n}.")
         pipe = self.pipeline(recallers, ranker)
-        query = self.query_for(user_id, category, exclude)
+        query = self.query_for(user_id, category, exclude, items, text)
         return self.render(pipe.run([query], n)[0], pipe.ranker)
+
+    def search(self, text: str, n: int = 10, category: str | None = None) -> list[Recommendation]:
+        """Catalogue search through the recallers that answer text queries."""
+        if not text.strip():
+            raise EngineError("The search text is empty. Example: shelfwise search \"red shoes\".")
+        pipe = self.pipeline()
+        pipe.recallers = {k: r for k, r in pipe.recallers.items() if getattr(r, "text_queries", False)}
+        if not pipe.recallers:
+            raise NotTrainedError("No trained recaller answers text queries. Install a search "
+                                  "plugin and run \"shelfwise train\".")
+        pipe.ranker = None
+        query = Query(text=text, category=category, now=time.time())
+        return self.render(pipe.run([query], n)[0], None)
 
     def recommend_all(self, n: int = 10, batch: int = 512,
                       progress: ProgressCallback = no_progress) -> Iterator[tuple[str, list[Recommendation]]]:
@@ -291,9 +417,8 @@ class Engine:
                               title="Unknown item")
         pipe = self.pipeline()
         pipe.recallers = {k: r for k, r in pipe.recallers.items() if r.similar_items}
-        pipe.ranker = None
         query = Query(item_id=item_id, exclude=frozenset([item_id]), now=time.time())
-        return self.render(pipe.run([query], n)[0], None)
+        return self.render(pipe.candidates([query], blend=interleave)[0][:n], None)
 
     def render(self, cands: Sequence[Candidate], ranker: Ranker | None) -> list[Recommendation]:
         """Candidates as the views show them: titles filled in, mentions named."""

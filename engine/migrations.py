@@ -53,3 +53,10 @@ def m003_models(db):
         "id": int, "kind": str, "status": str, "started_at": float, "finished_at": float,
         "config": str, "metrics": str, "note": str,
     }, pk="id")
+
+
+@migrations()
+def m004_item_search(db):
+    """Full-text index over the catalogue (FTS5, porter stemming), kept in sync by triggers."""
+    db["items"].enable_fts(["item_id", "title", "category", "brand", "tags", "description"],
+                           fts_version="FTS5", tokenize="porter unicode61", create_triggers=True)

@@ -30,6 +30,20 @@ def merge(lists: Mapping[str, Sequence[Candidate]]) -> list[Candidate]:
     return sorted(merged.values(), key=lambda c: -rrf[c.item_id])
 
 
+def interleave(lists: Mapping[str, Sequence[Candidate]]) -> list[Candidate]:
+    """Blend by taking each recaller's next best in turn (deduplicated), so every recaller
+    is heard — a new item that only one recaller can know still reaches the top."""
+    merged = {c.item_id: c for c in merge(lists)}
+    order: list[str] = []
+    seen: set[str] = set()
+    for rank in range(max((len(v) for v in lists.values()), default=0)):
+        for cands in lists.values():
+            if rank < len(cands) and cands[rank].item_id not in seen:
+                seen.add(cands[rank].item_id)
+                order.append(cands[rank].item_id)
+    return [merged[item] for item in order]
+
+
 @dataclass
 class Pipeline:
     """Recallers with their quotas, an optional ranker, and the catalogue filters.
@@ -60,10 +74,11 @@ class Pipeline:
         return True
 
     def candidates(self, queries: Sequence[Query],
-                   recalled: list[dict[str, list[Candidate]]] | None = None) -> list[list[Candidate]]:
+                   recalled: list[dict[str, list[Candidate]]] | None = None,
+                   blend=merge) -> list[list[Candidate]]:
         """Merged, filtered candidates per query (what the ranker sees)."""
         recalled = self.recall(queries) if recalled is None else recalled
-        return [[c for c in merge(lists) if self.keep(q, c)] for q, lists in zip(queries, recalled)]
+        return [[c for c in blend(lists) if self.keep(q, c)] for q, lists in zip(queries, recalled)]
 
     def run(self, queries: Sequence[Query], n: int,
             recalled: list[dict[str, list[Candidate]]] | None = None) -> list[list[Candidate]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -143,9 +144,8 @@ class Store:
         buf.clear()
 
     def _insert_ignore(self, sql: str, rows: list[tuple]) -> int:
-        before = self.conn.total_changes
-        self.conn.executemany(sql, rows)
-        return self.conn.total_changes - before
+        """Run `sql` for every row; return the rows it changed (trigger work not counted)."""
+        return max(self.conn.executemany(sql, rows).rowcount, 0) if rows else 0
 
     def _write_items(self, items: Sequence[Item]) -> int:
         """Insert new items, update changed ones. Returns how many rows changed."""
@@ -188,15 +188,13 @@ class Store:
             rows.append((e.event_id or event_id_for(e), e.user_id, e.item_id, e.kind,
                          e.value, float(e.ts)))
         # Fast path: insert, and only look closer if some ids were already there.
-        before = self.conn.total_changes
-        self.conn.executemany(
+        inserted = self._insert_ignore(
             "INSERT OR IGNORE INTO events (event_id, user_id, item_id, kind, value, ts) "
             "VALUES (?, ?, ?, ?, ?, ?)", rows)
-        inserted = self.conn.total_changes - before
         if inserted == len(rows):
             added, duplicates, conflicts = list(events), 0, []
         else:
-            added, duplicates, conflicts = self._sort_out(events, rows, before)
+            added, duplicates, conflicts = self._sort_out(events, rows, inserted)
         if inserted:
             now = time.time()
             self.conn.executemany(
@@ -204,12 +202,12 @@ class Store:
                 [(u, now) for u in {r[1] for r in rows}])
         return added, duplicates, conflicts
 
-    def _sort_out(self, events, rows, changes_before):
+    def _sort_out(self, events, rows, inserted):
         """After a partial insert: which rows are new, which resend a stored event, and
         which reuse an id for different data. New rows got rowids above the old maximum."""
         stored = self._stored_events([r[0] for r in rows])
         first_new = self.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0] \
-            - (self.conn.total_changes - changes_before) + 1
+            - inserted + 1
         new_ids = {r[0] for r in self.conn.execute(
             "SELECT event_id FROM events WHERE id >= ?", [first_new])}
         added, conflicts, duplicates, taken = [], [], 0, set()
@@ -328,6 +326,52 @@ class Store:
         data.in_stock = np.array([stock.get(i, False) for i in ids], dtype=bool)
         data.categories = np.array([category.get(i, "") for i in ids], dtype=str)
         return data
+
+    # -- embeddings --------------------------------------------------------------------
+
+    def embedding_hashes(self, encoder: str) -> dict[str, str]:
+        return dict(self.conn.execute(
+            "SELECT item_id, content_hash FROM embeddings WHERE encoder = ?", [encoder]))
+
+    def save_embeddings(self, encoder: str, ids: Sequence[str], hashes: Sequence[str],
+                        vectors: np.ndarray) -> None:
+        """Upsert item vectors (little-endian float32 BLOBs): the source of truth for the index."""
+        vectors = np.ascontiguousarray(vectors, dtype="<f4")
+        with self.db.atomic():
+            self.conn.executemany(
+                "INSERT INTO embeddings (encoder, item_id, content_hash, dim, vector) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(encoder, item_id) DO UPDATE SET "
+                "content_hash = excluded.content_hash, dim = excluded.dim, vector = excluded.vector",
+                [(encoder, i, h, vectors.shape[1], v.tobytes())
+                 for i, h, v in zip(ids, hashes, vectors)])
+
+    def delete_embeddings(self, encoder: str, ids: Iterable[str]) -> None:
+        with self.db.atomic():
+            self.conn.executemany("DELETE FROM embeddings WHERE encoder = ? AND item_id = ?",
+                                  [(encoder, i) for i in ids])
+
+    def embeddings(self, encoder: str) -> tuple[list[str], np.ndarray]:
+        rows = self.conn.execute("SELECT item_id, dim, vector FROM embeddings WHERE encoder = ? "
+                                 "ORDER BY item_id", [encoder]).fetchall()
+        if not rows:
+            return [], np.zeros((0, 0), np.float32)
+        dim = rows[0][1]
+        return [r[0] for r in rows], np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(-1, dim)
+
+    # -- full-text search --------------------------------------------------------------
+
+    def text_search(self, text: str, limit: int = 100) -> list[tuple[str, float]]:
+        """Catalogue items matching any word of `text`, best BM25 first, as (item_id, score)
+        with score > 0 (higher is better). Words are quoted, so user input is never FTS syntax."""
+        words = [w for w in re.findall(r"\w+", text.lower()) if w]
+        if not words:
+            return []
+        match = " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
+        rows = self.conn.execute(
+            "SELECT items.item_id, -bm25(items_fts, 10.0, 5.0, 2.0, 2.0, 1.0, 0.5) AS score "
+            "FROM items_fts JOIN items ON items.rowid = items_fts.rowid "
+            "WHERE items_fts MATCH ? ORDER BY score DESC LIMIT ?", [match, limit]).fetchall()
+        return [(r[0], float(r[1])) for r in rows]
 
     # -- artifacts ---------------------------------------------------------------------
 

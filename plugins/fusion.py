@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from engine import Candidate, ModelState, Query, Ranker, RankingExample, hookimpl
 
 GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+LONE_GRID = (0.0, 0.25, 0.5, 1.0)
 
 
 class FusionConfig(BaseModel):
@@ -32,8 +33,11 @@ def _example_arrays(examples: Sequence[RankingExample], names: list[str]):
             ranks.append([cand.ranks.get(r, np.inf) for r in names])
             relevant.append(cand.item_id in ex.relevant)
             owner.append(e)
-    return (np.array(ranks, dtype=np.float64).reshape(-1, len(names)), np.array(relevant, bool),
-            np.array(owner, dtype=np.int64))
+    ranks_arr = np.array(ranks, dtype=np.float64).reshape(-1, len(names))
+    owner_arr = np.array(owner, dtype=np.int64)
+    answered = np.zeros((len(examples), len(names)), bool)   # recaller gave this query anything
+    np.logical_or.at(answered, owner_arr, np.isfinite(ranks_arr))
+    return ranks_arr, np.array(relevant, bool), owner_arr, answered[owner_arr]
 
 
 class FusionRanker(Ranker):
@@ -45,11 +49,26 @@ class FusionRanker(Ranker):
     def __init__(self, config=None):
         super().__init__(config)
         self.weights: dict[str, float] = {}
+        self.lone = 0.0
 
-    def _mean_ndcg(self, arrays, weights: np.ndarray) -> float:
-        ranks, relevant, owner = arrays
+    def _scores(self, ranks: np.ndarray, active: np.ndarray, weights: np.ndarray, lone: float) -> np.ndarray:
+        """Σ over recallers that ranked the item of w/(c + rank), plus `lone` times what the
+        recallers that answered the query but did not rank the item would have given at the
+        item's best rank: lone = 0 is plain RRF (consensus wins); lone = 1 trusts a single
+        recaller as much as agreement (a brand-new item only `content` can know)."""
+        c = self.config.c
+        present = np.isfinite(ranks)
+        score = np.where(present, weights / (c + np.where(present, ranks, 0)), 0.0).sum(axis=1)
+        if lone:
+            best = np.where(present, ranks, np.inf).min(axis=1, keepdims=True)
+            missing = active & ~present
+            score = score + lone * (missing * weights / (c + best)).sum(axis=1)
+        return score
+
+    def _mean_ndcg(self, arrays, weights: np.ndarray, lone: float = 0.0) -> float:
+        ranks, relevant, owner, active = arrays
         k = self.config.k
-        score = (weights / (self.config.c + ranks)).sum(axis=1)
+        score = self._scores(ranks, active, weights, lone)
         order = np.lexsort((-score, owner))
         own = owner[order]
         starts = np.searchsorted(own, own, side="left")
@@ -87,26 +106,39 @@ class FusionRanker(Ranker):
                         best, w, improved = score, trial, True
             if not improved:
                 break
+        lone = 0.0
+        for value in LONE_GRID[1:]:
+            score = self._mean_ndcg(arrays, w, value)
+            if score > best + 1e-9:
+                best, lone = score, value
         self.weights = {name: float(v) for name, v in zip(names, w)}
+        self.lone = lone
         self._fitted = True
         return {f"ndcg@{k}": best, f"ndcg@{k}_equal_weights": start, "examples": len(examples),
-                "weights": dict(self.weights)}
+                "weights": dict(self.weights), "lone": lone}
 
     def rank(self, query: Query, candidates: Sequence[Candidate]) -> list[Candidate]:
         c = self.config.c
+        answered = {r for cand in candidates for r in cand.ranks}
         out = []
         for cand in candidates:
             parts = {r: self.weights.get(r, 1.0) / (c + rank) for r, rank in cand.ranks.items()}
             lead = max(parts, key=parts.get) if parts else cand.source
-            out.append(cand.led_by(lead, sum(parts.values())))
+            score = sum(parts.values())
+            if self.lone and cand.ranks:
+                best = min(cand.ranks.values())
+                score += self.lone * sum(self.weights.get(r, 1.0) / (c + best)
+                                         for r in answered - set(cand.ranks))
+            out.append(cand.led_by(lead, score))
         out.sort(key=lambda cand: -cand.score)
         return out
 
     def state(self) -> ModelState:
-        return ModelState(meta={"weights": self.weights})
+        return ModelState(meta={"weights": self.weights, "lone": self.lone})
 
     def load(self, state: ModelState) -> None:
         self.weights = dict(state.meta.get("weights", {}))
+        self.lone = float(state.meta.get("lone", 0.0))
         self._fitted = True
 
 

@@ -17,14 +17,28 @@ def pytest_report_header(config):
     return "shelfwise stack: " + ", ".join(versions)
 
 
+# The core suite runs on the collaborative plugins only; tests of the semantic layer
+# (sentence encoder, vector index, content and search recall) ask for `all_plugins`.
+CORE_PLUGINS = "files,recbole,demo,popular,als,cooccurrence,fusion"
+
+
 @pytest.fixture(autouse=True)
 def shelfwise_home(tmp_path, monkeypatch):
     """Every test gets its own home and no stray settings or database."""
+    import engine.cli
+
     monkeypatch.setenv("SHELFWISE_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("SHELFWISE_CONFIG", raising=False)
-    monkeypatch.delenv("SHELFWISE_LOAD_PLUGINS", raising=False)
+    monkeypatch.setenv("SHELFWISE_LOAD_PLUGINS", CORE_PLUGINS)
     monkeypatch.delenv("SHELFWISE_DB", raising=False)
+    monkeypatch.setattr(engine.cli, "_registry", None)
     return tmp_path / "home"
+
+
+@pytest.fixture
+def all_plugins(monkeypatch):
+    """Every installed plugin, the semantic layer included."""
+    monkeypatch.delenv("SHELFWISE_LOAD_PLUGINS", raising=False)
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ and a non-zero exit status, never a traceback."""
 import json
 
 import pytest
+
+from tests.conftest import CORE_PLUGINS
 from click.testing import CliRunner
 
 from engine.cli import cli
@@ -35,8 +37,9 @@ def csv_files(tmp_path_factory):
 def shop_db(tmp_path_factory, csv_files):
     """A database created, imported and trained through the CLI (checked by the tests below)."""
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("SHELFWISE_LOAD_PLUGINS", "SHELFWISE_CONFIG", "SHELFWISE_DB"):
+        for var in ("SHELFWISE_CONFIG", "SHELFWISE_DB"):
             mp.delenv(var, raising=False)
+        mp.setenv("SHELFWISE_LOAD_PLUGINS", CORE_PLUGINS)
         db = tmp_path_factory.mktemp("cli") / "x.db"
         items, events = csv_files
         results = {

@@ -3,6 +3,8 @@ train, recommend, similar, ingest, evaluate."""
 
 import pytest
 
+from tests.conftest import CORE_PLUGINS
+
 from engine import (
     Candidate, EngineError, Event, NotTrainedError, Query, Recaller, UnknownComponentError,
     hookimpl,
@@ -112,8 +114,9 @@ def fill(eng):
 def trained(tmp_path_factory):
     """One trained engine shared by the read-only tests of this module."""
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("SHELFWISE_LOAD_PLUGINS", "SHELFWISE_CONFIG", "SHELFWISE_DB"):
+        for var in ("SHELFWISE_CONFIG", "SHELFWISE_DB"):
             mp.delenv(var, raising=False)
+        mp.setenv("SHELFWISE_LOAD_PLUGINS", CORE_PLUGINS)
         eng = Engine(tmp_path_factory.mktemp("shop") / "shelfwise.db", registry=load_plugins(),
                      settings=Settings())
         fill(eng)

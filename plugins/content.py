@@ -1,0 +1,103 @@
+"""`content`: items whose text is close to what the shopper looked at — works from the
+moment a product is imported and encoded, before anyone has interacted with it.
+
+The shopper's profile is the weighted mean of the vectors of their recent items (weight:
+event kind × recency), plus the request's search text when there is one; the nearest
+catalogue items in the vector index are the candidates."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from engine import Dataset, ModelState, Query, Recaller, hookimpl, mention
+
+VERBS = {"purchase": "bought", "cart": "added to your cart", "view": "viewed",
+         "click": "viewed", "rating": "rated"}
+
+
+class ContentConfig(BaseModel):
+    history: int = Field(10, ge=1, description="recent distinct items that make the profile")
+    decay: float = Field(0.8, gt=0, le=1, description="weight factor per step back in the history")
+    text_weight: float = Field(1.0, ge=0, description="weight of the request's text in the profile")
+
+
+class ContentRecaller(Recaller):
+    name = "content"
+    description = "Items similar in text to the shopper's recent items (cold-start ready)"
+    Config = ContentConfig
+    default_quota = 100
+
+    def fit(self, data: Dataset, progress=None) -> None:
+        self.kind_weights = dict(data.kind_weights)
+        self._fitted = True
+
+    def state(self) -> ModelState:
+        return ModelState(meta={"kind_weights": self.kind_weights})
+
+    def load(self, state: ModelState) -> None:
+        self.kind_weights = dict(state.meta["kind_weights"])
+        self._fitted = True
+
+    def _anchors(self, q: Query, index) -> list[tuple[str, float, str]]:
+        """(item, weight, kind) of the recent distinct items that have vectors."""
+        if q.item_id is not None:
+            return [(q.item_id, 1.0, "")] if q.item_id in index else []
+        kinds: dict[str, str] = {}
+        strongest: dict[str, float] = {}
+        for step in q.history:
+            w = self.kind_weights.get(step.kind, 1.0)
+            if w >= strongest.get(step.item_id, 0.0):
+                strongest[step.item_id], kinds[step.item_id] = w, step.kind
+        out = []
+        for pos, item in enumerate(q.history_items[: self.config.history]):
+            if item in index:
+                out.append((item, self.config.decay ** pos * strongest[item], kinds[item]))
+        return out
+
+    def recall(self, queries: Sequence[Query], n: int):
+        index, encoder = self.resources.vectors, self.resources.encoder
+        if index is None or not len(index):
+            return [[] for _ in queries]
+        texts = [q.text for q in queries if q.text]
+        text_vectors = iter(encoder.encode(texts) if texts and encoder is not None else [])
+        out = []
+        for q in queries:
+            anchors = self._anchors(q, index)
+            text_vec = next(text_vectors) if q.text and encoder is not None else None
+            if not anchors and text_vec is None:
+                out.append([])
+                continue
+            vecs = np.array([index.vector(item) for item, _, _ in anchors]).reshape(-1, index.dim)
+            weights = np.array([w for _, w, _ in anchors])
+            profile = weights @ vecs if len(anchors) else np.zeros(index.dim, np.float32)
+            if text_vec is not None:
+                total = weights.sum() if len(anchors) else 1.0
+                profile = profile + self.config.text_weight * total * text_vec
+            profile = profile / max(float(np.linalg.norm(profile)), 1e-9)
+            skip = set(q.exclude) | {item for item, _, _ in anchors}
+            hits = index.query(profile[None, :].astype(np.float32), n, exclude=skip)[0]
+            picked = []
+            if hits:
+                cand_vecs = np.array([index.vector(item) for item, _ in hits])
+                sims = vecs @ cand_vecs.T if len(anchors) else None
+                for j, (item, score) in enumerate(hits):
+                    if sims is not None and (text_vec is None or sims[:, j].max() >= float(text_vec @ cand_vecs[j])):
+                        a = int(np.argmax(sims[:, j] * weights))
+                        anchor, _, kind = anchors[a]
+                        if q.item_id is not None:
+                            reason = f"described like {mention(anchor)}"
+                        else:
+                            reason = f"similar to {mention(anchor)}, which you {VERBS.get(kind, 'viewed')}"
+                    else:
+                        reason = f"close in meaning to “{q.text}”"
+                    picked.append((item, float(score), reason))
+            out.append(self.candidates(picked))
+        return out
+
+
+@hookimpl
+def register_recallers(register):
+    register(ContentRecaller)

