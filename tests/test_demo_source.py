@@ -12,7 +12,9 @@ import pytest
 import scipy.sparse as sp
 
 from engine import DataSource, EngineError, Event, Item, User
+from engine.dataset import Dataset
 from engine.db import open_db
+from engine.evaluation import holdout
 from engine.store import Store
 from plugins.demo import DemoSource, register_sources
 
@@ -34,6 +36,12 @@ def full():
     started = time.perf_counter()
     records = list(DemoSource().read(None))
     return split(records), time.perf_counter() - started
+
+
+@pytest.fixture(scope="module")
+def shop():
+    """The default shop as the generator's arrays, with its ground truth."""
+    return DemoSource().generate()
 
 
 @pytest.fixture(scope="module")
@@ -165,17 +173,81 @@ def test_popularity_has_a_long_tail(full, small):
         assert top > threshold, f"top 10% of {len(items)} products have {top:.0%} of events"
 
 
-def test_new_products_have_no_events(full):
+def _released(item: Item) -> float:
+    return datetime.fromisoformat(item.attrs["released"]).replace(tzinfo=timezone.utc).timestamp()
+
+
+def test_new_products_are_cold_in_two_ways(full):
+    """About 5% of the products are imported but never seen; another 5%, released in the
+    last ten days, have events from their release on. Both are tagged "new"."""
     (items, _, events), _ = full
-    with_events = {e.item_id for e in events}
+    first_event = {}
+    for e in events:
+        first_event.setdefault(e.item_id, e.ts)
     new = [i for i in items if "new" in i.tags]
-    assert 0.03 * len(items) < len(new) < 0.07 * len(items)
-    for item in new:
-        assert item.item_id not in with_events
-        released = datetime.fromisoformat(item.attrs["released"]).replace(tzinfo=timezone.utc)
-        assert END - 8 * DAY <= released.timestamp() < END
-    cold = [i for i in items if i.item_id not in with_events]
-    assert {i.item_id for i in cold} == {i.item_id for i in new}
+    assert 0.09 * len(items) < len(new) < 0.11 * len(items)
+    assert all(END - 10 * DAY <= _released(i) < END for i in new)
+    assert all(i.in_stock for i in new)
+    assert all(_released(i) < END - 10 * DAY for i in items if "new" not in i.tags)
+    never_seen = {i.item_id for i in items if i.item_id not in first_event}
+    assert never_seen <= {i.item_id for i in new}
+    assert 0.05 * len(items) <= len(never_seen) < 0.065 * len(items)
+    selling = [i for i in new if i.item_id in first_event]
+    assert len(selling) > 0.04 * len(items)
+    for item in selling:  # the released date is a day: events fall on it or later
+        assert first_event[item.item_id] >= _released(item)
+
+
+@pytest.mark.parametrize("options", [SMALL, {"scale": 0.1, "days": 14}])
+def test_nothing_is_seen_before_its_release(options):
+    """Small categories, where a session wants more products than are on sale yet."""
+    shop = DemoSource().generate(**options)
+    cat, act = shop.catalogue, shop.activity
+    assert cat.late.sum() == round(0.05 * cat.n)
+    assert np.all(act.ts >= cat.released[act.item])
+    assert not np.isin(act.item, np.flatnonzero(cat.is_new)).any()
+
+
+def test_late_products_sell_after_their_release_to_the_right_shoppers(shop):
+    cat, act, people = shop.catalogue, shop.activity, shop.shoppers
+    late = np.flatnonzero(cat.late)
+    assert not (cat.late & cat.is_new).any()
+    assert np.all(act.ts >= cat.released[act.item])
+    assert not np.isin(act.item, np.flatnonzero(cat.is_new)).any()
+    on_late = np.isin(act.item, late)
+    # Discovered within hours of the release (most of them), and bought.
+    first = {}
+    for i, ts in zip(act.item[on_late].tolist(), act.ts[on_late].tolist()):
+        first.setdefault(i, ts)
+    delays = [(ts - cat.released[i]) / 3600 for i, ts in first.items()]
+    assert len(first) > 0.8 * len(late) and statistics.median(delays) < 6
+    bought = Counter(act.item[on_late & (act.kind == 2)].tolist())
+    assert sum(1 for i in first if bought[i]) > 0.5 * len(first)
+    # Their visitors like the category: several times the average shopper's taste for it.
+    views = on_late & (act.kind == 0)
+    taste = people.taste_later[act.user[views], cat.category[act.item[views]]]
+    average = people.taste_later.mean(axis=0)[cat.category[act.item[views]]]
+    assert taste.mean() > 3 * average.mean()
+    # Accessory links only name products on sale the whole window.
+    linked = {a for accs in cat.accessories for a in accs}
+    assert not linked & set((late.tolist() + np.flatnonzero(cat.is_new).tolist()))
+
+
+def test_the_chronological_holdout_has_cold_start_items(full):
+    """`shelfwise evaluate` holds out each shopper's newest 10% of products: several hundred
+    of them must have a held-out product that has no event at all in the visible part."""
+    (items, _, events), _ = full
+    data = Dataset.from_arrays([e.user_id for e in events], [e.item_id for e in events],
+                               [e.kind for e in events], [e.ts for e in events],
+                               catalogue=[i.item_id for i in items])
+    split = holdout(data, 0.1, 5)
+    seen = set(split.visible.item_ids[np.unique(split.visible.items)].tolist())
+    cold = [r - seen for r in split.relevant]
+    users = sum(bool(c) for c in cold)
+    assert users >= 200, f"only {users} held-out users have a cold-start product"
+    new = {i.item_id for i in items if "new" in i.tags}
+    assert set().union(*cold) <= new
+    assert len(set().union(*cold)) >= 10
 
 
 def test_shoppers_have_consistent_tastes(full):

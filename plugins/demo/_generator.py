@@ -6,8 +6,10 @@ the plugin turns them into records. How the behaviour is made, in short:
 - Catalogue: categories from `_vocabulary` in departments, each main category (Cameras)
   with accessory categories (Camera Lenses, Memory Cards). Within a category products get
   a Zipf-like popularity (a few bestsellers, a long tail) and lognormal prices. Every main
-  product is linked to 2-4 specific accessories, mostly of its own brand. About 5% of the
-  products were released in the last week and have no events at all (cold start).
+  product is linked to 2-4 specific accessories, mostly of its own brand. Cold start: about
+  5% of the products were released in the last week and have no events at all; another
+  5% were released during the last ten days (more of them towards the end) and have
+  events only from their release on.
 - Shoppers: a segment sets department weights; on top, each shopper has their own taste
   over categories that drifts a little towards a second taste over the window, a price
   sensitivity and two favourite brands.
@@ -16,6 +18,11 @@ the plugin turns them into records. How the behaviour is made, in short:
   often a related one; products are drawn without replacement by popularity, price fit
   and brand affinity. Some views are carted and some carts bought. Buying a main product
   often brings the shopper back within days (or straight away) for its accessories.
+- New arrivals: a product released late is featured, so within hours of its release
+  shoppers whose taste favours its category (favourite brands more so) visit its page; a
+  shopper follows at most one such feature every few days. Once released it is also
+  browsed like any product. Many of these visits are their shopper's latest, so the
+  evaluation's chronological hold-out finds them unseen: a cold-start slice to measure.
 """
 
 from __future__ import annotations
@@ -33,6 +40,12 @@ KINDS = ("view", "cart", "purchase")
 VIEW, CART, PURCHASE = 0, 1, 2
 
 NEW_SHARE = 0.05            # products released in the last week: no events (cold start)
+LATE_SHARE = 0.05           # products released in the last LATE_DAYS: events after release
+LATE_DAYS = 10.0
+LATE_SKEW = 3.0             # release = end - LATE_DAYS * u**LATE_SKEW: more towards the end
+NEW_ARRIVAL_VISITS = 40.0   # mean visits from the "new arrivals" feature per late product...
+NEW_ARRIVAL_DAYS = 0.1      # ...most within hours of the release (mean delay, days)
+NEW_ARRIVAL_GAP = 3.0       # days: a shopper follows at most one new arrival per such span
 OUT_OF_STOCK = 0.05
 ZIPF = 1.3                  # popularity exponent within a category
 EXPLORE = 0.2               # sessions that ignore the shopper's taste
@@ -63,7 +76,8 @@ class Catalogue:
     in_stock: np.ndarray
     stock: np.ndarray
     released: np.ndarray          # epoch seconds
-    is_new: np.ndarray            # released in the last week, no events
+    is_new: np.ndarray            # released in the last week, no events at all
+    late: np.ndarray              # released in the last LATE_DAYS, events only after release
     model: list[str]
     spec: list[str]
     material: list[str | None]
@@ -265,16 +279,27 @@ def make_catalogue(rng: np.random.Generator, n_items: int, days: int, end: float
             uses.append(use)
     price = np.array([_price(p) for p in price])
 
+    # Cold start comes in two kinds: products imported but never seen (released in the last
+    # week, no events) and products released in the last days of the window, which sell
+    # from their release on and so reach the evaluation's held-out part unseen.
+    fresh = rng.permutation(n)
+    n_new = max(1, round(NEW_SHARE * n))
     is_new = np.zeros(n, dtype=bool)
-    is_new[rng.choice(n, size=max(1, round(NEW_SHARE * n)), replace=False)] = True
+    is_new[fresh[:n_new]] = True
+    late = np.zeros(n, dtype=bool)
+    late[fresh[n_new:n_new + round(LATE_SHARE * n)]] = True
     released = np.where(is_new, end - rng.uniform(0.0, 7.0, n) * DAY,
-                        end - (days + rng.uniform(0.0, 720.0, n)) * DAY).round()
-    in_stock = is_new | (rng.random(n) >= OUT_OF_STOCK / (1 - NEW_SHARE))
+                        end - (days + rng.uniform(0.0, 720.0, n)) * DAY)
+    released = np.where(late, end - LATE_DAYS * DAY * rng.random(n) ** LATE_SKEW,
+                        released).round()
+    in_stock = is_new | late | (rng.random(n) >= OUT_OF_STOCK / (1 - NEW_SHARE - LATE_SHARE))
     stock = np.where(in_stock, 1 + rng.poisson(np.exp(rng.normal(3.0, 0.8, n))), 0)
 
     # Each main product has 2-4 specific compatible accessories, mostly of its own brand.
     names = {c.name: i for i, c in enumerate(cats)}
-    by_cat = [np.flatnonzero((category == ci) & ~is_new) for ci in range(len(cats))]
+    # Accessory links point at established products only: a follow-up visit never
+    # precedes the accessory's release.
+    by_cat = [np.flatnonzero((category == ci) & ~is_new & ~late) for ci in range(len(cats))]
     accessories: list[list[int]] = [[] for _ in range(n)]
     for item in range(n):
         c = cats[category[item]]
@@ -296,7 +321,7 @@ def make_catalogue(rng: np.random.Generator, n_items: int, days: int, end: float
     return Catalogue(
         item_ids=[f"p{i:05d}" for i in range(n)], titles=titles, descriptions=descriptions,
         category=category, brand=brand, brands=brands, price=price, in_stock=in_stock,
-        stock=stock, released=released, is_new=is_new, model=models, spec=specs,
+        stock=stock, released=released, is_new=is_new, late=late, model=models, spec=specs,
         material=materials, colour=colours, use=uses, log_popularity=log_pop,
         accessories=accessories,
     )
@@ -380,11 +405,13 @@ class _Views:
 def _browse(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers,
             cat_items: np.ndarray, z_price: np.ndarray, brand_bonus: np.ndarray,
             b_session: np.ndarray, b_user: np.ndarray, b_cat: np.ndarray, b_k: np.ndarray,
-            b_explore: np.ndarray, b_offset: np.ndarray) -> _Views:
+            b_explore: np.ndarray, b_offset: np.ndarray, b_time: np.ndarray) -> _Views:
     """Draw b_k[i] distinct products of category b_cat[i] for each browse block, without
-    replacement, with probability ~ popularity x price fit x brand affinity (Gumbel top-k)."""
+    replacement, with probability ~ popularity x price fit x brand affinity (Gumbel top-k).
+    Products released after the block's session started (b_time) are not on sale yet."""
     items = cat_items[b_cat]                                # (blocks, width)
     valid = items >= 0
+    valid &= catalogue.released[np.where(valid, items, 0)] <= b_time[:, None]
     safe = np.where(valid, items, 0)
     score = catalogue.log_popularity[safe]
     personal = (-shoppers.price_sensitivity[b_user][:, None] * z_price[safe]
@@ -395,7 +422,7 @@ def _browse(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers,
     top = np.argsort(-score, axis=1, kind="stable")[:, :kmax]
     rank = np.broadcast_to(np.arange(kmax), top.shape)
     picked = np.take_along_axis(items, top, axis=1)
-    keep = (rank < b_k[:, None]) & (picked >= 0)
+    keep = (rank < b_k[:, None]) & np.take_along_axis(valid, top, axis=1)
     rows = np.broadcast_to(np.arange(len(b_k))[:, None], top.shape)[keep]
     return _Views(session=b_session[rows], item=picked[keep], order=b_offset[rows] + rank[keep],
                   explore=b_explore[rows], rank=rank[keep])
@@ -451,7 +478,17 @@ def simulate(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers,
                     np.concatenate([s_cat, rel_cat[has_rel]]),
                     np.concatenate([k1, k2[has_rel]]),
                     np.concatenate([explore, explore[has_rel]]),
-                    np.concatenate([np.zeros(n_s, int), k1[has_rel]]))
+                    np.concatenate([np.zeros(n_s, int), k1[has_rel]]),
+                    s_start[b_session])
+    # New arrivals are featured: shoppers who like their category come to see them.
+    d_user, d_item, d_start = _new_arrival_visits(rng, catalogue, shoppers, brand_bonus, end)
+    n_d = len(d_user)
+    d_ids = n_s + np.arange(n_d)
+    views = _Views(*(np.r_[getattr(views, f), new] for f, new in (
+        ("session", d_ids), ("item", d_item), ("order", np.zeros(n_d, int)),
+        ("explore", np.zeros(n_d, bool)), ("rank", np.zeros(n_d, int)))))
+    s_user, s_start = np.r_[s_user, d_user], np.r_[s_start, d_start]
+    n_s += n_d
     view_follow = np.zeros(len(views.item), dtype=bool)
 
     # Phase 1 decisions, needed to know which main products were bought.
@@ -486,7 +523,7 @@ def simulate(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers,
     others = _browse(rng, catalogue, shoppers, cat_items, z_price, brand_bonus,
                      f_ids[has_other], f_user[has_other], other_cat[has_other],
                      k_other[has_other], np.zeros(has_other.sum(), bool),
-                     np.full(has_other.sum(), acc.shape[1]))
+                     np.full(has_other.sum(), acc.shape[1]), f_start[has_other])
     follow = _Views(*(np.concatenate([getattr(compat, f), getattr(others, f)])
                       for f in ("session", "item", "order", "explore", "rank")))
     is_compat = np.r_[np.ones(len(compat.item), bool), np.zeros(len(others.item), bool)]
@@ -511,6 +548,42 @@ def simulate(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers,
     order = np.lexsort((ev_kind, ev_item, ev_user, ev_ts))
     return Activity(user=ev_user[order], item=ev_item[order], kind=ev_kind[order],
                     ts=ev_ts[order])
+
+
+def _new_arrival_visits(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers,
+                        brand_bonus: np.ndarray, end: float
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Visits to the page of each product released late in the window, from the shop's
+    new-arrivals feature: most within hours of the release, by shoppers whose taste (as at
+    the end of the window) favours the category, a favourite brand's fans five times as
+    likely; a shopper follows at most one feature per NEW_ARRIVAL_GAP days. Returns each
+    visit's user, product and start time, which is always after the release."""
+    late = np.flatnonzero(catalogue.late)
+    appeal = np.array([c.appeal for c in vocab.CATEGORIES])[catalogue.category[late]]
+    interest = np.exp(rng.normal(-0.125, 0.5, len(late)))  # lognormal with mean 1
+    item = np.repeat(late, rng.poisson(NEW_ARRIVAL_VISITS * appeal * interest))
+    start = (catalogue.released[item] + rng.exponential(NEW_ARRIVAL_DAYS * DAY, len(item))
+             + rng.uniform(0.0, 3600.0, len(item)))
+    item, start = item[start < end], start[start < end]
+    taste = (1 - DRIFT) * shoppers.taste + DRIFT * shoppers.taste_later
+    user = np.empty(len(item), dtype=np.int64)
+    boost = np.exp(brand_bonus - FAVOURITE_BRAND)  # 1 for a favourite brand, 1/5 otherwise
+    for ci in np.unique(catalogue.category[item]):
+        rows = np.flatnonzero(catalogue.category[item] == ci)
+        cdf = np.cumsum(taste[:, ci])
+        todo = rows
+        while len(todo):  # taste-weighted draws, thinned by brand affinity
+            drawn = np.minimum(np.searchsorted(cdf, rng.random(len(todo)) * cdf[-1]),
+                               shoppers.n - 1)
+            ok = rng.random(len(todo)) < boost[drawn, catalogue.brand[item[todo]]]
+            user[todo[ok]] = drawn[ok]
+            todo = todo[~ok]
+    # The first visit of each shopper in each span counts back from the end.
+    order = np.argsort(start, kind="stable")
+    span = ((end - start[order]) // (NEW_ARRIVAL_GAP * DAY)).astype(np.int64)
+    _, first = np.unique(user[order] * (span.max(initial=0) + 1) + span, return_index=True)
+    keep = np.sort(order[first])
+    return user[keep], item[keep], start[keep]
 
 
 def _decide(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers,
