@@ -19,7 +19,7 @@ from engine import ModelState, Query, Recaller, hookimpl
 class SearchConfig(BaseModel):
     mode: str = Field("hybrid", pattern="^(hybrid|lexical|semantic)$",
                       description="hybrid, lexical (BM25 only) or semantic (vectors only)")
-    lexical_weight: float = Field(0.5, ge=0, le=1, description="share of BM25 in the hybrid score")
+    lexical_weight: float = Field(0.35, ge=0, le=1, description="share of BM25 in the hybrid score (tuned: benchmarks/bench_search.py)")
     depth: int = Field(200, ge=10, description="candidates taken from each signal before fusion")
 
 
