@@ -22,6 +22,10 @@ class ContentConfig(BaseModel):
     history: int = Field(10, ge=1, description="recent distinct items that make the profile")
     decay: float = Field(0.8, gt=0, le=1, description="weight factor per step back in the history")
     text_weight: float = Field(1.0, ge=0, description="weight of the request's text in the profile")
+    new_items: int = Field(20, ge=0, description="nearest items without any interaction yet that "
+                           "are always considered (new arrivals), besides the nearest overall")
+    new_item_boost: float = Field(0.1, ge=0, description="added to the similarity of an item "
+                                  "nobody has interacted with, so new arrivals get seen")
 
 
 class ContentRecaller(Recaller):
@@ -32,14 +36,29 @@ class ContentRecaller(Recaller):
 
     def fit(self, data: Dataset, progress=None) -> None:
         self.kind_weights = dict(data.kind_weights)
+        counts = np.bincount(data.items, minlength=data.n_items)
+        self.seen = set(data.item_ids[counts > 0].tolist())  # items anyone interacted with
         self._fitted = True
 
     def state(self) -> ModelState:
-        return ModelState(meta={"kind_weights": self.kind_weights})
+        return ModelState(arrays={"seen": np.array(sorted(self.seen), dtype=str)},
+                          meta={"kind_weights": self.kind_weights})
 
     def load(self, state: ModelState) -> None:
         self.kind_weights = dict(state.meta["kind_weights"])
+        self.seen = set(state.arrays["seen"].tolist())
         self._fitted = True
+
+    def _nearest(self, index, profile: np.ndarray, n: int, skip: set[str]) -> dict[str, float]:
+        """The n nearest items plus the nearest never-interacted ones, boosted."""
+        hits = dict(index.query(profile[None, :], n, exclude=skip)[0])
+        if self.config.new_items:
+            seen = self.seen
+            fresh = index.query(profile[None, :], self.config.new_items, exclude=skip,
+                                allowed=lambda item: item not in seen)[0]
+            hits.update(fresh)
+        boost = self.config.new_item_boost
+        return {item: score + (boost if item not in self.seen else 0.0) for item, score in hits.items()}
 
     def _anchors(self, q: Query, index) -> list[tuple[str, float, str]]:
         """(item, weight, kind) of the recent distinct items that have vectors."""
@@ -78,7 +97,8 @@ class ContentRecaller(Recaller):
                 profile = profile + self.config.text_weight * total * text_vec
             profile = profile / max(float(np.linalg.norm(profile)), 1e-9)
             skip = set(q.exclude) | {item for item, _, _ in anchors}
-            hits = index.query(profile[None, :].astype(np.float32), n, exclude=skip)[0]
+            nearest = self._nearest(index, profile.astype(np.float32), n, skip)
+            hits = sorted(nearest.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
             picked = []
             if hits:
                 cand_vecs = np.array([index.vector(item) for item, _ in hits])
@@ -93,6 +113,8 @@ class ContentRecaller(Recaller):
                             reason = f"similar to {mention(anchor)}, which you {VERBS.get(kind, 'viewed')}"
                     else:
                         reason = f"close in meaning to “{q.text}”"
+                    if item not in self.seen:
+                        reason = f"new arrival, {reason}"
                     picked.append((item, float(score), reason))
             out.append(self.candidates(picked))
         return out
