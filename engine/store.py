@@ -65,6 +65,7 @@ class Store:
     def __init__(self, db: sqlite_utils.Database):
         self.db = db
         self.conn = db.conn
+        self._users_written: set[str] | None = None
 
     # -- writing -----------------------------------------------------------------------
 
@@ -76,6 +77,7 @@ class Store:
         seen = 0
         deferred: list[str] = []
         self.conn.execute("PRAGMA cache_size = -262144")  # 256 MiB while importing
+        self._users_written = set()
         try:
             with self.db.atomic():
                 for record in records:
@@ -101,6 +103,7 @@ class Store:
                         self.conn.execute(sql)
         finally:
             self.conn.execute("PRAGMA cache_size = -65536")
+            self._users_written = None
         if progress:
             progress("import", seen, seen, f"{seen:,} records")
         report.seconds = time.perf_counter() - started
@@ -196,10 +199,14 @@ class Store:
         else:
             added, duplicates, conflicts = self._sort_out(events, rows, inserted)
         if inserted:
+            users = {r[1] for r in rows}
+            if self._users_written is not None:  # inside write(): each user once per import
+                users -= self._users_written
+                self._users_written |= users
             now = time.time()
             self.conn.executemany(
                 "INSERT OR IGNORE INTO users (user_id, attrs, created_at) VALUES (?, '{}', ?)",
-                [(u, now) for u in {r[1] for r in rows}])
+                [(u, now) for u in users])
         return added, duplicates, conflicts
 
     def _sort_out(self, events, rows, inserted):

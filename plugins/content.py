@@ -49,14 +49,13 @@ class ContentRecaller(Recaller):
         self.seen = set(state.arrays["seen"].tolist())
         self._fitted = True
 
-    def _nearest(self, index, profile: np.ndarray, n: int, skip: set[str]) -> dict[str, float]:
-        """The n nearest items plus the nearest never-interacted ones, boosted."""
+    def _nearest(self, index, profile: np.ndarray, n: int, skip: set[str],
+                 fresh: set[str]) -> dict[str, float]:
+        """The n nearest items plus the nearest never-interacted ones (`fresh`), boosted."""
         hits = dict(index.query(profile[None, :], n, exclude=skip)[0])
-        if self.config.new_items:
-            seen = self.seen
-            fresh = index.query(profile[None, :], self.config.new_items, exclude=skip,
-                                allowed=lambda item: item not in seen)[0]
-            hits.update(fresh)
+        if self.config.new_items and fresh:
+            hits.update(index.query(profile[None, :], self.config.new_items, exclude=skip,
+                                    allowed=fresh)[0])
         boost = self.config.new_item_boost
         return {item: score + (boost if item not in self.seen else 0.0) for item, score in hits.items()}
 
@@ -80,6 +79,7 @@ class ContentRecaller(Recaller):
         index, encoder = self.resources.vectors, self.resources.encoder
         if index is None or not len(index):
             return [[] for _ in queries]
+        fresh = {item for item in index.ids if item not in self.seen} if self.config.new_items else set()
         texts = [q.text for q in queries if q.text]
         text_vectors = iter(encoder.encode(texts) if texts and encoder is not None else [])
         out = []
@@ -97,7 +97,7 @@ class ContentRecaller(Recaller):
                 profile = profile + self.config.text_weight * total * text_vec
             profile = profile / max(float(np.linalg.norm(profile)), 1e-9)
             skip = set(q.exclude) | {item for item, _, _ in anchors}
-            nearest = self._nearest(index, profile.astype(np.float32), n, skip)
+            nearest = self._nearest(index, profile.astype(np.float32), n, skip, fresh)
             hits = sorted(nearest.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
             picked = []
             if hits:
