@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from .components import Ranker, Recaller
@@ -32,8 +32,9 @@ def merge(lists: Mapping[str, Sequence[Candidate]]) -> list[Candidate]:
 
 def interleave(lists: Mapping[str, Sequence[Candidate]]) -> list[Candidate]:
     """Blend by taking each recaller's next best in turn (deduplicated), so every recaller
-    is heard — a new item that only one recaller can know still reaches the top."""
-    merged = {c.item_id: c for c in merge(lists)}
+    is heard — a new item that only one recaller can know still reaches the top. The score
+    is 1 / (best rank any recaller gave the item): comparable across recallers."""
+    merged = {c.item_id: replace(c, score=1.0 / min(c.ranks.values())) for c in merge(lists)}
     order: list[str] = []
     seen: set[str] = set()
     for rank in range(max((len(v) for v in lists.values()), default=0)):
