@@ -16,7 +16,7 @@ from .components import (
 from .config import Settings, load_settings
 from .dataset import Dataset
 from .db import open_db
-from .errors import EngineError, NotTrainedError, UnknownComponentError
+from .errors import ArtifactError, EngineError, NotTrainedError, UnknownComponentError
 from .evaluation import holdout
 from .metrics import aggregate
 from .pipeline import Pipeline, interleave
@@ -157,7 +157,13 @@ class Engine:
             found = self.store.load_artifact(key)
             if found is None:
                 return None
-            component.load(load_state(*found))
+            try:
+                component.load(load_state(*found))
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ArtifactError(
+                    f"The stored model of {kind[:-1]} {name!r} does not match the installed "
+                    f"plugin ({type(exc).__name__}: {exc}); it was probably trained by another "
+                    f"version. Run \"shelfwise train\" to rebuild it.") from exc
             self._loaded[key] = component
         return self._loaded[key]
 

@@ -54,5 +54,6 @@ def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mappi
             report["seconds"][ranker.name] = time.perf_counter() - started
         hits = sum(bool({c.item_id for c in cs} & ex.relevant) for cs, ex in zip(cands, examples))
         report["candidate_hit_rate"] = hits / max(len(examples), 1)
+        del cands, examples, split  # free the validation candidates before the final fit
     report["seconds"].update(fit_recallers(data, recallers, progress))
     return report

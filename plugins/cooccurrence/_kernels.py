@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 
 def distinct_interactions(users, items, weights, n_items):
@@ -45,13 +46,21 @@ def pair_counts(users, items, strength, n_items, window, strong_at):
 
 def summed_csr(rows, cols, values, n):
     """CSR structure (indptr, indices) of the distinct (row, col) pairs and, for each array in
-    `values`, its sums aligned with that structure. All arrays share one sparsity pattern."""
-    key = rows.astype(np.int64) * n + cols
-    uniq, inverse = np.unique(key, return_inverse=True)
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(uniq // n, minlength=n), out=indptr[1:])
-    sums = [np.bincount(inverse, weights=v, minlength=len(uniq)).astype(np.float32) for v in values]
-    return indptr, (uniq % n).astype(np.int32), sums
+    `values`, its sums aligned with that structure. All arrays share one sparsity pattern
+    (scipy keeps explicit zeros when it sums duplicates, so the patterns are identical)."""
+    indptr = indices = None
+    sums = []
+    for v in values:
+        m = sp.coo_matrix((np.asarray(v, dtype=np.float32), (rows, cols)), shape=(n, n)).tocsr()
+        m.sort_indices()
+        if indptr is None:
+            indptr, indices = m.indptr.astype(np.int64), m.indices.astype(np.int32)
+        elif not (np.array_equal(indptr, m.indptr) and np.array_equal(indices, m.indices)):
+            raise AssertionError("co-occurrence matrices lost their common structure")
+        sums.append(m.data.astype(np.float32))
+    if indptr is None:
+        indptr, indices = np.zeros(n + 1, np.int64), np.zeros(0, np.int32)
+    return indptr, indices, sums
 
 
 def pair_counts_reference(sequences, n_items, window, strong_at):
