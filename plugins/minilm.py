@@ -143,7 +143,6 @@ class MiniLMEncoder(Encoder):
             if bars:
                 hf_logging.enable_progress_bar()
         model.max_seq_length = self.config.max_seq_length
-        model.eval()
         return model
 
     # -- texts ----------------------------------------------------------------------------
@@ -156,9 +155,10 @@ class MiniLMEncoder(Encoder):
         model = self.model()
         import torch
 
-        torch.set_num_threads(self.config.threads or _cpu_count())  # another component may
-        # have changed this process-wide setting since the load
-        # Longest first, so each batch pads to a similar length (and memory peaks at once).
+        # Process-wide, and another component may have changed it since the load.
+        torch.set_num_threads(self.config.threads or _cpu_count())
+        # Longest first: each batch pads only to its own longest text (dynamic padding), and
+        # memory peaks on the first batch rather than by surprise at the end.
         order = np.argsort([-len(t) for t in texts], kind="stable")
         size = self.config.batch_size
         for start in range(0, len(texts), size):
@@ -182,34 +182,33 @@ class MiniLMEncoder(Encoder):
         (longest last, so truncation cuts the description)."""
         return ". ".join(t for t in (_field_text(item, f) for f in self._weights()) if t)
 
-    def encode_items(self, items: Sequence[Item], progress: ProgressCallback | None = None) -> np.ndarray:
+    def encode_items(self, items: Sequence[Item],
+                     progress: ProgressCallback | None = None) -> np.ndarray:
         if self.config.mode == "concat":
             return self.encode([self.item_text(item) for item in items], progress)
         weights = self._weights()
-        unique: dict[str, int] = {"": 0}  # the vector of no text, for items without any
+        unique: dict[str, int] = {}  # each distinct field text, encoded once
         rows, cols, vals = [], [], []
         for i, item in enumerate(items):
-            for field, weight in weights.items():
-                text = _field_text(item, field)
-                if text:
-                    rows.append(i)
-                    cols.append(unique.setdefault(text, len(unique)))
-                    vals.append(weight)
+            texts = [(_field_text(item, f), w) for f, w in weights.items()]
+            texts = [(t, w) for t, w in texts if t] or [("", 1.0)]  # no text: the vector of ""
+            for text, weight in texts:
+                rows.append(i)
+                cols.append(unique.setdefault(text, len(unique)))
+                vals.append(weight)
         n_items, n_texts = len(items), len(unique)
+        if not n_items:
+            return np.zeros((0, self.dim), dtype=np.float32)
 
         def by_items(stage: str, done: int, total: int | None, message: str = "") -> None:
             progress(stage, round(done / n_texts * n_items), n_items,
                      f"{done:,} of {n_texts:,} field texts")
 
-        vectors = self.encode(list(unique), by_items if progress and n_items else None)
+        vectors = self.encode(list(unique), by_items if progress else None)
         out = np.zeros((n_items, self.dim), dtype=np.float32)
         np.add.at(out, np.asarray(rows, dtype=np.int64),
                   vectors[np.asarray(cols, dtype=np.int64)] * np.asarray(vals, np.float32)[:, None])
-        norms = np.linalg.norm(out, axis=1)
-        empty = norms < 1e-12
-        out[empty] = vectors[0]
-        norms[empty] = 1.0
-        return out / norms[:, None]
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
 
     def content_hash(self, item: Item) -> str:
         """Like the base, but only with the settings that change vectors (batch size and
