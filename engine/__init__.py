@@ -11,6 +11,7 @@ from .errors import (
     UnknownComponentError,
 )
 from .hookspecs import hookimpl
+from .textfiles import detect_encoding
 from .types import (
     Candidate, Event, Interaction, Item, ItemEntity, Query, Recommendation, Record, Triple, User,
 )
@@ -20,6 +21,6 @@ __all__ = [
     "DataSource", "Dataset", "Encoder", "Engine", "EngineError", "Event", "ImportDataError",
     "Interaction", "Item", "ItemEntity", "ModelState", "NoConfig", "NotTrainedError",
     "PluginError", "ProgressCallback", "Query", "Ranker", "RankingExample", "Recaller",
-    "Recommendation", "Record", "Resources", "Triple", "UnknownComponentError", "User", "hookimpl",
+    "Recommendation", "Record", "Resources", "detect_encoding", "Triple", "UnknownComponentError", "User", "hookimpl",
     "mention", "no_progress", "top_n",
 ]

@@ -7,12 +7,9 @@ pyproject.toml. Built-in plugins are registered exactly the same way.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import pluggy
-
-if TYPE_CHECKING:  # the core does not import click at run time
-    import click
 
 hookspec = pluggy.HookspecMarker("shelfwise")
 hookimpl = pluggy.HookimplMarker("shelfwise")
@@ -79,7 +76,7 @@ def register_rankers(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def register_commands(cli: "click.Group") -> None:
+def register_commands(cli: "click.Group") -> None:  # noqa: F821 (click stays out of the core)
     """Add commands to the ``shelfwise`` command line.
 
     :param cli: the root ``click.Group``; decorate new commands with ``@cli.command()``.

@@ -40,7 +40,6 @@ raises `ImportDataError` naming the file, line and field, so nothing of the impo
 
 from __future__ import annotations
 
-import codecs
 import csv
 import functools
 import html
@@ -57,7 +56,7 @@ from typing import Any, Callable, ClassVar, Iterator
 
 from engine import (
     DataSource, EngineError, Event, ImportDataError, Item, ItemEntity, Record, Triple, User,
-    hookimpl,
+    detect_encoding, hookimpl,
 )
 
 # -- what the files may contain ---------------------------------------------------------
@@ -209,19 +208,6 @@ def _files(source: str, ext: str, location: str | os.PathLike | None,
     return found
 
 
-def _encoding(path: Path) -> str:
-    """utf-8-sig when the whole file is valid UTF-8, else latin-1 (which never fails)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                decoder.decode(chunk)
-            decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return "latin-1"
-    return "utf-8-sig"
-
-
 # -- rows: (line, values in canonical order, raw row, layout) ---------------------------
 
 def _normalise(name: str) -> str:
@@ -295,7 +281,7 @@ def _rows(ext: str, path: Path, shown: str, kind: str):
 def _csv_rows(path: Path, shown: str, kind: str) -> Iterator[tuple[int, tuple, Any, _Layout]]:
     # Shopify's Body (HTML) can exceed csv's default 128 KiB per field.
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))
-    with open(path, newline="", encoding=_encoding(path)) as f:
+    with open(path, newline="", encoding=detect_encoding(path)) as f:
         first = f.readline()
         delimiter = max(",;\t", key=first.count)
         f.seek(0)
@@ -337,7 +323,7 @@ def _csv_rows(path: Path, shown: str, kind: str) -> Iterator[tuple[int, tuple, A
 def _jsonl_rows(path: Path, shown: str, kind: str) -> Iterator[tuple[int, tuple, Any, _Layout]]:
     layouts: dict[tuple, _Layout] = {}
     loads = json.loads
-    with open(path, encoding=_encoding(path)) as f:
+    with open(path, encoding=detect_encoding(path)) as f:
         for line, text in enumerate(f, start=1):
             try:
                 obj = loads(text)

@@ -27,7 +27,6 @@ same files again adds nothing. Only the files are read; RecBole itself is never 
 
 from __future__ import annotations
 
-import codecs
 import math
 import re
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any, ClassVar, Iterator
 
 from engine import (
     DataSource, EngineError, Event, ImportDataError, Item, ItemEntity, Record, Triple, User,
-    hookimpl,
+    detect_encoding, hookimpl,
 )
 
 EXTENSIONS = ("item", "user", "inter", "kg", "link")  # the order they are read in
@@ -105,7 +104,7 @@ class _Table:
 
     def __init__(self, path: Path, ext: str):
         self.path, self.ext, self.shown = path, ext, str(path)
-        self.encoding = _encoding(path)
+        self.encoding = detect_encoding(path)
         with open(path, encoding=self.encoding, newline="") as f:
             header = f.readline().rstrip("\r\n")
         if not header.strip():
@@ -183,19 +182,6 @@ class _Table:
                 raise ImportDataError(self.shown, line, self.names[column],
                                       f"{text!r} is not a list of numbers") from None
         return text
-
-
-def _encoding(path: Path) -> str:
-    """utf-8-sig when the whole file is valid UTF-8, else latin-1 (which never fails)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                decoder.decode(chunk)
-            decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return "latin-1"
-    return "utf-8-sig"
 
 
 def _read_inter(table: _Table) -> Iterator[Event]:
