@@ -235,6 +235,14 @@ class Engine:
             self.refresh_vectors(progress or no_progress)  # new products are recommendable at once
         return report
 
+    def remove_items(self, ids: Sequence[str]) -> dict[str, Any]:
+        """Take products out of the catalogue: never recommended again, dropped from the
+        vector index at once (no retrain)."""
+        removed = self.store.delete_items(ids)
+        self._catalogue = None
+        report = self.refresh_vectors() if self.vectors() is not None else {}
+        return {"removed": removed, "vectors": report}
+
     def dataset(self) -> Dataset:
         return self.store.dataset(self.settings.events.weights)
 

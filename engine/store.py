@@ -248,6 +248,12 @@ class Store:
             f"SELECT DISTINCT item_id FROM events WHERE user_id = ? AND kind IN ({marks})",
             [user_id, *kinds])}
 
+    def delete_items(self, ids: Iterable[str]) -> int:
+        """Remove products from the catalogue (their events stay: history is history)."""
+        with self.db.atomic():
+            return sum(self.conn.execute("DELETE FROM items WHERE item_id = ?", [i]).rowcount
+                       for i in ids)
+
     def delete_user(self, user_id: str) -> int:
         with self.db.atomic():
             n = self.conn.execute("DELETE FROM events WHERE user_id = ?", [user_id]).rowcount

@@ -183,3 +183,16 @@ def test_evaluation_reports_a_cold_start_slice(trained):
     for row in report["results"]:
         if report["cold_start_users"]:
             assert set(row["cold_start"]) >= {"ndcg@5", "recall@5"}
+
+
+def test_a_removed_item_leaves_the_index_and_the_recommendations(trained):
+    report = trained.remove_items(["beans-light"])
+    assert report["removed"] == 1 and report["vectors"]["removed"] == 1
+    assert "beans-light" not in trained.vectors()
+    assert "beans-light" not in trained.store.embedding_hashes("minilm")
+    again = Engine(trained.db_path, registry=trained.registry)  # the stored index agrees
+    assert "beans-light" not in again.vectors()
+    again.close()
+    recs = trained.recommend(None, 10, items=["beans-dark"])
+    assert "beans-light" not in [r.item_id for r in recs]
+    assert "beans-light" not in [r.item_id for r in trained.search("light roast beans", 5)]
