@@ -1,0 +1,290 @@
+"""`kg`: knowledge-graph recall — items that share an informative entity with the history.
+
+The graph links each item to entities: through the store's `item_entities` links and one
+hop of `triples` (movie —directed_by→ director), or, for items without links, entities
+derived from the catalogue (category, brand, tags, price band within the category, simple
+attributes). Entities linked to many items say little, so each item–entity edge weighs the
+entity's IDF; hubs and entities of a single item are dropped. A query scores items over the
+two-hop meta-path anchor → entity → item and names the most informative shared entity:
+"same director as [[anchor]]"."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel, Field
+
+from engine import Dataset, ModelState, Query, Recaller, hookimpl, mention, top_n
+
+
+class KnowledgeGraphConfig(BaseModel):
+    max_entity_share: float = Field(0.2, gt=0, le=1, description="drop entities linked to more than this share of items (hubs)")
+    history: int = Field(20, ge=1, description="recent distinct items used as anchors at request time")
+    decay: float = Field(0.9, gt=0, le=1, description="weight factor per step back in the history")
+    price_bands: int = Field(4, ge=1, description="price bands per category (by quantiles)")
+    derive: bool = Field(True, description="derive entities from the catalogue for items without graph links")
+    candidate_norm: float = Field(0.0, ge=0, le=1, description="divide a candidate's score by its own weight norm to this power (0: off)")
+    relation_names: dict[str, str] = Field(default_factory=dict, description="relation -> readable name, e.g. {'film.film.directed_by': 'director'}")
+
+
+# (pattern in the lower-cased relation, readable name); first match wins.
+_RELATION_WORDS: tuple[tuple[str, str], ...] = (
+    ("directed_by", "director"), ("director", "director"),
+    ("starring", "actor"), ("actor", "actor"), ("cast", "actor"),
+    ("genre", "genre"),
+    ("written_by", "writer"), ("writer", "writer"),
+    ("production_compan", "production company"),
+    ("produced_by", "producer"), ("producer", "producer"),
+    ("cinematograph", "cinematographer"),
+    ("language", "language"), ("country", "country"),
+    ("content_rating", "content rating"), ("rating", "content rating"),
+    ("subject", "subject"), ("sequel", "series"), ("prequel", "series"),
+    ("award_won", "award"), ("award_nomination", "award nomination"),
+    ("price_band", "price band"),
+)
+LINK = "link"  # relation of an entity an item is linked to directly
+
+
+def readable_relation(relation: str, overrides: dict[str, str] | None = None) -> str:
+    """'film.film.directed_by' -> 'director'; a derived 'brand' stays 'brand'."""
+    if overrides and relation in overrides:
+        return overrides[relation]
+    low = relation.lower()
+    if low == LINK:
+        return "entity"
+    for pattern, word in _RELATION_WORDS:
+        if pattern in low:
+            return word
+    last = re.split(r"[./:]", low)[-1] or low
+    return re.sub(r"[_\-]+", " ", last).strip() or relation
+
+
+def _graph_from_store(store, item_index: dict[str, int]) -> tuple[dict[int, dict[str, str]], set[int]]:
+    """item -> {entity: relation} from item_entities + one hop of triples; and linked items."""
+    edges: dict[int, dict[str, str]] = defaultdict(dict)
+    by_entity: dict[str, list[int]] = defaultdict(list)
+    for item_id, entity in store.conn.execute("SELECT item_id, entity FROM item_entities"):
+        i = item_index.get(item_id)
+        if i is not None:
+            by_entity[entity].append(i)
+            edges[i][entity] = LINK
+    linked = set(edges)
+    if by_entity:
+        inverse: list[tuple[int, str, str]] = []
+        for head, relation, tail in store.conn.execute("SELECT head, relation, tail FROM triples"):
+            for i in by_entity.get(head, ()):
+                edges[i][tail] = relation  # forward relations win over inverse ones
+            for i in by_entity.get(tail, ()):
+                inverse.append((i, head, relation))
+        for i, node, relation in inverse:
+            edges[i].setdefault(node, relation)
+    return edges, linked
+
+
+def _simple(value) -> str | None:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return f"{value:g}"
+    if isinstance(value, str) and value.strip() and len(value) <= 80:
+        return value.strip().lower()
+    return None
+
+
+def _derived_graph(items, item_index: dict[str, int], skip: set[int], bands: int) -> dict[int, dict[str, str]]:
+    """Entities from the catalogue: category, brand, tags, price band, simple attrs."""
+    edges: dict[int, dict[str, str]] = defaultdict(dict)
+    prices: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for item in items:
+        i = item_index.get(item.item_id)
+        if i is None or i in skip:
+            continue
+        e = edges[i]
+        if item.category:
+            e[f"category:{item.category.lower()}"] = "category"
+        if item.brand:
+            e[f"brand:{item.brand.lower()}"] = "brand"
+        for tag in item.tags:
+            if tag:
+                e[f"tag:{tag.lower()}"] = "tag"
+        if item.price is not None and math.isfinite(item.price):
+            prices[item.category.lower()].append((i, float(item.price)))
+        for key, value in (item.attrs or {}).items():
+            v = _simple(value)
+            if v is not None:
+                e[f"attr:{key}:{v}"] = str(key)
+    for category, pairs in prices.items():
+        values = np.array([p for _, p in pairs])
+        edges_q = np.quantile(values, np.linspace(0, 1, bands + 1)[1:-1]) if bands > 1 else np.zeros(0)
+        band = np.searchsorted(edges_q, values, side="right")
+        for (i, _), b in zip(pairs, band.tolist()):
+            edges[i][f"price:{category}:{b}"] = "price_band"
+    return edges
+
+
+class KnowledgeGraphRecaller(Recaller):
+    name = "kg"
+    description = "Items sharing an informative knowledge-graph entity (director, actor, brand, …) with the history"
+    Config = KnowledgeGraphConfig
+    default_quota = 0
+    similar_items = True
+
+    def fit(self, data: Dataset, progress=None) -> None:
+        cfg = self.config
+        if progress:
+            progress("kg", 0, 1, "building the item graph")
+        ids = data.item_ids.tolist()
+        index = {item: i for i, item in enumerate(ids)}
+        edges: dict[int, dict[str, str]] = {}
+        store = getattr(data, "store", None)
+        if store is not None:
+            edges, linked = _graph_from_store(store, index)
+            if cfg.derive:
+                for i, e in _derived_graph(store.catalogue(), index, linked, cfg.price_bands).items():
+                    edges.setdefault(i, {}).update(e)
+        known = data.known if data.known is not None else np.ones(len(ids), bool)
+        n = max(int(known.sum()), 1)
+        # entity -> items, then drop hubs and singletons
+        entity_items: dict[str, list[int]] = defaultdict(list)
+        entity_rel: dict[str, str] = {}
+        for i, ents in edges.items():
+            for ent, rel in ents.items():
+                entity_items[ent].append(i)
+                entity_rel.setdefault(ent, rel)
+        limit = cfg.max_entity_share * n
+        kept = sorted(e for e, its in entity_items.items() if 2 <= len(its) <= limit)
+        relations = sorted({entity_rel[e] for e in kept})
+        rel_index = {r: k for k, r in enumerate(relations)}
+        rows, cols, vals = [], [], []
+        for col, ent in enumerate(kept):
+            its = entity_items[ent]
+            idf = math.log(n / len(its))
+            rows.extend(its)
+            cols.extend([col] * len(its))
+            vals.extend([idf] * len(its))
+        w = sp.csr_matrix((np.asarray(vals, np.float32), (np.asarray(rows, np.int64), np.asarray(cols, np.int64))),
+                          shape=(len(ids), len(kept)), dtype=np.float32)
+        w.sort_indices()
+        self._set(data.item_ids, known, w, np.asarray(kept, dtype=str),
+                  np.array([rel_index[entity_rel[e]] for e in kept], np.int32), relations,
+                  dict(data.kind_weights))
+        if progress:
+            progress("kg", 1, 1, f"{len(kept):,} entities, {w.nnz:,} item links")
+
+    def _set(self, item_ids, known, w: sp.csr_matrix, entity_ids, entity_relation, relations, kind_weights) -> None:
+        self.item_ids = np.asarray(item_ids, dtype=str)
+        self.ids = self.item_ids.tolist()
+        self.index = {item: i for i, item in enumerate(self.ids)}
+        self.known = np.asarray(known, dtype=bool)
+        self.w = w.tocsr()
+        self.wt = self.w.T.tocsr()
+        self.entity_ids = np.asarray(entity_ids, dtype=str)
+        self.entity_relation = np.asarray(entity_relation, dtype=np.int32)
+        self.relations = list(relations)
+        self.kind_weights = dict(kind_weights)
+        norms = np.sqrt(np.asarray(self.w.multiply(self.w).sum(axis=1)).ravel())
+        self.norm2 = norms ** 2
+        self.cand_div = np.where(norms > 0, norms, 1.0) ** self.config.candidate_norm
+        self.words = [readable_relation(r, self.config.relation_names) for r in self.relations]
+        self._fitted = True
+
+    # -- persistence -------------------------------------------------------------------
+
+    def state(self) -> ModelState:
+        return ModelState(
+            arrays={"item_ids": self.item_ids, "known": self.known,
+                    "indptr": self.w.indptr.astype(np.int64), "indices": self.w.indices.astype(np.int32),
+                    "data": self.w.data.astype(np.float32), "entity_ids": self.entity_ids,
+                    "entity_relation": self.entity_relation},
+            meta={"relations": self.relations, "kind_weights": self.kind_weights,
+                  "shape": list(self.w.shape)})
+
+    def load(self, state: ModelState) -> None:
+        a, m = state.arrays, state.meta
+        w = sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=tuple(m["shape"]))
+        self._set(a["item_ids"], a["known"], w, a["entity_ids"], a["entity_relation"],
+                  m["relations"], m["kind_weights"])
+
+    # -- serving -----------------------------------------------------------------------
+
+    def _anchors(self, q: Query) -> list[tuple[int, float]]:
+        if q.item_id is not None:
+            a = self.index.get(q.item_id)
+            return [] if a is None or self.norm2[a] == 0 else [(a, 1.0)]
+        top = max(self.kind_weights.values(), default=1.0)
+        strongest: dict[str, float] = {}
+        for step in q.history:
+            kw = self.kind_weights.get(step.kind, 1.0)
+            strongest[step.item_id] = max(strongest.get(step.item_id, 0.0), kw)
+        anchors = []
+        for pos, item in enumerate(q.history_items[: self.config.history]):
+            a = self.index.get(item)
+            if a is not None and self.norm2[a] > 0:
+                anchors.append((a, self.config.decay ** pos * strongest[item] / top))
+        return anchors
+
+    def recall(self, queries: Sequence[Query], n: int):
+        out: list[list] = [[] for _ in queries]
+        if not getattr(self, "_fitted", False) or self.w.nnz == 0 or n <= 0:
+            return out
+        anchors = [self._anchors(q) for q in queries]
+        rows, cols, vals = [], [], []
+        for qi, anc in enumerate(anchors):
+            for a, wa in anc:
+                rows.append(qi)
+                cols.append(a)
+                vals.append(wa / self.norm2[a])
+        if not rows:
+            return out
+        size = len(self.ids)
+        a_mat = sp.csr_matrix((vals, (rows, cols)), shape=(len(queries), size), dtype=np.float64)
+        ent = (a_mat @ self.w).tocsr()                       # queries x entities
+        scores = (ent @ self.wt).toarray() / self.cand_div    # queries x items
+        for qi, q in enumerate(queries):
+            anc = anchors[qi]
+            if not anc:
+                continue
+            s = scores[qi]
+            banned = ~self.known | (s <= 0)
+            for item in q.exclude:
+                i = self.index.get(item)
+                if i is not None:
+                    banned[i] = True
+            for a, _ in anc:
+                banned[a] = True
+            picked = top_n(s, n, banned).tolist()
+            if not picked:
+                continue
+            lo, hi = ent.indptr[qi], ent.indptr[qi + 1]
+            q_ent = dict(zip(ent.indices[lo:hi].tolist(), ent.data[lo:hi].tolist()))
+            # entity -> the anchor that leads to it most strongly
+            best_anchor: dict[int, int] = {}
+            for a, wa in sorted(anc, key=lambda x: -x[1] / self.norm2[x[0]]):
+                for e in self.w.indices[self.w.indptr[a]:self.w.indptr[a + 1]].tolist():
+                    best_anchor.setdefault(e, a)
+            scored = []
+            for i in picked:
+                lo, hi = self.w.indptr[i], self.w.indptr[i + 1]
+                best = None
+                for e, idf in zip(self.w.indices[lo:hi].tolist(), self.w.data[lo:hi].tolist()):
+                    via = q_ent.get(e)
+                    if via:
+                        key = (idf, via * idf)
+                        if best is None or key > best[0]:
+                            best = (key, e)
+                e = best[1]
+                word = self.words[self.entity_relation[e]]
+                reason = f"same {word} as {mention(self.ids[best_anchor[e]])}"
+                scored.append((self.ids[i], float(s[i]), reason))
+            out[qi] = self.candidates(scored)
+        return out
+
+
+@hookimpl
+def register_recallers(register):
+    register(KnowledgeGraphRecaller)

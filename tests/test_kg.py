@@ -1,0 +1,180 @@
+"""The `kg` recaller: graph from the store (links + one hop of triples) or derived from the
+catalogue, IDF weighting against hubs, readable path reasons, state round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engine import Event, Item, ItemEntity, Query, Triple
+from engine.artifacts import dump_state, load_state
+from engine.db import open_db
+from engine.store import Store
+from engine.testing import T0, RecallerContract, checkerboard
+from engine.types import Interaction
+from plugins.kg import KnowledgeGraphRecaller, readable_relation
+
+
+def make_store(tmp_path, records, name="shop.db") -> Store:
+    store = Store(open_db(tmp_path / name))
+    store.write(records)
+    return store
+
+
+def checkerboard_records() -> list:
+    """The contract's checkerboard shop, with brands that follow the two halves: items
+    with the same parity share a brand in groups of four."""
+    data = checkerboard()
+    records: list = [Item(f"i{i:02d}", title=f"item {i}", brand=f"b{i % 2}{(i // 2) % 5}")
+                     for i in range(40)]
+    for e in range(data.n_events):
+        records.append(Event(str(data.user_ids[data.users[e]]), str(data.item_ids[data.items[e]]),
+                             data.kind_names[data.kinds[e]], float(data.ts[e])))
+    return records
+
+
+class TestKnowledgeGraphContract(RecallerContract):
+    @pytest.fixture(autouse=True)
+    def _tmp(self, tmp_path):
+        self.tmp_path = tmp_path
+
+    def make(self):
+        return KnowledgeGraphRecaller()
+
+    def data(self):
+        return make_store(self.tmp_path, checkerboard_records()).dataset()
+
+    def test_reasons_name_the_brand(self):
+        r, data = self.fitted()
+        q = Query(user_id="u0", history=(Interaction("i00", "view", T0),), exclude=frozenset({"i00"}))
+        cands = r.recall([q], 5)[0]
+        assert cands and all(c.reason == "same brand as [[i00]]" for c in cands)
+        # i00 has brand b00, shared with i10, i20, i30
+        assert {c.item_id for c in cands} == {"i10", "i20", "i30"}
+
+
+def events(pairs):
+    return [Event(u, i, "view", T0 + k) for k, (u, i) in enumerate(pairs)]
+
+
+def test_bare_dataset_without_store_gives_empty_lists():
+    r = KnowledgeGraphRecaller()
+    r.fit(checkerboard())
+    assert r.is_fitted()
+    q = Query(user_id="u0", history=(Interaction("i00", "view", T0),))
+    assert r.recall([q, Query(item_id="i02")], 5) == [[], []]
+
+
+def test_one_hop_triples_give_same_director(tmp_path):
+    items = [Item(f"m{k}", title=f"Movie {k}") for k in range(12)]
+    links = [ItemEntity(f"m{k}", f"e{k}") for k in range(12)]
+    triples = [Triple("e1", "film.film.directed_by", "d1"), Triple("e2", "film.film.directed_by", "d1"),
+               Triple("e3", "film.film.directed_by", "d2"), Triple("e4", "film.film.directed_by", "d2"),
+               # the inverse direction is also understood
+               Triple("a1", "film.actor.film", "e5"), Triple("a1", "film.actor.film", "e6")]
+    store = make_store(tmp_path, items + links + triples + events([("u", "m0")]))
+    r = KnowledgeGraphRecaller()
+    r.fit(store.dataset())
+    [cands] = r.recall([Query(item_id="m1")], 5)
+    assert [c.item_id for c in cands] == ["m2"]
+    assert cands[0].reason == "same director as [[m1]]"
+    [cands] = r.recall([Query(user_id="x", history=(Interaction("m5", "view", T0),),
+                              exclude=frozenset({"m5"}))], 5)
+    assert [c.item_id for c in cands] == ["m6"]
+    assert "same actor as [[m5]]" == cands[0].reason
+
+
+def test_hubs_do_not_drive_recall_rare_entities_do(tmp_path):
+    n = 20
+    items = [Item(f"m{k}", title=f"Movie {k}") for k in range(n)]
+    links = [ItemEntity(f"m{k}", f"e{k}") for k in range(n)]
+    # a genre on 18 of 20 items (a hub), one director shared by m0 and m7 only
+    triples = [Triple(f"e{k}", "film.film.genre", "g.drama") for k in range(18)]
+    # a mid-frequency genre shared by m0..m3 (df 4 = 20%: kept, but weaker than the director)
+    triples += [Triple(f"e{k}", "film.film.genre", "g.noir") for k in range(4)]
+    triples += [Triple("e0", "film.film.directed_by", "d.rare"), Triple("e7", "film.film.directed_by", "d.rare")]
+    store = make_store(tmp_path, items + links + triples + events([("u", "m0")]))
+    r = KnowledgeGraphRecaller()
+    r.fit(store.dataset())
+    assert "g.drama" not in set(r.entity_ids.tolist()), "hub entity is dropped"
+    [cands] = r.recall([Query(item_id="m0")], 10)
+    ids = [c.item_id for c in cands]
+    assert ids[0] == "m7", "the rare shared director ranks first"
+    assert cands[0].reason == "same director as [[m0]]"
+    assert set(ids) == {"m7", "m1", "m2", "m3"}, "nothing comes through the hub alone"
+    assert all(c.reason == "same genre as [[m0]]" for c in cands[1:])
+    assert cands[0].score > cands[1].score
+
+
+def test_derived_graph_brand_and_category(tmp_path):
+    items = [Item(f"p{k}", title=f"Product {k}", category=f"cat{k % 2}", brand=f"brand{k % 5}")
+             for k in range(20)]
+    store = make_store(tmp_path, items + events([("u", "p0")]))
+    r = KnowledgeGraphRecaller()
+    r.fit(store.dataset())
+    [cands] = r.recall([Query(item_id="p0")], 3)
+    # brand0 = p0, p5, p10, p15 (df 4 of 20: kept); categories are hubs (10 of 20: dropped)
+    assert {c.item_id for c in cands} == {"p5", "p10", "p15"}
+    assert all(c.reason == "same brand as [[p0]]" for c in cands)
+
+
+def test_derived_price_band_tags_and_attrs(tmp_path):
+    items = [Item(f"s{k}", category="shoes", price=float(k), tags=(f"t{k // 4}",),
+                  attrs={"material": "leather" if k < 3 else f"m{k}", "notes": ["x"]})
+             for k in range(40)]
+    store = make_store(tmp_path, items + events([("u", "s0")]))
+    r = KnowledgeGraphRecaller({"max_entity_share": 0.3})
+    r.fit(store.dataset())
+    rel = {e: r.relations[k] for e, k in zip(r.entity_ids.tolist(), r.entity_relation.tolist())}
+    assert rel["attr:material:leather"] == "material"
+    assert rel["tag:t0"] == "tag"
+    assert rel["price:shoes:0"] == "price_band"
+    [cands] = r.recall([Query(item_id="s0")], 40)
+    reasons = {c.item_id: c.reason for c in cands}
+    assert reasons["s1"] == "same material as [[s0]]"  # df 3: the rarest shared entity
+    assert reasons["s3"] == "same tag as [[s0]]"
+    assert reasons["s9"] == "same price band as [[s0]]"
+
+
+def test_exclusion_and_anchors_never_returned(tmp_path):
+    r = KnowledgeGraphRecaller()
+    r.fit(make_store(tmp_path, checkerboard_records()).dataset())
+    hist = tuple(Interaction(f"i{k:02d}", "purchase", T0 + k) for k in (0, 2))
+    [cands] = r.recall([Query(user_id="z", history=hist, exclude=frozenset({"i10"}))], 10)
+    ids = {c.item_id for c in cands}
+    assert ids and not ids & {"i00", "i02", "i10"}
+
+
+def test_relation_names_readable_and_overridable(tmp_path):
+    assert readable_relation("film.film.directed_by") == "director"
+    assert readable_relation("film.director.film") == "director"
+    assert readable_relation("film.film.starring") == "actor"
+    assert readable_relation("film.film_genre.films_in_this_genre") == "genre"
+    assert readable_relation("brand") == "brand"
+    assert readable_relation("price_band") == "price band"
+    assert readable_relation("fabric_weight") == "fabric weight"
+    assert readable_relation("film.film.directed_by", {"film.film.directed_by": "filmmaker"}) == "filmmaker"
+    items = [Item(f"m{k}") for k in range(10)]
+    links = [ItemEntity(f"m{k}", f"e{k}") for k in range(10)]
+    triples = [Triple("e1", "film.film.directed_by", "d1"), Triple("e2", "film.film.directed_by", "d1")]
+    store = make_store(tmp_path, items + links + triples + events([("u", "m0")]))
+    r = KnowledgeGraphRecaller({"relation_names": {"film.film.directed_by": "filmmaker"}})
+    r.fit(store.dataset())
+    assert r.recall([Query(item_id="m1")], 3)[0][0].reason == "same filmmaker as [[m1]]"
+
+
+def test_state_is_plain_arrays_and_round_trips(tmp_path):
+    r = KnowledgeGraphRecaller()
+    r.fit(make_store(tmp_path, checkerboard_records()).dataset())
+    st = r.state()
+    assert all(a.dtype != object for a in st.arrays.values())
+    assert st.arrays["entity_ids"].dtype.kind == "U"
+    payload, fmt, meta = dump_state(st)
+    clone = KnowledgeGraphRecaller()
+    clone.load(load_state(payload, fmt, json.loads(json.dumps(meta))))
+    qs = [Query(item_id="i04"), Query(user_id="u", history=(Interaction("i03", "view", T0),))]
+    for a, b in zip(r.recall(qs, 5), clone.recall(qs, 5)):
+        assert [(c.item_id, c.reason) for c in a] == [(c.item_id, c.reason) for c in b]
+        assert np.allclose([c.score for c in a], [c.score for c in b])
