@@ -21,8 +21,10 @@ Sections:
             (same-category@10; "of reachable" divides by min(10, category size - 1), since
             a category of 8 items can fill at most 7 of 10 places) and department? On the
             demo shop at scale 0.2 (400 items), fields vs concat, with and without the
-            category field (without it, the category cannot be read off a shared word).
-            The encode rows report the same numbers for their own vectors.
+            category field (without it, the category cannot be read off a shared word),
+            and on the "long" texts with max_seq_length 64/128/256. The encode rows report
+            the same numbers for their own vectors (at 2,000 items, where 20-odd items per
+            category make the check easy: it tells little there).
 
 Every run is a fresh Python process, so its peak RSS (ru_maxrss) is its own. Results go to
 --out as JSON (machine, library versions, load average) and to the terminal as a table.
@@ -182,18 +184,22 @@ def phase_encode(spec: dict) -> dict:
 def phase_quality(spec: dict) -> dict:
     from plugins.minilm import DEFAULT_FIELDS
 
-    items = demo_items(scale=spec["scale"])
+    catalogues = {"demo": demo_items(scale=spec["scale"]),
+                  "long": demo_items(scale=spec["scale"], texts="long")}
     no_category = {k: w for k, w in DEFAULT_FIELDS.items() if k != "category"}
+    variants = [("fields", "demo", {}), ("concat", "demo", {"mode": "concat"}),
+                ("fields, no category", "demo", {"fields": no_category}),
+                ("concat, no category", "demo", {"mode": "concat", "fields": no_category})]
+    variants += [(f"{mode}, long texts, seq {seq}", "long", {"mode": mode, "max_seq_length": seq})
+                 for mode in ("fields", "concat") for seq in (64, 128, 256)]
+    models: dict[int, Any] = {}  # one load per max_seq_length
     out = {}
-    model = None
-    for label, settings in (("fields", {}), ("concat", {"mode": "concat"}),
-                            ("fields, no category", {"fields": no_category}),
-                            ("concat, no category", {"mode": "concat", "fields": no_category})):
+    for label, texts, settings in variants:
         enc = _encoder(settings)
-        enc._model = model or enc.model()  # one load for all four (same max_seq_length)
-        model = enc._model
-        out[label] = quality(enc.encode_items(items), items)
-    return {"items": len(items), "results": out}
+        seq = enc.config.max_seq_length
+        enc._model = models[seq] = models.get(seq) or enc.model()
+        out[label] = quality(enc.encode_items(catalogues[texts]), catalogues[texts])
+    return {"items": len(catalogues["demo"]), "results": out}
 
 
 PHASES = {"load": phase_load, "encode": phase_encode, "quality": phase_quality}
@@ -397,8 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sw-bench-encoder-") as tmp:
         work = Path(tmp)
         results["load"] = run_phase(console, work, "load the model", "load", queries=50)
-        results["quality"] = run_phase(console, work, "quality: fields vs concat, demo shop at "
-                                       "scale 0.2 (400 items)", "quality", scale=0.2)
+        results["quality"] = run_phase(console, work, "quality: fields vs concat and seq "
+                                       "64/128/256, demo shop at scale 0.2 (400 items)",
+                                       "quality", scale=0.2)
         runs = encode_runs(args.grid)
         results["encode"] = [None] * len(runs)
         for round_ in range(args.repeat):  # round-robin, so a busy spell hits every row alike

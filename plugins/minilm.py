@@ -7,9 +7,12 @@ first `encode`, not when the plugin is imported.
 An item's vector (mode "fields", the default) is the weighted sum of one vector per field
 — title, category, brand, tags, description — re-normalised. Field texts that repeat
 across the catalogue (categories, brands) are encoded once, so the cost stays about one
-pass over the titles and one over the descriptions. On the demo shop this puts more of an
-item's neighbours in its own category than encoding one concatenated text does (mode
-"concat"); benchmarks/bench_encoder.py measures both.
+pass over the titles and one over the descriptions. On the demo shop (400 items) fields
+puts 99% of the neighbours a category can supply among an item's 10 nearest, one
+concatenated text (mode "concat") 94%, at the same speed; with long boilerplate-laden
+descriptions concat drops to 90% and fields stays at 98%. benchmarks/bench_encoder.py
+measures both, and why max_seq_length is 128 (the length the model was trained on; the
+cost grows with it, and 256 bought nothing there).
 """
 
 from __future__ import annotations
