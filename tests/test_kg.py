@@ -178,3 +178,21 @@ def test_state_is_plain_arrays_and_round_trips(tmp_path):
     for a, b in zip(r.recall(qs, 5), clone.recall(qs, 5)):
         assert [(c.item_id, c.reason) for c in a] == [(c.item_id, c.reason) for c in b]
         assert np.allclose([c.score for c in a], [c.score for c in b])
+
+
+def test_popularity_prior_prefers_items_people_chose(tmp_path):
+    """Of two items linked to the anchor by the same entity, the one more people chose ranks
+    first with the prior on; with it off the tie stays a tie."""
+    items = [Item(f"p{k}", title=f"Product {k}", brand="acme" if k < 3 else f"other{k}")
+             for k in range(20)]  # acme: 3 of 20 items, informative (not a hub)
+    pairs = [("u0", "p0")] + [(f"fan{k}", "p2") for k in range(5)] + [("u9", "p1")]
+    store = make_store(tmp_path, items + events(pairs))
+    with_prior = KnowledgeGraphRecaller()
+    with_prior.fit(store.dataset())
+    [cands] = with_prior.recall([Query(item_id="p0")], 2)
+    assert [c.item_id for c in cands] == ["p2", "p1"]
+    assert cands[0].score > cands[1].score
+    flat = KnowledgeGraphRecaller({"popularity": 0.0})
+    flat.fit(store.dataset())
+    [cands] = flat.recall([Query(item_id="p0")], 2)
+    assert cands[0].score == pytest.approx(cands[1].score)
