@@ -23,10 +23,8 @@ terminal as a table.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import shutil
 import sqlite3
@@ -42,6 +40,8 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]  # synthetic.py; tests.datasets for MovieLens-100K
 
 import numpy as np  # noqa: E402
+
+from benchmarks._env import machine  # noqa: E402
 
 import synthetic  # noqa: E402
 
@@ -441,29 +441,9 @@ def _phases(tree: Any):
 
 
 def environment() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    def ver(name: str) -> str | None:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
-                if line.startswith("model name")), platform.processor() or None)
-    mem = next((int(line.split()[1]) // 1024 for line in _read("/proc/meminfo").splitlines()
-                if line.startswith("MemTotal")), None)
-    commit, dirty = code_version()
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpu": cpu, "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_mib": mem, "sqlite": sqlite3.sqlite_version,
-        "versions": {name: ver(name) for name in (
-            "shelfwise", "numpy", "scipy", "implicit", "sqlite-utils", "pydantic", "hnswlib")},
-        "git_commit": commit, "git_dirty": dirty,
-    }
+    env = machine(("numpy", "scipy", "implicit", "sqlite-utils", "pydantic", "hnswlib"),
+                  ("engine", "plugins"))
+    return {**env, "sqlite": sqlite3.sqlite_version}
 
 
 def code_version() -> tuple[str | None, bool]:

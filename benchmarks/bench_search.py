@@ -49,7 +49,7 @@ def main() -> None:
     engine.refresh_vectors()
     cases = demo_queries(list(engine.store.catalogue()))
     cls = engine.registry.component("recallers", "search")
-    rows, by_kind = [], defaultdict(dict)
+    rows = []
     for label, config in VARIANTS.items():
         recaller = cls(config)
         recaller.attach(engine.resources())

@@ -30,12 +30,9 @@ build time and size: the evidence for VectorIndex's defaults.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,6 +43,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+
+from benchmarks._env import machine  # noqa: E402
 
 from engine.vectors import VectorIndex  # noqa: E402
 
@@ -264,36 +263,7 @@ def sweep(grid: list[tuple[int, int]], x: np.ndarray, q: np.ndarray, console) ->
 # == reporting ==============================================================================
 
 def environment() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    def ver(name: str) -> str | None:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    def read(path: str) -> str:
-        try:
-            return Path(path).read_text()
-        except OSError:
-            return ""
-
-    cpu = next((line.split(":", 1)[1].strip() for line in read("/proc/cpuinfo").splitlines()
-                if line.startswith("model name")), platform.processor() or None)
-    mem = next((int(line.split()[1]) // 1024 for line in read("/proc/meminfo").splitlines()
-                if line.startswith("MemTotal")), None)
-    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True,  # noqa: E731
-                                    text=True).stdout.strip()
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpu": cpu, "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_mib": mem,
-        "versions": {name: ver(name) for name in ("shelfwise", "numpy", "hnswlib")},
-        "git_commit": git("rev-parse", "--short", "HEAD") or None,
-        "git_dirty": bool(git("status", "--porcelain")),
-    }
+    return machine(("numpy", "hnswlib"))
 
 
 def print_tables(console, doc: dict) -> None:
