@@ -94,10 +94,11 @@ def _print_recs(recs, as_json: bool) -> None:
 def _eval_table(report: dict, slice_: str = "metrics") -> Table:
     k = report["k"]
     cols = [f"{m}@{k}" for m in ("ndcg", "recall", "hit", "mrr", "precision", "coverage")]
-    title = (f"Evaluation on {report['users']} held-out users (run {report['run_id']})"
-             if slice_ == "metrics" else
-             f"Cold-start slice: {report['cold_start_users']} users whose held-out items "
-             f"had no interactions before")
+    title = {"metrics": f"Evaluation on {report['users']} held-out users (run {report['run_id']})",
+             "light_users": f"Light users: the {report.get('light_users')} held-out users with at most "
+                            f"{report.get('light_user_max_items')} items before the cut (lowest quarter)",
+             "cold_start": f"Cold-start slice: {report['cold_start_users']} users whose held-out items "
+                           f"had no interactions before"}[slice_]
     table = Table(title=title)
     table.add_column("model")
     for c in cols:
@@ -112,6 +113,8 @@ def _eval_table(report: dict, slice_: str = "metrics") -> Table:
 
 def _print_evaluation(report: dict) -> None:
     out.print(_eval_table(report))
+    if report.get("light_users"):
+        out.print(_eval_table(report, "light_users"))
     if report.get("cold_start_users"):
         out.print(_eval_table(report, "cold_start"))
 

@@ -346,9 +346,15 @@ class Engine:
         cold = {str(i) for i in data.item_ids[~seen]}
         cold_rel = [rel & cold for rel in split.relevant]
         cold_users = [j for j, rel in enumerate(cold_rel) if rel]
+        # Light-user slice: the quarter of held-out users with the fewest items before the cut.
+        known = np.array([len(q.exclude) for q in split.queries])
+        light_limit = int(np.quantile(known, 0.25))
+        light_users = np.flatnonzero(known <= light_limit).tolist()
 
         def score(lists: list[list[str]]) -> dict[str, Any]:
-            out = {"metrics": aggregate(lists, split.relevant, k, data.n_items)}
+            out = {"metrics": aggregate(lists, split.relevant, k, data.n_items),
+                   "light_users": aggregate([lists[j] for j in light_users],
+                                            [split.relevant[j] for j in light_users], k, data.n_items)}
             if cold_users:
                 out["cold_start"] = aggregate([lists[j] for j in cold_users],
                                               [cold_rel[j] for j in cold_users], k, data.n_items)
@@ -367,6 +373,7 @@ class Engine:
         progress("score", len(fresh) + 1, len(fresh) + 1, "pipeline")
         out = {"k": k, "results": results, "run_id": run_id, "users": len(split.queries),
                "cold_start_users": len(cold_users),
+               "light_users": len(light_users), "light_user_max_items": light_limit,
                "ranker_validation": fit_report["rankers"].get(ranker_obj.name, {}) if ranker_obj else {},
                "candidate_hit_rate": fit_report.get("candidate_hit_rate")}
         self.store.finish_run(run_id, out)

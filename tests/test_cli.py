@@ -176,6 +176,7 @@ def test_evaluate_table(shop_db):
     result = run(db, "evaluate", "-k", "3", "--recallers", "popular")
     assert result.exit_code == 0, result.output
     assert "ndcg@3" in result.output and "pipeline" in result.output
+    assert "Light users" in result.output
 
 
 def test_plugins(shop_db):

@@ -196,3 +196,57 @@ def test_popularity_prior_prefers_items_people_chose(tmp_path):
     flat.fit(store.dataset())
     [cands] = flat.recall([Query(item_id="p0")], 2)
     assert cands[0].score == pytest.approx(cands[1].score)
+
+
+class TestRandomWalkContract(TestKnowledgeGraphContract):
+    """The random-walk scoring keeps every promise of the recaller contract."""
+
+    def make(self):
+        return KnowledgeGraphRecaller({"method": "rwr"})
+
+    def test_reasons_name_the_brand(self):
+        r, data = self.fitted()
+        q = Query(user_id="u0", history=(Interaction("i00", "view", T0),), exclude=frozenset({"i00"}))
+        cands = r.recall([q], 5)[0]
+        direct = [c for c in cands if c.item_id in {"i10", "i20", "i30"}]
+        assert direct and all(c.reason == "same brand as [[i00]]" for c in direct)
+
+
+def chain_store(tmp_path):
+    """m0 —director d1— m1 —actor a1— m2: m2 shares nothing with m0 directly."""
+    items = [Item(f"m{k}", title=f"Movie {k}") for k in range(12)]
+    links = [ItemEntity(f"m{k}", f"e{k}") for k in range(12)]
+    triples = [Triple("e0", "film.film.directed_by", "d1"), Triple("e1", "film.film.directed_by", "d1"),
+               Triple("e1", "film.film.starring", "a1"), Triple("e2", "film.film.starring", "a1")]
+    return make_store(tmp_path, items + links + triples + events([("u", "m0")]))
+
+
+def test_walk_reaches_two_steps_and_names_the_whole_path(tmp_path):
+    store = chain_store(tmp_path)
+    walk = KnowledgeGraphRecaller({"method": "rwr", "popularity": 0})
+    walk.fit(store.dataset())
+    [cands] = walk.recall([Query(item_id="m0")], 5)
+    assert [c.item_id for c in cands] == ["m1", "m2"], "the nearer item first"
+    assert cands[0].reason == "same director as [[m0]]"
+    assert cands[1].reason == "same actor as [[m1]], which shares a director with [[m0]]"
+    meta = KnowledgeGraphRecaller({"method": "meta_path", "popularity": 0})
+    meta.fit(store.dataset())
+    [cands] = meta.recall([Query(item_id="m0")], 5)
+    assert [c.item_id for c in cands] == ["m1"], "meta-paths stop at one shared entity"
+
+
+def test_walk_spreads_a_hub_thin(tmp_path):
+    """Through a hub the walk's mass is split over every item it touches, so an item reached
+    through a rare entity outranks one reached through a common one."""
+    n = 30
+    items = [Item(f"m{k}", title=f"Movie {k}") for k in range(n)]
+    links = [ItemEntity(f"m{k}", f"e{k}") for k in range(n)]
+    triples = [Triple(f"e{k}", "film.film.genre", "g.common") for k in range(5)]      # m0..m4
+    triples += [Triple("e0", "film.film.directed_by", "d.rare"), Triple("e9", "film.film.directed_by", "d.rare")]
+    store = make_store(tmp_path, items + links + triples + events([("u", "m0")]))
+    walk = KnowledgeGraphRecaller({"method": "rwr", "popularity": 0})
+    walk.fit(store.dataset())
+    [cands] = walk.recall([Query(item_id="m0")], 10)
+    assert cands[0].item_id == "m9" and cands[0].reason == "same director as [[m0]]"
+    assert {c.item_id for c in cands[1:]} == {"m1", "m2", "m3", "m4"}
+    assert cands[0].score > 2 * cands[1].score

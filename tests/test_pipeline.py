@@ -307,6 +307,11 @@ def test_evaluate_reports_every_recaller_and_the_pipeline(trained):
         assert all(0.0 <= row["metrics"][k] <= 1.0 for k in METRIC_KEYS)
     # the shop has structure: personalised recall beats chance by a wide margin
     assert by_name["pipeline"]["metrics"]["hit@5"] > 0.2
+    # the light-user slice: the lowest quarter of held-out users by history length
+    assert 0 < report["light_users"] < report["users"]
+    assert report["light_users"] >= report["users"] // 4
+    for row in report["results"]:
+        assert METRIC_KEYS <= set(row["light_users"]), row["name"]
     run = trained.store.run(report["run_id"])
     assert run["kind"] == "evaluate" and run["status"] == "ok"
     assert run["metrics"]["results"] == report["results"]
