@@ -358,6 +358,134 @@ def demo(obj, seed, users, items, run_eval):
             ev = engine.evaluate(10, progress=progress)
         _print_evaluation(ev)
     click.echo(f"\nNext: shelfwise --db {engine.db_path} recommend USER_ID  |  similar ITEM_ID  |  evaluate")
+    click.echo(f"Explore it in the terminal UI: shelfwise --db {engine.db_path} tui")
+
+
+@cli.command()
+@click.option("--screen", type=click.Choice(["overview", "users", "items", "search", "evaluation",
+                                             "train", "plugins"]), default="users", show_default=True,
+              help="The screen to open on.")
+@click.pass_obj
+def tui(obj, screen):
+    """Open the terminal UI on the database: users, items, search, evaluation, training.
+
+    \b
+    Keys: F1-F7 switch screens, / finds, Ctrl+P opens the command palette, Ctrl+Q quits.
+    """
+    from tui.app import ShelfwiseApp
+
+    if not Path(obj.db).exists():
+        raise click.ClickException(f"There is no database at {obj.db}. Create one with "
+                                   f"\"shelfwise --db {obj.db} demo\" or \"shelfwise import ...\".")
+    ShelfwiseApp(obj.engine(), mode=screen).run()
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--cors-origin", "cors", multiple=True,
+              help="A web origin allowed to call the API from a browser (repeatable).")
+@click.option("--rate-limit", "rate", type=(click.Choice(["public", "secret"]), click.IntRange(0)),
+              multiple=True, help="Requests a minute per key of a scope, e.g. --rate-limit public 600.")
+@click.pass_obj
+def serve(obj, host, port, cors, rate):
+    """Serve recommendations and event ingestion over HTTP (OpenAPI at /docs).
+
+    \b
+    Examples:
+      shelfwise serve
+      shelfwise keys create --scope public && shelfwise serve --host 0.0.0.0 --cors-origin https://shop.example
+    """
+    import uvicorn
+
+    from .server import create_app
+    from .server.app import DEFAULT_RATE_LIMITS
+
+    engine = obj.engine()
+    keys = [k for k in engine.keys() if k["revoked_at"] is None]
+    if not keys and host not in LOOPBACK:
+        raise click.ClickException(
+            f"No API keys are configured, so the server binds to loopback only, not {host}. "
+            f"Create keys first: \"shelfwise keys create --scope public\" (web pages) and "
+            f"\"--scope secret\" (your shop's server).")
+    if not keys:
+        console.print("No API keys configured: serving without authentication on loopback only.")
+    engine.close()
+    app = create_app(obj.db, engine_factory=lambda: _fresh_engine(obj), cors_origins=list(cors),
+                     rate_limits={**DEFAULT_RATE_LIMITS, **dict(rate)})
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _fresh_engine(obj):
+    from .engine import Engine
+
+    return Engine(obj.db, registry=registry(obj.plugins_dir), config_path=obj.config)
+
+
+@cli.command()
+@click.option("--since", default="7d", show_default=True, help="How far back: 30m, 12h, 7d, 2w, all.")
+@click.option("--placement", default=None, help="Only this placement (home, product-page, ...).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def report(obj, since, placement, as_json):
+    """Do the recommendations sell? Impressions, click-through, add-to-cart, conversion and
+    attributed revenue per recaller, ranker and placement (from the HTTP server's log)."""
+    rep = obj.engine().report(since, placement)
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+        return
+    for title, key in (("recaller", "by_recaller"), ("ranker", "by_ranker"),
+                       ("placement", "by_placement")):
+        table = Table(title=f"Recommendations by {title} (since {since})")
+        for col in (title, "impressions", "CTR", "add-to-cart", "conversion", "revenue"):
+            table.add_column(col, justify="left" if col == title else "right")
+        for row in [*rep[key], {"name": "all", **rep["overall"]}]:
+            table.add_row(str(row["name"] or "-"), f"{row['impressions']:,}", f"{row['ctr']:.2%}",
+                          f"{row['cart_rate']:.2%}", f"{row['conversion_rate']:.2%}",
+                          f"{row['revenue']:,.2f}")
+        out.print(table)
+
+
+@cli.group()
+def keys():
+    """API keys for the HTTP server: public (web pages) and secret (your shop's server)."""
+
+
+@keys.command(name="create")
+@click.option("--scope", type=click.Choice(["public", "secret"]), required=True)
+@click.option("--name", default="", help="What the key is for, e.g. 'web shop'.")
+@click.pass_obj
+def keys_create(obj, scope, name):
+    """Create a key and print it once (only its hash is stored)."""
+    key = obj.engine().create_key(scope, name)
+    click.echo(key["key"])
+    console.print(f"{scope} key {key['id']} created; it is shown only this once.")
+
+
+@keys.command(name="list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def keys_list(obj, as_json):
+    """Keys by id, scope and name (never the key itself)."""
+    rows = obj.engine().keys()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for k in rows:
+        state = "revoked" if k["revoked_at"] else "active"
+        click.echo(f"{k['id']}\t{k['scope']}\t{k['prefix']}...\t{state}\t{k['name']}")
+
+
+@keys.command(name="revoke")
+@click.argument("key_id", type=int)
+@click.pass_obj
+def keys_revoke(obj, key_id):
+    """Revoke a key by id (see "shelfwise keys list"); servers stop accepting it within seconds."""
+    obj.engine().revoke_key(key_id)
+    click.echo(f"Key {key_id} revoked.")
 
 
 def load_plugin_commands(group: click.Group = cli) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from . import apikeys, attribution
 from .artifacts import dump_state, load_state
+from .cache import RecommendationCache
 from .components import (
     Component, Encoder, ProgressCallback, Ranker, Recaller, Resources, no_progress,
 )
@@ -40,6 +42,8 @@ class Engine:
         self._encoder: Encoder | None = None
         self._vectors: VectorIndex | None = None
         self._catalogue: tuple[set[str], dict[str, str]] | None = None
+        self.recommendation_cache = RecommendationCache()
+        self._seen_versions: tuple[int, Any] | None = None  # (data_version, active models)
 
     def close(self) -> None:
         self.db.close()
@@ -201,8 +205,28 @@ class Engine:
             self._catalogue = ({r[0] for r in rows if r[2]}, {r[0]: r[1] or "" for r in rows})
         return self._catalogue
 
+    def _active_models(self) -> tuple:
+        return tuple(self.store.conn.execute(
+            "SELECT count(*), total(id) FROM artifacts WHERE active = 1").fetchone())
+
+    def sync(self) -> None:
+        """Notice what other connections (a background training, another process) changed:
+        newly activated models are loaded afresh, and cached recommendation lists and the
+        catalogue view are dropped. Two tiny queries; called before serving."""
+        seen = self._seen_versions
+        now = (self.store.conn.execute("PRAGMA data_version").fetchone()[0], self._active_models())
+        self._seen_versions = now
+        if seen is None or seen == now:
+            return
+        if seen[1] != now[1]:
+            self._loaded.clear()
+            self._vectors = None
+        self._catalogue = None
+        self.recommendation_cache.clear()
+
     def pipeline(self, recallers: Sequence[str] | None = None, ranker: str | None = None) -> Pipeline:
         """The serving pipeline, from trained components only."""
+        self.sync()
         quotas = self._recaller_quotas(recallers)
         fitted: dict[str, Recaller] = {}
         for name in quotas:
@@ -231,6 +255,7 @@ class Engine:
         reader = self._make("sources", source)
         report = self.store.write(reader.read(location, **options), progress=progress)
         self._catalogue = None
+        self.recommendation_cache.clear()
         if report.items and self.vectors() is not None:
             self.refresh_vectors(progress or no_progress)  # new products are recommendable at once
         return report
@@ -240,14 +265,19 @@ class Engine:
         vector index at once (no retrain)."""
         removed = self.store.delete_items(ids)
         self._catalogue = None
+        self.recommendation_cache.clear()
         report = self.refresh_vectors() if self.vectors() is not None else {}
         return {"removed": removed, "vectors": report}
 
     def dataset(self) -> Dataset:
         return self.store.dataset(self.settings.events.weights)
 
-    def ingest(self, events: Sequence[Event]) -> dict[str, Any]:
-        """Store new events (idempotent) and fold them into incremental recallers at once."""
+    def ingest(self, events: Sequence[Event],
+               recommendation_ids: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Store new events (idempotent) and fold them into incremental recallers at once.
+
+        `recommendation_ids` maps event_id -> the recommendation_id of the response the
+        event came from; stored events are attributed to it in the same transaction."""
         users = {e.user_id for e in events}
         histories = {u: self.store.history(u, self.settings.pipeline.history) for u in users}
         with self.db.atomic():
@@ -256,7 +286,10 @@ class Engine:
                 raise EngineError(
                     f"event_id {conflicts[0].event_id!r} was already stored with a different "
                     f"payload; nothing of this batch was stored.", title="Conflict")
+            if recommendation_ids:
+                attribution.attribute(self.db, added, recommendation_ids)
         if added:
+            self.recommendation_cache.drop_users({e.user_id for e in added})
             self._update_recallers(added, histories)
         return {"accepted": len(added), "duplicates": duplicates}
 
@@ -268,6 +301,8 @@ class Engine:
                 blobs[f"recaller/{name}"] = dump_state(recaller.state())
         if blobs:
             self.store.save_artifacts(blobs)
+            if self._seen_versions is not None:  # our own update: what is loaded is current
+                self._seen_versions = (self._seen_versions[0], self._active_models())
 
     # -- training and evaluation -------------------------------------------------------
 
@@ -403,9 +438,17 @@ class Engine:
         path: popular items, or content neighbours of `items` / matches of `text`."""
         if n < 1:
             raise EngineError(f"n must be at least 1, not {n}.")
+        self.sync()
+        key = (user_id, n, tuple(recallers or ()), ranker, category, frozenset(exclude),
+               tuple(items), text)
+        found = self.recommendation_cache.get(key)
+        if found is not None:
+            return list(found)
         pipe = self.pipeline(recallers, ranker)
         query = self.query_for(user_id, category, exclude, items, text)
-        return self.render(pipe.run([query], n)[0], pipe.ranker)
+        recs = self.render(pipe.run([query], n)[0], pipe.ranker)
+        self.recommendation_cache.put(key, user_id, tuple(recs))
+        return recs
 
     def search(self, text: str, n: int = 10, category: str | None = None) -> list[Recommendation]:
         """Catalogue search through the recallers that answer text queries."""
@@ -458,6 +501,51 @@ class Engine:
                 reason=MENTION.sub(name, c.reason), sources=tuple(sorted(c.ranks, key=c.ranks.get)),
                 ranker=ranker.name if ranker else "", category=it.category, price=it.price))
         return out
+
+    # -- serving: catalogue sync, erasure, attribution, API keys -------------------------
+
+    def item(self, item_id: str) -> Item | None:
+        return self.store.item(item_id)
+
+    def upsert_items(self, items: Sequence[Item], progress: ProgressCallback = no_progress) -> dict[str, Any]:
+        """Add or update catalogue items (stock, prices, new products) in one transaction;
+        new products are encoded and indexed at once, so content recall can show them
+        without a retrain."""
+        report = self.store.write(items)
+        self._catalogue = None
+        self.recommendation_cache.clear()
+        vectors = self.refresh_vectors(progress) if report.items and self.vectors() is not None else {}
+        return {"changed": report.items, "vectors": vectors}
+
+    def erase_user(self, user_id: str) -> dict[str, Any]:
+        """Forget a user: their events, profile, logged impressions and attributed events
+        (one transaction), and their cached recommendations. Trained models hold no
+        per-user rows; the user's anonymous share of item statistics goes at the next train."""
+        with self.db.atomic():
+            erased = attribution.erase_user(self.db, user_id)
+            erased["events"] = self.store.delete_user(user_id)
+        erased["cached_lists"] = self.recommendation_cache.drop_users([user_id])
+        return {"user_id": user_id, **erased}
+
+    def log_impressions(self, recs: Sequence[Recommendation], user_id: str | None,
+                        placement: str = "") -> str:
+        """Record what a response showed; returns the recommendation_id to send events with."""
+        return attribution.log_impressions(self.db, recs, user_id, placement)
+
+    def report(self, since: str | float | None = "7d", placement: str | None = None) -> dict[str, Any]:
+        """Impressions, click-through, add-to-cart and conversion rates and attributed
+        revenue per recaller, ranker, placement and position (see engine.attribution)."""
+        start = attribution.parse_since(since) if isinstance(since, str) or since is None else since
+        return attribution.report(self.db, start, placement)
+
+    def create_key(self, scope: str, name: str = "") -> dict[str, Any]:
+        return apikeys.create_key(self.db, scope, name)
+
+    def keys(self) -> list[dict[str, Any]]:
+        return apikeys.list_keys(self.db)
+
+    def revoke_key(self, key_id: int) -> dict[str, Any]:
+        return apikeys.revoke_key(self.db, key_id)
 
     # -- status ------------------------------------------------------------------------
 

@@ -60,3 +60,27 @@ def m004_item_search(db):
     """Full-text index over the catalogue (FTS5, porter stemming), kept in sync by triggers."""
     db["items"].enable_fts(["item_id", "title", "category", "brand", "tags", "description"],
                            fts_version="FTS5", tokenize="porter unicode61", create_triggers=True)
+
+
+@migrations()
+def m005_serving(db):
+    """HTTP serving: what each recommendation response showed (for click-through and
+    conversion attribution), which events came back with a recommendation id, and API keys
+    (only a SHA-256 of each key is stored)."""
+    db["impressions"].create({
+        "recommendation_id": str, "position": int, "item_id": str, "source": str,
+        "ranker": str, "placement": str, "user_id": str, "ts": float,
+    }, pk=("recommendation_id", "position"), not_null={"item_id", "ts"})
+    db["impressions"].create_index(["ts"])
+    db["impressions"].create_index(["user_id"])
+    db["attributed_events"].create({
+        "event_id": str, "recommendation_id": str, "item_id": str, "user_id": str,
+        "kind": str, "value": float, "ts": float,
+    }, pk="event_id", not_null={"recommendation_id", "item_id", "kind"})
+    db["attributed_events"].create_index(["recommendation_id", "item_id"])
+    db["attributed_events"].create_index(["user_id"])
+    db["api_keys"].create({
+        "id": int, "name": str, "prefix": str, "key_hash": str, "scope": str,
+        "created_at": float, "revoked_at": float, "last_used_at": float,
+    }, pk="id", not_null={"key_hash", "scope", "prefix"})
+    db["api_keys"].create_index(["key_hash"], unique=True)

@@ -37,6 +37,18 @@ EXPECTED_COLUMNS = {
         "id": int, "kind": str, "status": str, "started_at": float, "finished_at": float,
         "config": str, "metrics": str, "note": str,
     },
+    "impressions": {
+        "recommendation_id": str, "position": int, "item_id": str, "source": str,
+        "ranker": str, "placement": str, "user_id": str, "ts": float,
+    },
+    "attributed_events": {
+        "event_id": str, "recommendation_id": str, "item_id": str, "user_id": str,
+        "kind": str, "value": float, "ts": float,
+    },
+    "api_keys": {
+        "id": int, "name": str, "prefix": str, "key_hash": str, "scope": str,
+        "created_at": float, "revoked_at": float, "last_used_at": float,
+    },
 }
 
 

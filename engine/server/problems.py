@@ -1,0 +1,76 @@
+"""Errors as RFC 9457 problem+json: type, title, status, detail, and `errors` naming the
+field at fault ({"field": "events.3.kind", "message": ...}). `ok: false` and `error` (the
+detail) are there too, the shape the CLI and TUI boundaries share."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import EngineError, NotTrainedError, UnknownComponentError
+
+MEDIA_TYPE = "application/problem+json"
+
+# EngineError titles the engine uses for conditions with their own HTTP status.
+STATUS_BY_TITLE = {"Conflict": 409, "Unknown item": 404, "Unknown key": 404}
+
+
+class Problem(Exception):
+    def __init__(self, status: int, title: str, detail: str,
+                 errors: Sequence[dict[str, str]] = (), headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.title, self.detail = status, title, detail
+        self.errors, self.headers = list(errors), headers
+
+
+def problem_response(status: int, title: str, detail: str, errors: Sequence[dict] = (),
+                     instance: str = "", headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"https://shelfwise.dev/problems/{title.lower().replace(' ', '-')}",
+        "title": title, "status": status, "detail": detail, "instance": instance,
+        "errors": list(errors), "ok": False, "error": detail,
+    }
+    return JSONResponse(body, status_code=status, headers=headers, media_type=MEDIA_TYPE)
+
+
+def _field(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:] if parts[0] == "body" else parts
+    return ".".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem):
+        return problem_response(exc.status, exc.title, exc.detail, exc.errors,
+                                request.url.path, exc.headers)
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(request: Request, exc: EngineError):
+        if isinstance(exc, NotTrainedError):
+            status = 503
+        elif isinstance(exc, UnknownComponentError):
+            status = 400
+        else:
+            status = STATUS_BY_TITLE.get(exc.title, 400)
+        return problem_response(status, exc.title, str(exc), instance=request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "invalid")}
+                  for e in exc.errors()]
+        first = errors[0] if errors else {"field": "", "message": "invalid request"}
+        detail = f"{first['field']}: {first['message']}" + (
+            f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+        return problem_response(422, "Invalid request", detail, errors, request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
+        return problem_response(exc.status_code, title, str(exc.detail), instance=request.url.path,
+                                headers=getattr(exc, "headers", None))

@@ -1,0 +1,109 @@
+"""Where engine work runs while the server answers requests.
+
+SQLite connections belong to the thread that opened them, and an Engine keeps models,
+the vector index and the recommendation cache in memory. So the server owns exactly one
+serving Engine, on one dedicated thread (`EngineThread`): every request's engine call
+is queued there, which also makes ingest, erasure and catalogue changes strictly ordered
+(no interleaved writes, one cache to invalidate). The event loop only parses, checks keys
+and formats.
+
+Training (`Trainer`) runs on a thread of its own with its own Engine; it writes new model
+versions and activates them in one transaction at the end. The serving Engine notices on
+its next request (`Engine.sync`: PRAGMA data_version plus the active artifact ids) and
+loads the new models; until then the old ones keep serving."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from ..errors import EngineError
+
+T = TypeVar("T")
+
+
+class EngineThread:
+    def __init__(self, factory: Callable[[], Any]):
+        self._factory = factory
+        self._local = threading.local()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="shelfwise-engine",
+                                            initializer=self._open)
+        self.pending = 0  # requests queued or running on the engine thread
+        self.served = 0
+
+    def _open(self) -> None:
+        self._local.engine = self._factory()
+
+    def _call(self, fn: Callable[..., T], args: tuple) -> T:
+        return fn(self._local.engine, *args)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(engine, *args) on the engine thread and wait for it without blocking the loop."""
+        self.pending += 1
+        try:
+            return await asyncio.wrap_future(self._executor.submit(self._call, fn, args))
+        finally:
+            self.pending -= 1
+            self.served += 1
+
+    def close(self) -> None:
+        def shut(engine):
+            engine.close()
+
+        try:
+            self._executor.submit(self._call, shut, ()).result(timeout=30)
+        finally:
+            self._executor.shutdown(wait=True)
+
+
+class Trainer:
+    """At most one background training run at a time, with its own Engine."""
+
+    def __init__(self, factory: Callable[[], Any]):
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.state: dict[str, Any] = {"running": False, "started_at": None, "finished_at": None,
+                                      "stage": "", "done": 0, "total": None, "error": None,
+                                      "run_id": None}
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> dict[str, Any]:
+        with self._lock:
+            if self.running:
+                raise EngineError("A training run is already in progress (see GET /status); "
+                                  "the active models keep serving until it finishes.",
+                                  title="Conflict")
+            self.state.update(running=True, started_at=time.time(), finished_at=None,
+                              stage="starting", done=0, total=None, error=None, run_id=None)
+            self._thread = threading.Thread(target=self._run, name="shelfwise-train", daemon=True)
+            self._thread.start()
+        return dict(self.state)
+
+    def _progress(self, stage: str, done: int, total: int | None, message: str = "") -> None:
+        self.state.update(stage=stage, done=done, total=total)
+
+    def _run(self) -> None:
+        engine = None
+        try:
+            engine = self._factory()
+            report = engine.train(progress=self._progress)
+            self.state.update(run_id=report.get("run_id"), stage="done")
+        except BaseException as exc:  # reported through /status, never lost
+            self.state.update(error=f"{type(exc).__name__}: {exc}", stage="failed",
+                              trace=traceback.format_exc(limit=5))
+        finally:
+            if engine is not None:
+                engine.close()
+            self.state.update(running=False, finished_at=time.time())
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
