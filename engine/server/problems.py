@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import EngineError, NotTrainedError, UnknownComponentError
 
 MEDIA_TYPE = "application/problem+json"
+UNION_TAGS = {"float", "int", "str", "bool", "datetime", "none"}
 
 # EngineError titles the engine uses for conditions with their own HTTP status.
 STATUS_BY_TITLE = {"Conflict": 409, "Unknown item": 404, "Unknown key": 404}
@@ -38,7 +39,8 @@ def problem_response(status: int, title: str, detail: str, errors: Sequence[dict
 
 
 def _field(loc: Sequence[Any]) -> str:
-    parts = [str(p) for p in loc]
+    # pydantic names the union member that failed ("timestamp.float"); the field is enough
+    parts = [str(p) for p in loc if str(p) not in UNION_TAGS and "[" not in str(p)]
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:] if parts[0] == "body" else parts
     return ".".join(parts)

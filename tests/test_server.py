@@ -1,0 +1,324 @@
+"""The HTTP API (engine.server) through the ASGI app with FastAPI's TestClient: answers,
+the per-user recommendation cache, idempotent events, catalogue sync, erasure, keys,
+scopes, rate limits, limits, CORS and problem+json errors. Real SQLite, real models (the
+synthetic shop trained with the core plugins); the real-socket tests are in
+test_server_live.py."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from engine.engine import Engine
+from engine.server import create_app
+
+from . import shop
+from .server_support import build_shop_db, copy_db
+
+NOW = time.time()
+
+
+@pytest.fixture(scope="module")
+def shop_db(tmp_path_factory):
+    return build_shop_db(tmp_path_factory.mktemp("server"))
+
+
+@pytest.fixture
+def db_path(shop_db, tmp_path):
+    return copy_db(shop_db, tmp_path)
+
+
+@pytest.fixture
+def client(db_path):
+    with TestClient(create_app(db_path)) as c:
+        yield c
+
+
+def event(eid, user, item, kind="view", ts=NOW, **extra):
+    return {"event_id": eid, "user_id": user, "item_id": item, "kind": kind, "timestamp": ts, **extra}
+
+
+def ids(response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [i["item_id"] for i in response.json()["items"]]
+
+
+def stored_events(db_path, **where) -> int:
+    eng = Engine(db_path)
+    try:
+        sql = " AND ".join(f"{k} = ?" for k in where) or "1"
+        return eng.store.conn.execute(f"SELECT count(*) FROM events WHERE {sql}",
+                                      list(where.values())).fetchone()[0]
+    finally:
+        eng.close()
+
+
+def assert_problem(response, status, field=None):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["detail"] and body["ok"] is False
+    if field is not None:
+        assert field in [e["field"] for e in body["errors"]], body
+    return body
+
+
+# -- reading --------------------------------------------------------------------------
+
+
+def test_recommend_answers_what_the_engine_answers_with_positions_and_reasons(client, db_path):
+    body = client.get("/recommend/user004?n=7&placement=home").json()
+    assert body["recommendation_id"].startswith("r_") and body["placement"] == "home"
+    assert [i["position"] for i in body["items"]] == list(range(1, 8))
+    assert all(i["reason"] and i["source"] and i["title"] for i in body["items"])
+    eng = Engine(db_path)
+    expected = [r.item_id for r in eng.recommend("user004", 7)]
+    eng.close()
+    assert [i["item_id"] for i in body["items"]] == expected, "HTTP and the engine agree"
+    assert shop.OUT_OF_STOCK not in expected
+
+
+def test_unknown_user_gets_the_cold_start_fallback_not_an_error(client):
+    unknown = ids(client.get("/recommend/never-seen-before?n=5"))
+    assert len(unknown) == 5
+    assert unknown == ids(client.get("/popular?n=5")), "a stranger sees what visitors see"
+
+
+def test_category_and_exclude_filter_the_answer(client):
+    first = ids(client.get("/recommend/user001?n=5&category=cat2"))
+    assert first and all(i.startswith("g2-") for i in first)
+    again = ids(client.get(f"/recommend/user001?n=5&category=cat2&exclude={first[0]},{first[1]}"))
+    assert first[0] not in again and first[1] not in again
+    assert ids(client.get("/popular?n=4&category=cat1"))[0].startswith("g1-")
+
+
+def test_similar_and_items(client):
+    similar = ids(client.get("/similar/g1-i03?n=5&placement=product-page"))
+    assert len(similar) == 5 and "g1-i03" not in similar
+    assert sum(i.startswith("g1-") for i in similar) >= 4, "neighbours come from the same taste group"
+    item = client.get("/items/g1-i03").json()
+    assert item == {"item_id": "g1-i03", "title": "Item 3 of group 1", "description": "",
+                    "category": "cat1", "brand": "", "price": 13.0, "tags": [],
+                    "in_stock": True, "attrs": {}}
+    assert_problem(client.get("/items/nope"), 404, "path.item_id")
+    assert_problem(client.get("/similar/nope"), 404)
+
+
+def test_search_without_a_search_recaller_says_so(client):
+    body = assert_problem(client.get("/search?q=item"), 503)
+    assert "search plugin" in body["detail"]
+
+
+# -- the per-user cache ---------------------------------------------------------------
+
+
+def test_cache_serves_repeat_requests_and_drops_a_user_when_their_events_arrive(client):
+    first = client.get("/recommend/user010?n=5").json()
+    assert first["cached"] is False
+    assert client.get("/recommend/user010?n=5").json()["cached"] is True
+    assert client.get("/recommend/user011?n=5").json()["cached"] is False
+    top = first["items"][0]["item_id"]
+    sent = client.post("/events", json={"events": [event("c1", "user010", top, "purchase")]})
+    assert sent.json() == {"accepted": 1, "duplicates": 0}
+    after = client.get("/recommend/user010?n=5").json()
+    assert after["cached"] is False, "the user's own events invalidate their lists"
+    assert top not in [i["item_id"] for i in after["items"]], "a bought item is not offered again"
+    assert client.get("/recommend/user011?n=5").json()["cached"] is True, "others stay cached"
+    status = client.get("/status").json()
+    assert status["recommendation_cache"]["hits"] >= 2
+
+
+def test_cache_is_dropped_when_the_catalogue_changes(client):
+    top = ids(client.get("/recommend/user020?n=5"))[0]
+    changed = client.put("/items", json={"items": [
+        {"item_id": top, "title": "sold out", "category": "cat2", "in_stock": False}]})
+    assert changed.status_code == 200 and changed.json()["changed"] == 1
+    after = client.get("/recommend/user020?n=5").json()
+    assert after["cached"] is False and top not in [i["item_id"] for i in after["items"]]
+    assert client.delete(f"/items/{top}").json() == {"removed": 1}
+    assert_problem(client.get(f"/items/{top}"), 404)
+    assert_problem(client.delete(f"/items/{top}"), 404)
+
+
+def test_a_model_activated_by_another_connection_is_picked_up(client, db_path):
+    before = client.get("/recommend/user030?n=5").json()
+    assert client.get("/recommend/user030?n=5").json()["cached"] is True
+    other = Engine(db_path)
+    versions = other.train()["versions"]
+    other.close()
+    after = client.get("/recommend/user030?n=5").json()
+    assert after["cached"] is False, "new models drop cached lists"
+    models = {m["name"]: m["version"] for m in client.get("/status").json()["models"]}
+    assert all(models[name] == v for name, v in versions.items())
+    assert [i["item_id"] for i in after["items"]] == [i["item_id"] for i in before["items"]], \
+        "retrained on the same data, the same answer"
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+def test_events_are_idempotent_and_conflicts_store_nothing(client, db_path):
+    batch = [event(f"e{i}", "user050", f"g0-i{i:02d}", "view", NOW + i) for i in range(5)]
+    assert client.post("/events", json={"events": batch}).json() == {"accepted": 5, "duplicates": 0}
+    resend = batch[3:] + [event("e9", "user050", "g0-i09", "cart", NOW + 9)]
+    assert client.post("/events", json={"events": resend}).json() == {"accepted": 1, "duplicates": 2}
+    clash = [event("e10", "user050", "g0-i10"), {**batch[0], "kind": "cart"}]
+    body = assert_problem(client.post("/events", json={"events": clash}), 409)
+    assert "'e0'" in body["detail"]
+    assert stored_events(db_path, user_id="user050", event_id="e10") == 0, "all or nothing"
+    iso = event("e11", "user050", "g0-i11", ts="2026-11-25T17:00:00Z")
+    assert client.post("/events", json={"events": [iso]}).json()["accepted"] == 1
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"event_id": "has space"}, "events.0.event_id"),
+    ({"user_id": ""}, "events.0.user_id"),
+    ({"kind": "teleport"}, "events.0.kind"),
+    ({"timestamp": "yesterday"}, "events.0.timestamp"),
+    ({"timestamp": "2026-11-25T17:00:00"}, "events.0.timestamp"),
+    ({"value": "NaN"}, "events.0.value"),
+    ({"recommendation_id": "r_zz"}, "events.0.recommendation_id"),
+    ({"surprise": 1}, "events.0.surprise"),
+])
+def test_bad_events_name_the_field_at_fault(client, bad, field):
+    assert_problem(client.post("/events", json={"events": [{**event("x1", "u", "i"), **bad}]}),
+                   422, field)
+
+
+def test_batch_and_body_limits(client, db_path):
+    too_many = [event(f"b{i}", "user060", "g1-i01", ts=NOW + i) for i in range(501)]
+    assert_problem(client.post("/events", json={"events": too_many}), 422, "events")
+    assert_problem(client.post("/events", json={"events": []}), 422, "events")
+    import json
+
+    padded = json.dumps({"events": [event("h1", "user060", "g1-i01")]}) + " " * (1 << 20)
+    body = assert_problem(client.post("/events", content=padded,
+                                      headers={"content-type": "application/json"}), 413)
+    assert "1,048,576 bytes" in body["detail"]
+
+    def chunks():  # no Content-Length: counted as it arrives
+        yield padded[:1000].encode()
+        for _ in range(20):
+            yield b" " * 65536
+
+    assert_problem(client.post("/events", content=chunks(),
+                               headers={"content-type": "application/json"}), 413)
+    assert stored_events(db_path, event_id="h1") == 0 and stored_events(db_path, event_id="b0") == 0
+
+
+def test_ids_in_paths_and_queries_are_checked(client):
+    assert_problem(client.get("/recommend/bad%20id"), 422, "path.user_id")
+    assert_problem(client.get("/recommend/user001?exclude=ok,bad%20one"), 422, "query.exclude")
+    assert_problem(client.get("/recommend/user001?n=0"), 422, "query.n")
+    assert_problem(client.get("/recommend/user001?placement=a%20b"), 422, "query.placement")
+
+
+# -- erasure --------------------------------------------------------------------------
+
+
+def test_erasing_a_user_removes_events_impressions_attribution_and_cache(client, db_path):
+    shown = client.get("/recommend/user070?n=5&placement=home").json()
+    item = shown["items"][0]["item_id"]
+    client.post("/events", json={"events": [
+        event("er1", "user070", item, "click", recommendation_id=shown["recommendation_id"])]})
+    client.get("/recommend/user070?n=5")
+    assert client.get("/report?since=1h").json()["overall"]["clicks"] == 1
+    erased = client.delete("/users/user070").json()
+    imported = sum(e.user_id == "user070" for e in shop.events(120))
+    assert erased["events"] == imported + 1 and erased["impressions"] == 10
+    assert erased["attributed_events"] == 1 and erased["cached_lists"] == 1
+    assert stored_events(db_path, user_id="user070") == 0
+    report = client.get("/report?since=1h").json()["overall"]
+    assert report["clicks"] == 0 and report["impressions"] == 0
+    after = client.get("/recommend/user070?n=5").json()
+    assert after["cached"] is False
+    assert [i["item_id"] for i in after["items"]] == ids(client.get("/popular?n=5")), \
+        "an erased user is a stranger"
+
+
+# -- keys, scopes, rate limits, CORS --------------------------------------------------
+
+
+def test_keys_and_scopes(db_path):
+    eng = Engine(db_path)
+    public, secret = eng.create_key("public", "web"), eng.create_key("secret", "backend")
+    eng.close()
+    with TestClient(create_app(db_path)) as c:
+        assert_problem(c.get("/recommend/user001"), 401, "header.authorization")
+        assert_problem(c.get("/recommend/user001", headers={"X-API-Key": "sw_pk_forged"}), 401)
+        pub = {"Authorization": f"Bearer {public['key']}"}
+        sec = {"X-API-Key": secret["key"]}
+        assert c.get("/recommend/user001", headers=pub).status_code == 200
+        views = {"events": [event("k1", "user001", "g1-i01", "view"), event("k2", "user001", "g1-i02", "cart")]}
+        assert c.post("/events", json=views, headers=pub).json()["accepted"] == 2
+        buy = {"events": [event("k3", "user001", "g1-i01", "view"), event("k4", "user001", "g1-i01", "purchase")]}
+        body = assert_problem(c.post("/events", json=buy, headers=pub), 403, "events.1.kind")
+        assert "secret key" in body["detail"]
+        assert c.post("/events", json=buy, headers=sec).json()["accepted"] == 2
+        for method, path in (("delete", "/users/user001"), ("put", "/items"), ("post", "/train"),
+                             ("get", "/status"), ("get", "/report")):
+            assert_problem(c.request(method, path, headers=pub, json={"items": []}), 403)
+        assert c.get("/status", headers=sec).json()["api_keys"] == 2
+        assert c.get("/healthz").status_code == 200, "probes need no key"
+        eng = Engine(db_path)
+        eng.revoke_key(public["id"])
+        eng.close()
+        c.app.state.keys.ttl = 0
+        assert_problem(c.get("/recommend/user001", headers=pub), 401)
+
+
+def test_rate_limit_answers_429_with_retry_after(db_path):
+    eng = Engine(db_path)
+    one, other = (eng.create_key("public")["key"] for _ in range(2))
+    eng.close()
+    with TestClient(create_app(db_path, rate_limits={"public": 30, "secret": 0})) as c:
+        codes = [c.get("/popular?n=2", headers={"X-API-Key": one}).status_code for _ in range(5)]
+        assert codes == [200] * 5, "a burst of 10 seconds' worth passes"
+        body = assert_problem(c.get("/popular?n=2", headers={"X-API-Key": one}), 429)
+        assert "30 requests a minute" in body["detail"]
+        response = c.get("/popular?n=2", headers={"X-API-Key": one})
+        assert response.status_code == 429 and 1 <= int(response.headers["Retry-After"]) <= 2
+        assert c.get("/popular?n=2", headers={"X-API-Key": other}).status_code == 200, "per key"
+
+
+def test_cors_allows_only_configured_origins(db_path):
+    shop_origin = "https://shop.example"
+    with TestClient(create_app(db_path, cors_origins=[shop_origin])) as c:
+        preflight = {"Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "authorization,content-type"}
+        ok = c.options("/events", headers={"Origin": shop_origin, **preflight})
+        assert ok.status_code == 200
+        assert ok.headers["access-control-allow-origin"] == shop_origin
+        other = c.options("/events", headers={"Origin": "https://evil.example", **preflight})
+        assert "access-control-allow-origin" not in other.headers
+        got = c.get("/popular?n=1", headers={"Origin": shop_origin})
+        assert got.headers["access-control-allow-origin"] == shop_origin
+
+
+# -- the document and the probes ------------------------------------------------------
+
+
+def test_openapi_document_covers_every_endpoint(client):
+    doc = client.get("/openapi.json").json()
+    expected = {("get", "/recommend/{user_id}"), ("get", "/similar/{item_id}"), ("get", "/search"),
+                ("get", "/items/{item_id}"), ("get", "/popular"), ("post", "/events"),
+                ("put", "/items"), ("delete", "/items/{item_id}"), ("delete", "/users/{user_id}"),
+                ("post", "/train"), ("get", "/status"), ("get", "/report"), ("get", "/healthz"),
+                ("get", "/readyz")}
+    found = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert expected <= found
+    events = doc["paths"]["/events"]["post"]
+    assert "409" in events["responses"] and "422" in events["responses"]
+    schema = doc["components"]["schemas"]["EventIn"]
+    assert {"event_id", "user_id", "item_id", "kind", "timestamp"} <= set(schema["required"])
+    assert client.get("/docs").status_code == 200
+
+
+def test_readyz_needs_trained_models(client, tmp_path):
+    assert client.get("/readyz").json() == {"ok": True, "ready": True}
+    with TestClient(create_app(tmp_path / "empty.db")) as empty:
+        assert empty.get("/healthz").json() == {"ok": True}
+        body = assert_problem(empty.get("/readyz"), 503)
+        assert "shelfwise train" in body["detail"]
