@@ -1,0 +1,77 @@
+"""ShelfwiseApp: the terminal UI, one screen per task, every number from the Engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import App
+from textual.binding import Binding
+
+from engine.engine import Engine
+
+from .backend import EngineHost
+from .screens.evaluation import EvaluationScreen
+from .screens.items import ItemsScreen
+from .screens.overview import OverviewScreen
+from .screens.plugins import PluginsScreen
+from .screens.search import SearchScreen
+from .screens.train import TrainScreen
+from .screens.users import UsersScreen
+
+
+class ShelfwiseApp(App):
+    """`ShelfwiseApp(engine)`: explore the shop in `engine`'s database.
+
+    The app does not use `engine` from its own threads (SQLite connections belong to the
+    thread that opened them); it opens the same database with the same plugins and settings
+    on a dedicated engine thread (see backend.EngineHost)."""
+
+    TITLE = "Shelfwise"
+    CSS_PATH = "app.tcss"
+    MODES = {
+        "overview": OverviewScreen,
+        "users": UsersScreen,
+        "items": ItemsScreen,
+        "search": SearchScreen,
+        "evaluation": EvaluationScreen,
+        "train": TrainScreen,
+        "plugins": PluginsScreen,
+    }
+    DEFAULT_MODE = "users"
+    BINDINGS = [
+        Binding("f1", "switch_mode('overview')", "Overview", show=False),
+        Binding("f2", "switch_mode('users')", "Users", show=False),
+        Binding("f3", "switch_mode('items')", "Items", show=False),
+        Binding("f4", "switch_mode('search')", "Search", show=False),
+        Binding("f5", "switch_mode('evaluation')", "Eval", show=False),
+        Binding("f6", "switch_mode('train')", "Train", show=False),
+        Binding("f7", "switch_mode('plugins')", "Plugins", show=False),
+        Binding("ctrl+t", "toggle_theme", "Light/dark", show=False),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+    ]
+
+    def __init__(self, engine: Engine | None = None, *, db_path: str | Path | None = None,
+                 mode: str | None = None) -> None:
+        super().__init__()
+        if engine is not None:
+            self.host = EngineHost.for_engine(engine)
+        elif db_path is not None:
+            self.host = EngineHost(db_path)
+        else:
+            raise ValueError("ShelfwiseApp needs an Engine or a db_path.")
+        self.sub_title = str(self.host.db_path)
+        self.start_mode = mode or self.DEFAULT_MODE
+
+    def on_mount(self) -> None:
+        self.title = f"Shelfwise · {self.host.db_path.name}"
+        self.switch_mode(self.start_mode)
+
+    def action_toggle_theme(self) -> None:
+        self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
+
+    def models_changed(self) -> None:
+        """A job activated new models: later engine calls load them."""
+        self.host.reload()
+
+    def on_unmount(self) -> None:
+        self.host.close()
