@@ -6,6 +6,8 @@ test_server_live.py."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
 import pytest
@@ -191,8 +193,6 @@ def test_batch_and_body_limits(client, db_path):
     too_many = [event(f"b{i}", "user060", "g1-i01", ts=NOW + i) for i in range(501)]
     assert_problem(client.post("/events", json={"events": too_many}), 422, "events")
     assert_problem(client.post("/events", json={"events": []}), 422, "events")
-    import json
-
     padded = json.dumps({"events": [event("h1", "user060", "g1-i01")]}) + " " * (1 << 20)
     body = assert_problem(client.post("/events", content=padded,
                                       headers={"content-type": "application/json"}), 413)
@@ -322,3 +322,59 @@ def test_readyz_needs_trained_models(client, tmp_path):
         assert empty.get("/healthz").json() == {"ok": True}
         body = assert_problem(empty.get("/readyz"), 503)
         assert "shelfwise train" in body["detail"]
+
+
+# -- CLI: serve, report, keys ---------------------------------------------------------
+
+
+def cli(db_path, *args):
+    from click.testing import CliRunner
+
+    from engine.cli import cli as group
+
+    return CliRunner().invoke(group, ["--db", str(db_path), *args])
+
+
+def test_cli_keys_are_printed_once_and_stored_hashed(db_path):
+    created = cli(db_path, "keys", "create", "--scope", "public", "--name", "web shop")
+    assert created.exit_code == 0, created.output
+    key = created.output.split()[0]
+    assert key.startswith("sw_pk_") and len(key) > 30
+    listed = cli(db_path, "keys", "list", "--json")
+    assert key not in listed.output
+    [row] = json.loads(listed.output)
+    assert row["scope"] == "public" and row["name"] == "web shop" and row["revoked_at"] is None
+    raw = b"".join(open(path, "rb").read() for path in (db_path, f"{db_path}-wal")
+                   if os.path.exists(path))
+    assert key.encode() not in raw, "only the hash is stored"
+    assert cli(db_path, "keys", "revoke", str(row["id"])).exit_code == 0
+    missing = cli(db_path, "keys", "revoke", "99")
+    assert missing.exit_code == 1 and "No API key with id 99" in missing.output
+    bad = cli(db_path, "keys", "create", "--scope", "admin")
+    assert bad.exit_code == 2 and "admin" in bad.output
+
+
+def test_cli_serve_refuses_a_public_address_without_keys(db_path):
+    result = cli(db_path, "serve", "--host", "0.0.0.0")
+    assert result.exit_code == 1
+    assert "No API keys are configured" in result.output and "keys create" in result.output
+
+
+def test_cli_report_matches_the_http_report(client, db_path):
+    body = client.get("/recommend/user090?n=4&placement=home").json()
+    first = body["items"][0]
+    client.post("/events", json={"events": [
+        event("r1", "user090", first["item_id"], "click", recommendation_id=body["recommendation_id"]),
+        event("r2", "user090", first["item_id"], "purchase", value=42.5,
+              recommendation_id=body["recommendation_id"])]})
+    as_json = cli(db_path, "report", "--since", "1h", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    report = json.loads(as_json.output)
+    http = client.get("/report?since=1h").json()
+    assert report["by_recaller"] == http["by_recaller"]
+    assert report["overall"]["purchases"] == 1 and report["overall"]["revenue"] == 42.5
+    assert report["overall"]["ctr"] == pytest.approx(1 / 4)
+    table = cli(db_path, "report", "--since", "1h")
+    assert "Recommendations by recaller" in table.output and "42.50" in table.output
+    bad = cli(db_path, "report", "--since", "soon")
+    assert bad.exit_code == 1 and "not a duration" in bad.output
