@@ -43,9 +43,16 @@ class Engine:
         self._vectors: VectorIndex | None = None
         self._catalogue: tuple[set[str], dict[str, str]] | None = None
         self.recommendation_cache = RecommendationCache()
-        self._seen_versions: tuple[int, Any] | None = None  # (data_version, active models)
+        self._seen: dict[str, Any] | None = None  # what sync() last saw of the database
+        # Incremental recaller state (events folded in by `ingest`) is saved at most this
+        # often, in seconds (0: after every batch); `close` saves what is pending.
+        self.incremental_save_interval = 0.0
+        self._unsaved: set[str] = set()
+        self._last_incremental_save = time.monotonic()
 
     def close(self) -> None:
+        if self._unsaved:
+            self.save_incremental()
         self.db.close()
 
     # -- plugins and components --------------------------------------------------------
@@ -209,20 +216,47 @@ class Engine:
         return tuple(self.store.conn.execute(
             "SELECT count(*), total(id) FROM artifacts WHERE active = 1").fetchone())
 
+    def _data_marks(self) -> dict[str, Any]:
+        q = self.store.conn.execute
+        return {"catalogue": tuple(q("SELECT count(*), max(updated_at) FROM items").fetchone()),
+                "events": q("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]}
+
+    def _adopt(self) -> None:
+        """After our own writes: what is loaded and cached already reflects them."""
+        if self._seen is not None:
+            self._seen.update(models=self._active_models(), **self._data_marks())
+
     def sync(self) -> None:
-        """Notice what other connections (a background training, another process) changed:
-        newly activated models are loaded afresh, and cached recommendation lists and the
-        catalogue view are dropped. Two tiny queries; called before serving."""
-        seen = self._seen_versions
-        now = (self.store.conn.execute("PRAGMA data_version").fetchone()[0], self._active_models())
-        self._seen_versions = now
-        if seen is None or seen == now:
+        """Notice what other connections (a background training, another process) changed,
+        cheaply (the active model ids, and PRAGMA data_version, which moves only when
+        another connection commits): newly activated models are loaded afresh and every
+        cached list dropped; a changed catalogue drops cached lists; events stored by
+        someone else drop the cached lists of their users. Called before serving."""
+        version = self.store.conn.execute("PRAGMA data_version").fetchone()[0]
+        models = self._active_models()
+        seen = self._seen
+        if seen is None:
+            self._seen = {"version": version, "models": models, **self._data_marks()}
             return
-        if seen[1] != now[1]:
+        if models != seen["models"]:
             self._loaded.clear()
             self._vectors = None
-        self._catalogue = None
-        self.recommendation_cache.clear()
+            self._catalogue = None
+            self._unsaved.clear()  # increments of the replaced models
+            self.recommendation_cache.clear()
+            self._seen = {"version": version, "models": models, **self._data_marks()}
+            return
+        if version == seen["version"]:
+            return
+        marks = self._data_marks()
+        if marks["catalogue"] != seen["catalogue"]:
+            self._catalogue = None
+            self.recommendation_cache.clear()
+        elif marks["events"] != seen["events"]:
+            users = [r[0] for r in self.store.conn.execute(
+                "SELECT DISTINCT user_id FROM events WHERE id > ?", [seen["events"]])]
+            self.recommendation_cache.drop_users(users)
+        self._seen = {"version": version, "models": models, **marks}
 
     def pipeline(self, recallers: Sequence[str] | None = None, ranker: str | None = None) -> Pipeline:
         """The serving pipeline, from trained components only."""
@@ -256,6 +290,7 @@ class Engine:
         report = self.store.write(reader.read(location, **options), progress=progress)
         self._catalogue = None
         self.recommendation_cache.clear()
+        self._adopt()
         if report.items and self.vectors() is not None:
             self.refresh_vectors(progress or no_progress)  # new products are recommendable at once
         return report
@@ -266,6 +301,7 @@ class Engine:
         removed = self.store.delete_items(ids)
         self._catalogue = None
         self.recommendation_cache.clear()
+        self._adopt()
         report = self.refresh_vectors() if self.vectors() is not None else {}
         return {"removed": removed, "vectors": report}
 
@@ -280,6 +316,7 @@ class Engine:
         event came from; stored events are attributed to it in the same transaction."""
         users = {e.user_id for e in events}
         histories = {u: self.store.history(u, self.settings.pipeline.history) for u in users}
+        self.sync()
         with self.db.atomic():
             added, duplicates, conflicts = self.store.add_events(events)
             if conflicts:
@@ -290,19 +327,44 @@ class Engine:
                 attribution.attribute(self.db, added, recommendation_ids)
         if added:
             self.recommendation_cache.drop_users({e.user_id for e in added})
+            self._adopt()
             self._update_recallers(added, histories)
         return {"accepted": len(added), "duplicates": duplicates}
 
     def _update_recallers(self, events: Sequence[Event], histories) -> None:
-        blobs = {}
         for name in self._recaller_quotas():
             recaller = self._fitted("recallers", name)
             if recaller is not None and recaller.update(events, histories):
-                blobs[f"recaller/{name}"] = dump_state(recaller.state())
-        if blobs:
-            self.store.save_artifacts(blobs)
-            if self._seen_versions is not None:  # our own update: what is loaded is current
-                self._seen_versions = (self._seen_versions[0], self._active_models())
+                self._unsaved.add(name)
+        if self._unsaved and (time.monotonic() - self._last_incremental_save
+                              >= self.incremental_save_interval):
+            self.save_incremental()
+
+    def save_incremental(self) -> dict[str, int]:
+        """Save the state of recallers that folded in new events, as new active versions.
+        Only the newest incremental version is kept (trained versions stay). Nothing is
+        saved if another connection activated new models meanwhile: those win."""
+        names = sorted(self._unsaved)
+        self._unsaved.clear()
+        self._last_incremental_save = time.monotonic()
+        blobs = {}
+        for name in names:
+            recaller = self._loaded.get(f"recaller/{name}")
+            if recaller is not None:
+                payload, fmt, meta = dump_state(recaller.state())
+                blobs[f"recaller/{name}"] = (payload, fmt, {**meta, "incremental": True})
+        if not blobs:
+            return {}
+        superseded = (f"DELETE FROM artifacts WHERE name IN ({','.join('?' * len(blobs))}) "
+                      f"AND active = 0 AND json_extract(meta, '$.incremental')")
+        with self.db.atomic():
+            self.store.conn.execute(superseded, list(blobs))  # a write first: takes the lock
+            if self._seen is not None and self._active_models() != self._seen["models"]:
+                return {}
+            versions = self.store.save_artifacts(blobs)
+            self.store.conn.execute(superseded, list(blobs))
+        self._adopt()
+        return versions
 
     # -- training and evaluation -------------------------------------------------------
 
@@ -514,6 +576,7 @@ class Engine:
         report = self.store.write(items)
         self._catalogue = None
         self.recommendation_cache.clear()
+        self._adopt()
         vectors = self.refresh_vectors(progress) if report.items and self.vectors() is not None else {}
         return {"changed": report.items, "vectors": vectors}
 
@@ -525,6 +588,7 @@ class Engine:
             erased = attribution.erase_user(self.db, user_id)
             erased["events"] = self.store.delete_user(user_id)
         erased["cached_lists"] = self.recommendation_cache.drop_users([user_id])
+        self._adopt()
         return {"user_id": user_id, **erased}
 
     def log_impressions(self, recs: Sequence[Recommendation], user_id: str | None,

@@ -57,9 +57,14 @@ def _answer(engine, recs: list[Recommendation], user_id: str | None, placement: 
 
 def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = None,
                cors_origins: list[str] | None = None, rate_limits: dict[str, int] | None = None,
-               max_body: int = MAX_BODY) -> FastAPI:
+               max_body: int = MAX_BODY, incremental_save_interval: float = 30.0) -> FastAPI:
     """The API over the shop database at `db_path`. `engine_factory` makes an Engine for
-    the serving thread and for each training run (default: Engine(db_path))."""
+    the serving thread and for each training run (default: Engine(db_path)).
+
+    The serving engine saves incrementally updated recaller state (co-occurrence counts
+    with the new events folded in) at most every `incremental_save_interval` seconds and
+    at shutdown, rather than after every batch: the events themselves are committed
+    before each answer, and the state is a cache of them that a retrain rebuilds."""
     if engine_factory is None:
         def engine_factory():
             from ..engine import Engine
@@ -71,7 +76,10 @@ def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = N
         app.state.engine = EngineThread(engine_factory)
         app.state.trainer = Trainer(engine_factory)
         app.state.keys = KeyRing(db_path)
-        await app.state.engine.run(lambda e: e.sync())  # open the engine before serving
+        def warm(engine):  # open the engine before serving
+            engine.incremental_save_interval = incremental_save_interval
+            engine.sync()
+        await app.state.engine.run(warm)
         try:
             yield
         finally:
