@@ -33,6 +33,7 @@ class KeyRing:
         self.ttl = ttl
         self._seen: dict[str, tuple[float, dict | None]] = {}
         self._count: tuple[float, int] = (-math.inf, 0)
+        self._stamped: dict[int, float] = {}  # key id -> when last_used_at was written
 
     def close(self) -> None:
         self._conn.close()
@@ -54,8 +55,9 @@ class KeyRing:
             row = self._conn.execute(
                 "SELECT id, name, scope FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
                 [apikeys._hash(key)]).fetchone()
-            if row is not None and (found is None or found[1] is None):
-                try:  # once per ttl at most; a busy database only delays the stamp
+            if row is not None and time.monotonic() - self._stamped.get(row[0], -math.inf) > 60:
+                self._stamped[row[0]] = time.monotonic()
+                try:  # once a minute at most; a busy database only delays the stamp
                     self._conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?",
                                        [time.time(), row[0]])
                     self._conn.commit()
