@@ -415,7 +415,8 @@ def serve(obj, host, port, cors, rate):
         console.print("No API keys configured: serving without authentication on loopback only.")
     engine.close()
     app = create_app(obj.db, engine_factory=lambda: _fresh_engine(obj), cors_origins=list(cors),
-                     rate_limits={**DEFAULT_RATE_LIMITS, **dict(rate)})
+                     rate_limits={**DEFAULT_RATE_LIMITS, **dict(rate)},
+                     config_path=obj.config, plugins_dir=obj.plugins_dir)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 

@@ -378,3 +378,32 @@ def test_cli_report_matches_the_http_report(client, db_path):
     assert "Recommendations by recaller" in table.output and "42.50" in table.output
     bad = cli(db_path, "report", "--since", "soon")
     assert bad.exit_code == 1 and "not a duration" in bad.output
+
+
+# -- background training --------------------------------------------------------------
+
+
+def wait_for_training(c, headers=None) -> dict:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        training = c.get("/status", headers=headers).json()["training"]
+        if not training["running"]:
+            return training
+        time.sleep(0.1)
+    raise AssertionError("training did not finish")
+
+
+def test_train_on_a_thread_activates_new_models_and_reports_failures(db_path, tmp_path):
+    with TestClient(create_app(db_path, train_in_process=False)) as c:
+        before = {m["name"]: m["version"] for m in c.get("/status").json()["models"]}
+        started = c.post("/train")
+        assert started.status_code == 202 and started.json()["training"]["in"] == "thread"
+        training = wait_for_training(c)
+        assert training["error"] is None and training["stage"] == "done" and training["run_id"]
+        after = {m["name"]: m["version"] for m in c.get("/status").json()["models"]}
+        assert all(after[name] == v + 1 for name, v in before.items())
+        assert c.get("/recommend/user001?n=3").status_code == 200
+    with TestClient(create_app(tmp_path / "empty.db", train_in_process=False)) as c:
+        assert c.post("/train").status_code == 202
+        training = wait_for_training(c)
+        assert training["stage"] == "failed" and "no events" in training["error"]

@@ -57,9 +57,13 @@ def _answer(engine, recs: list[Recommendation], user_id: str | None, placement: 
 
 def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = None,
                cors_origins: list[str] | None = None, rate_limits: dict[str, int] | None = None,
-               max_body: int = MAX_BODY, incremental_save_interval: float = 30.0) -> FastAPI:
+               max_body: int = MAX_BODY, incremental_save_interval: float = 30.0,
+               train_in_process: bool = True, config_path: str | Path | None = None,
+               plugins_dir: str | Path | None = None) -> FastAPI:
     """The API over the shop database at `db_path`. `engine_factory` makes an Engine for
-    the serving thread and for each training run (default: Engine(db_path)).
+    the serving thread (default: Engine(db_path)). `POST /train` trains in a child
+    process (`config_path`, `plugins_dir` as for the CLI) so the fit does not compete with
+    serving for the GIL; `train_in_process=False` trains on a thread with `engine_factory`.
 
     The serving engine saves incrementally updated recaller state (co-occurrence counts
     with the new events folded in) at most every `incremental_save_interval` seconds and
@@ -74,7 +78,9 @@ def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.engine = EngineThread(engine_factory)
-        app.state.trainer = Trainer(engine_factory)
+        app.state.trainer = Trainer(engine_factory, process=(
+            str(db_path), str(config_path) if config_path else None,
+            str(plugins_dir) if plugins_dir else None) if train_in_process else None)
         app.state.keys = KeyRing(db_path)
         def warm(engine):  # open the engine before serving
             engine.incremental_save_interval = incremental_save_interval

@@ -60,16 +60,46 @@ class EngineThread:
             self._executor.shutdown(wait=True)
 
 
-class Trainer:
-    """At most one background training run at a time, with its own Engine."""
+def _train_in_process(db_path: str, config_path: str | None, plugins_dir: str | None,
+                      queue) -> None:
+    """Body of the training process: its own interpreter, so the fit never competes with
+    request handling for the GIL. Reports progress (at most twice a second) and the end."""
+    from ..engine import Engine
+    from ..plugins import load_plugins
 
-    def __init__(self, factory: Callable[[], Any]):
+    last = 0.0
+
+    def progress(stage: str, done: int, total: int | None, message: str = "") -> None:
+        nonlocal last
+        if time.monotonic() - last > 0.5 or (total is not None and done >= total):
+            last = time.monotonic()
+            queue.put(("progress", stage, done, total))
+
+    engine = None
+    try:
+        engine = Engine(db_path, registry=load_plugins(plugins_dir), config_path=config_path)
+        report = engine.train(progress=progress)
+        queue.put(("done", report.get("run_id")))
+    except BaseException as exc:
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        if engine is not None:
+            engine.close()
+
+
+class Trainer:
+    """At most one background training run at a time, with its own Engine: in a child
+    process (`process=(db_path, config_path, plugins_dir)`) or else on a thread of this
+    one (`factory`)."""
+
+    def __init__(self, factory: Callable[[], Any], process: tuple | None = None):
         self._factory = factory
+        self._process_args = process
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.state: dict[str, Any] = {"running": False, "started_at": None, "finished_at": None,
                                       "stage": "", "done": 0, "total": None, "error": None,
-                                      "run_id": None}
+                                      "run_id": None, "in": "process" if process else "thread"}
 
     @property
     def running(self) -> bool:
@@ -83,7 +113,8 @@ class Trainer:
                                   title="Conflict")
             self.state.update(running=True, started_at=time.time(), finished_at=None,
                               stage="starting", done=0, total=None, error=None, run_id=None)
-            self._thread = threading.Thread(target=self._run, name="shelfwise-train", daemon=True)
+            target = self._run_process if self._process_args else self._run
+            self._thread = threading.Thread(target=target, name="shelfwise-train", daemon=True)
             self._thread.start()
         return dict(self.state)
 
@@ -102,6 +133,40 @@ class Trainer:
         finally:
             if engine is not None:
                 engine.close()
+            self.state.update(running=False, finished_at=time.time())
+
+    def _run_process(self) -> None:
+        import multiprocessing
+        import queue as queues
+
+        ctx = multiprocessing.get_context("spawn")  # no forked copy of the server's threads
+        messages = ctx.Queue()
+        proc = ctx.Process(target=_train_in_process, args=(*self._process_args, messages),
+                           name="shelfwise-train", daemon=True)
+        finished = False
+        try:
+            proc.start()
+            while not finished:
+                try:
+                    kind, *rest = messages.get(timeout=1.0)
+                except queues.Empty:
+                    if not proc.is_alive():
+                        self.state.update(stage="failed", error=f"the training process exited "
+                                          f"with code {proc.exitcode} before finishing")
+                        break
+                    continue
+                if kind == "progress":
+                    self._progress(*rest)
+                elif kind == "done":
+                    self.state.update(run_id=rest[0], stage="done")
+                    finished = True
+                else:
+                    self.state.update(error=rest[0], stage="failed")
+                    finished = True
+            proc.join(60)
+        except BaseException as exc:
+            self.state.update(error=f"{type(exc).__name__}: {exc}", stage="failed")
+        finally:
             self.state.update(running=False, finished_at=time.time())
 
     def join(self, timeout: float | None = None) -> None:
