@@ -236,8 +236,7 @@ async def open_user(pilot, query: str) -> None:
     for ch in query:
         await pilot.press(ch)
     await settle(pilot)
-    await pilot.press("enter")  # to the list
-    await pilot.press("enter")  # choose the first match
+    await pilot.press("enter")  # opens the best match
     await settle(pilot)
 
 
@@ -360,7 +359,7 @@ async def test_items_screen(engine):
         await settle(pilot)
         options = app.screen.query_one("#item-list", OptionList)
         assert options.option_count == 1 and options.get_option_at_index(0).id == "g0-i01"
-        await pilot.press("enter", "enter")
+        await pilot.press("enter")
         await settle(pilot)
         screen = app.screen
         header = text(screen.query_one("#item-header", Static))
@@ -576,8 +575,8 @@ def _typed(text_: str) -> list[str]:
 
 
 SNAPSHOTS = {
-    "users": _typed("user004") + ["enter", "enter"],
-    "items": _typed("Item 1 of group 0") + ["enter", "enter"],
+    "users": _typed("user004") + ["enter"],
+    "items": _typed("Item 1 of group 0") + ["enter"],
     "search": _typed("group 1") + ["enter"],
     "overview": [],
     "evaluation": [],
@@ -645,7 +644,7 @@ def test_shelfwise_tui_in_tmux(shop_db, shop_env, tmp_path):
     try:
         wait_for("F2 Users")
         wait_for("user0")                      # the most active users are listed
-        tmux("send-keys", "-t", session, "user004", "Enter", "Enter")
+        tmux("send-keys", "-t", session, "user004", "Enter")
         screen = wait_for("events: ")          # the user's header
         first = Engine(db, registry=load_plugins()).recommend("user004", 1)[0]
         assert "user004" in screen

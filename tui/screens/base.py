@@ -42,11 +42,15 @@ class EngineScreen(Screen):
             try:
                 result = host.call(fn, *args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
-                if not worker.is_cancelled:
-                    self.app.call_from_thread(self.failed, exc, on_error)
+                result, done = exc, lambda exc=exc: self.failed(exc, on_error)
+            else:
+                done = lambda: then(result)  # noqa: E731
+            if worker.is_cancelled or not self.app.is_running:
                 return
-            if not worker.is_cancelled:
-                self.app.call_from_thread(then, result)
+            try:
+                self.app.call_from_thread(done)
+            except RuntimeError:  # the app closed while the engine was answering
+                pass
 
         self.run_worker(job, thread=True, exclusive=True, group=group, exit_on_error=False,
                         name=f"{type(self).__name__}.{group}")

@@ -78,11 +78,19 @@ class ItemsScreen(EngineScreen):
         self.fetch(_find, event.value, then=self.show_items, group="find")
 
     @on(Input.Submitted, "#item-query")
-    def query_submitted(self) -> None:
-        items = self.query_one("#item-list", OptionList)
-        if items.option_count:
-            items.focus()
-            items.highlighted = 0
+    def query_submitted(self, event: Input.Submitted) -> None:
+        """Enter opens the best match (after the search it may still be waiting for)."""
+        self.fetch(_find, event.value, then=self.open_best, group="find")
+
+    def open_best(self, items: list[tuple[str, str]]) -> None:
+        self.show_items(items)
+        if items:
+            options = self.query_one("#item-list", OptionList)
+            options.focus()
+            options.highlighted = 0
+            self.open_item(items[0][0])
+        else:
+            self.notify("No item matches; try part of a name or an id.", severity="warning")
 
     def show_items(self, items: list[tuple[str, str]]) -> None:
         options = self.query_one("#item-list", OptionList)

@@ -33,9 +33,9 @@ class OverviewScreen(EngineScreen):
     def on_mount(self) -> None:
         self.sub_title = "Overview"
         self.query_one("#models", DataTable).add_columns("active model", "v", "trained (UTC)")
-        self.action_reload()
 
     def on_screen_resume(self) -> None:
+        """Fresh numbers every time the screen is shown (the first time included)."""
         self.action_reload()
 
     def action_reload(self) -> None:

@@ -95,11 +95,20 @@ class UsersScreen(EngineScreen):
         self.search_users(event.value)
 
     @on(Input.Submitted, "#user-query")
-    def user_query_submitted(self) -> None:
-        users = self.query_one("#user-list", OptionList)
-        if users.option_count:
-            users.focus()
-            users.highlighted = 0
+    def user_query_submitted(self, event: Input.Submitted) -> None:
+        """Enter opens the best match (after the search it may still be waiting for)."""
+        self.fetch(inspect.find_users, event.value, then=self.open_best, group="find")
+
+    def open_best(self, users: list[dict]) -> None:
+        self.show_users(users)
+        if users:
+            options = self.query_one("#user-list", OptionList)
+            options.focus()
+            options.highlighted = 0
+            self.open_user(users[0]["user_id"])
+        else:
+            self.notify("No user matches; try part of an id or an attribute value.",
+                        severity="warning")
 
     def show_users(self, users: list[dict]) -> None:
         options = self.query_one("#user-list", OptionList)
