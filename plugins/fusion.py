@@ -120,14 +120,17 @@ class FusionRanker(Ranker):
     def rank(self, query: Query, candidates: Sequence[Candidate]) -> list[Candidate]:
         c = self.config.c
         answered = {r for cand in candidates for r in cand.ranks}
+        weights = {r: self.weights.get(r, 1.0) for r in answered}
+        if not any(weights.values()):  # only recallers tuned to 0 were asked: keep their order
+            weights = dict.fromkeys(answered, 1.0)
         out = []
         for cand in candidates:
-            parts = {r: self.weights.get(r, 1.0) / (c + rank) for r, rank in cand.ranks.items()}
+            parts = {r: weights[r] / (c + rank) for r, rank in cand.ranks.items()}
             lead = max(parts, key=parts.get) if parts else cand.source
             score = sum(parts.values())
             if self.lone and cand.ranks:
                 best = min(cand.ranks.values())
-                score += self.lone * sum(self.weights.get(r, 1.0) / (c + best)
+                score += self.lone * sum(weights[r] / (c + best)
                                          for r in answered - set(cand.ranks))
             out.append(cand.led_by(lead, score))
         out.sort(key=lambda cand: -cand.score)

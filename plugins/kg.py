@@ -32,7 +32,7 @@ class KnowledgeGraphConfig(BaseModel):
     derive: bool = Field(True, description="derive entities from the catalogue for items without graph links")
     candidate_norm: float = Field(0.0, ge=0, le=1, description="divide a candidate's score by its own weight norm to this power (0: off)")
     popularity: float = Field(1.0, ge=0, description="multiply scores by (1 + distinct users of the item) to this power: a prior against obscure items (0: off; measured on ML-100K: 0 -> NDCG@10 0.011, 1 -> 0.048, 1.5 -> 0.055)")
-    method: str = Field("meta_path", pattern="^(meta_path|rwr)$", description="scoring: two-hop IDF meta-paths, or a random walk with restart (measured in README: meta_path wins on ML-100K and the demo shop)")
+    method: str = Field("meta_path", pattern="^(meta_path|rwr)$", description="scoring: two-hop IDF meta-paths, or a random walk with restart (README: meta_path NDCG@10 0.048 vs 0.039 on ML-100K, 0.110 vs 0.108 on the demo shop, at half the latency)")
     restart: float = Field(0.5, gt=0, lt=1, description="rwr: probability of jumping back to the history at each item step")
     steps: int = Field(3, ge=1, le=50, description="rwr: item → entity → item rounds of the walk")
     relation_names: dict[str, str] = Field(default_factory=dict, description="relation -> readable name, e.g. {'film.film.directed_by': 'director'}")
@@ -142,7 +142,9 @@ class KnowledgeGraphRecaller(Recaller):
     name = "kg"
     description = "Items sharing an informative knowledge-graph entity (director, actor, brand, …) with the history"
     Config = KnowledgeGraphConfig
-    default_quota = 0
+    # In the default pipeline with a small quota: fusion tunes its weight per shop on the
+    # validation split (0.25 on ML-100K, 0 on the demo shop; README "Knowledge-graph recall").
+    default_quota = 50
     similar_items = True
 
     def fit(self, data: Dataset, progress=None) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from engine import ConfigError, Dataset, Event, Query, mention
+from engine import Candidate, ConfigError, Dataset, Event, ModelState, Query, mention
 from engine.artifacts import dump_state, load_state
 from engine.testing import RankerContract, RecallerContract, checkerboard, query_for
 from plugins.als import AlsRecaller
@@ -48,6 +48,18 @@ class TestCooccurrenceContract(RecallerContract):
 class TestFusionContract(RankerContract):
     def make(self):
         return FusionRanker()
+
+
+def test_fusion_keeps_the_order_of_recallers_it_tuned_to_zero():
+    """Asking for recallers whose tuned weights are all 0 (`--recallers content`) must
+    still give their order, not an arbitrary one."""
+    ranker = FusionRanker()
+    ranker.load(ModelState(meta={"weights": {"content": 0.0, "als": 1.0}, "lone": 0.0}))
+    cands = [Candidate(f"i{k}", 1.0 - k / 10, "content", "similar", ranks={"content": k + 1})
+             for k in (3, 0, 2, 1)]
+    ranked = ranker.rank(Query(user_id="u"), cands)
+    assert [c.item_id for c in ranked] == ["i0", "i1", "i2", "i3"]
+    assert ranked[0].score > ranked[-1].score > 0
 
 
 # -- ALS ------------------------------------------------------------------------------
