@@ -250,3 +250,51 @@ def test_walk_spreads_a_hub_thin(tmp_path):
     assert cands[0].item_id == "m9" and cands[0].reason == "same director as [[m0]]"
     assert {c.item_id for c in cands[1:]} == {"m1", "m2", "m3", "m4"}
     assert cands[0].score > 2 * cands[1].score
+
+
+def test_cli_imports_a_graph_lists_kg_and_explains_with_the_path(tmp_path, monkeypatch):
+    """A shop owner's view: import a catalogue with a triples file and entity links, train,
+    and see `kg` in `shelfwise plugins`, in the default pipeline and in the reasons."""
+    from click.testing import CliRunner
+
+    import engine.cli
+    from engine.cli import cli
+    from tests.conftest import CORE_PLUGINS
+
+    monkeypatch.setenv("SHELFWISE_LOAD_PLUGINS", CORE_PLUGINS + ",kg")
+    monkeypatch.setattr(engine.cli, "_registry", None)
+    (tmp_path / "items.csv").write_text("item_id,title\n" + "".join(f"m{k},Movie {k}\n" for k in range(30)))
+    (tmp_path / "links.csv").write_text("item_id,entity\n" + "".join(f"m{k},e{k}\n" for k in range(30)))
+    (tmp_path / "triples.jsonl").write_text("\n".join(json.dumps(t) for t in [
+        {"head": "e0", "relation": "film.film.directed_by", "tail": "d.lynch"},
+        {"head": "e1", "relation": "film.film.directed_by", "tail": "d.lynch"},
+        {"head": "e1", "relation": "film.film.starring", "tail": "a.maclachlan"},
+        {"head": "e2", "relation": "film.film.starring", "tail": "a.maclachlan"}]) + "\n")
+    rows = [f"u{u},m{(u + k) % 30},view,{1_700_000_000 + u * 100 + k}" for u in range(40) for k in range(6)]
+    (tmp_path / "events.csv").write_text("user_id,item_id,kind,timestamp\n" + "\n".join(rows) + "\n")
+    # triples come as JSON lines, the rest as CSV: two imports into one database
+    db = str(tmp_path / "shop.db")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["--db", db, "import", "csv", "--items", str(tmp_path / "items.csv"),
+                              "--links", str(tmp_path / "links.csv"), "--events", str(tmp_path / "events.csv")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["--db", db, "import", "jsonl", "--triples", str(tmp_path / "triples.jsonl")])
+    assert res.exit_code == 0, res.output
+    info = json.loads(runner.invoke(cli, ["--db", db, "plugins", "--json"]).output)
+    kg = {c["name"]: c for c in info["components"]["recallers"]}["kg"]
+    assert kg["plugin"] == "kg" and kg["default"] is True
+    res = runner.invoke(cli, ["--db", db, "train"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["--db", db, "recommend", "--item", "m0", "--recallers", "kg", "--json", "-n", "5"])
+    assert res.exit_code == 0, res.output
+    recs = json.loads(res.output)
+    assert [r["item_id"] for r in recs] == ["m1"]
+    assert recs[0]["reason"] == "same director as “Movie 0”"
+    walk = tmp_path / "walk.toml"
+    walk.write_text('[plugins.kg]\nmethod = "rwr"\npopularity = 0\n')
+    assert runner.invoke(cli, ["--db", db, "--config", str(walk), "train"]).exit_code == 0
+    res = runner.invoke(cli, ["--db", db, "--config", str(walk), "recommend", "--item", "m0",
+                              "--recallers", "kg", "--json", "-n", "5"])
+    recs = json.loads(res.output)
+    assert [r["item_id"] for r in recs] == ["m1", "m2"]
+    assert recs[1]["reason"] == "same actor as “Movie 1”, which shares a director with “Movie 0”"
