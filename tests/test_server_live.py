@@ -177,3 +177,21 @@ def test_simulated_shopper_report_recovers_what_happened(small_shop, tmp_path):
     positions = {r["name"]: r["impressions"] for r in report["by_position"]}
     assert positions[1] == sessions, "every response had a first position"
     assert [r["name"] for r in report["by_ranker"]] == ["fusion"]
+
+
+@pytest.mark.slow
+def test_shutdown_during_a_retrain_keeps_the_active_models(big_shop, tmp_path):
+    db = copy_db(big_shop, tmp_path)
+    with uvicorn_server(create_app(db)) as url, httpx.Client(base_url=url, timeout=60) as c:
+        before = c.get("/status").json()["models"]
+        assert c.post("/train").status_code == 202
+        deadline = time.monotonic() + 60
+        while c.get("/status").json()["training"]["stage"] in ("starting", ""):
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.1)
+    eng = Engine(db)
+    last = eng.store.runs("train", 1)[0]
+    models = eng.store.active_artifacts()
+    eng.close()
+    assert last["status"] == "failed" and "server shut down" in last["note"]
+    assert [(m["name"], m["version"]) for m in models] == [(m["name"], m["version"]) for m in before]

@@ -89,7 +89,7 @@ def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = N
         try:
             yield
         finally:
-            app.state.trainer.join(timeout=600)
+            app.state.trainer.stop()
             app.state.engine.close()
             app.state.keys.close()
 

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import EngineError, NotTrainedError, UnknownComponentError
+from ..errors import ArtifactError, EngineError, NotTrainedError, UnknownComponentError
 
 MEDIA_TYPE = "application/problem+json"
 UNION_TAGS = {"float", "int", "str", "bool", "datetime", "none"}
@@ -54,7 +54,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(EngineError)
     async def _engine_error(request: Request, exc: EngineError):
-        if isinstance(exc, NotTrainedError):
+        if isinstance(exc, (NotTrainedError, ArtifactError)):
             status = 503
         elif isinstance(exc, UnknownComponentError):
             status = 400
@@ -70,6 +70,13 @@ def install(app: FastAPI) -> None:
         detail = f"{first['field']}: {first['message']}" + (
             f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
         return problem_response(422, "Invalid request", detail, errors, request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        # A bug or a resource problem (e.g. the database locked for 30 s): still problem+json.
+        return problem_response(500, "Internal error", f"{type(exc).__name__}: {exc}. The "
+                                "request may be retried; see the server log.",
+                                instance=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

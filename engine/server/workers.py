@@ -64,9 +64,15 @@ def _train_in_process(db_path: str, config_path: str | None, plugins_dir: str | 
                       queue) -> None:
     """Body of the training process: its own interpreter, so the fit never competes with
     request handling for the GIL. Reports progress (at most twice a second) and the end."""
+    import signal
+
     from ..engine import Engine
     from ..plugins import load_plugins
 
+    def stop(signum, frame):  # the server shuts down: end as a failed run, nothing activated
+        raise KeyboardInterrupt("stopped: the server shut down during training")
+
+    signal.signal(signal.SIGTERM, stop)
     last = 0.0
 
     def progress(stage: str, done: int, total: int | None, message: str = "") -> None:
@@ -144,6 +150,7 @@ class Trainer:
         proc = ctx.Process(target=_train_in_process, args=(*self._process_args, messages),
                            name="shelfwise-train", daemon=True)
         finished = False
+        self._proc = proc
         try:
             proc.start()
             while not finished:
@@ -172,3 +179,11 @@ class Trainer:
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def stop(self, timeout: float = 60) -> None:
+        """At shutdown: a training process is asked to stop (its run is recorded as failed,
+        the active models stay); a training thread is waited for."""
+        proc = getattr(self, "_proc", None)
+        if proc is not None and proc.is_alive():
+            proc.terminate()
+        self.join(timeout)
