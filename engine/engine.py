@@ -243,6 +243,7 @@ class Engine:
             self._vectors = None
             self._catalogue = None
             self._unsaved.clear()  # increments of the replaced models
+            self._seen["models_loaded_at"] = self._seen["events"]
             self.recommendation_cache.clear()
             self._seen = {"version": version, "models": models, **self._data_marks()}
             return
@@ -251,12 +252,13 @@ class Engine:
         marks = self._data_marks()
         if marks["catalogue"] != seen["catalogue"]:
             self._catalogue = None
+            self._seen["models_loaded_at"] = self._seen["events"]
             self.recommendation_cache.clear()
         elif marks["events"] != seen["events"]:
             users = [r[0] for r in self.store.conn.execute(
                 "SELECT DISTINCT user_id FROM events WHERE id > ?", [seen["events"]])]
             self.recommendation_cache.drop_users(users)
-        self._seen = {"version": version, "models": models, **marks}
+        self._seen.update(version=version, models=models, **marks)
 
     def pipeline(self, recallers: Sequence[str] | None = None, ranker: str | None = None) -> Pipeline:
         """The serving pipeline, from trained components only."""
@@ -306,7 +308,12 @@ class Engine:
         return {"removed": removed, "vectors": report}
 
     def dataset(self) -> Dataset:
-        return self.store.dataset(self.settings.events.weights)
+        """Every event as arrays. `dataset_events_upto` records the newest event id it holds
+        (read in the same snapshot), so events stored later can be folded in afterwards."""
+        with self.db.atomic():
+            self.dataset_events_upto = self.store.conn.execute(
+                "SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+            return self.store.dataset(self.settings.events.weights)
 
     def ingest(self, events: Sequence[Event],
                recommendation_ids: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -346,6 +353,33 @@ class Engine:
         saved if another connection activated new models meanwhile: those win."""
         names = sorted(self._unsaved)
         self._unsaved.clear()
+    def fold_in_since(self, after_id: int) -> int:
+        """After another connection activated models trained on events up to id `after_id`
+        (its `dataset_events_upto`): fold the events stored after that snapshot into the
+        incremental recallers, so what arrived during a retrain is not forgotten. Events
+        this engine has folded in itself since loading those models are not folded twice."""
+        self.sync()
+        if self._seen.get("folded_in"):
+            return 0
+        self._seen["folded_in"] = True
+        upto = self._seen["models_loaded_at"]
+        rows = self.store.conn.execute(
+            "SELECT user_id, item_id, kind, ts, value, event_id FROM events WHERE id > ? AND "
+            "id <= ? ORDER BY id", [after_id, upto]).fetchall()
+        if not rows:
+            return 0
+        events = [Event(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+        limit = self.settings.pipeline.history
+        histories = {}
+        for user in {e.user_id for e in events}:
+            before = self.store.conn.execute(
+                "SELECT item_id, kind, ts, value FROM events WHERE user_id = ? AND id <= ? "
+                "ORDER BY ts DESC, id DESC LIMIT ?", [user, after_id, limit or -1]).fetchall()
+            histories[user] = tuple(Interaction(*r) for r in reversed(before))
+        self._update_recallers(events, histories)
+        self.recommendation_cache.drop_users(histories)
+        return len(events)
+
         self._last_incremental_save = time.monotonic()
         blobs = {}
         for name in names:

@@ -106,3 +106,27 @@ def test_erase_user_forgets_events_and_cached_lists(eng):
     assert erased["attributed_events"] == 1
     assert eng.store.history("user080") == () and not eng.store.has_user("user080")
     assert eng.recommend("user080", 5) == eng.recommend(None, 5)
+
+
+def test_events_stored_during_a_retrain_are_folded_into_the_new_models(eng):
+    eng.upsert_items([shop.Item("fresh-x", "New X", category="cat0"),
+                      shop.Item("fresh-y", "New Y", category="cat0")])  # no events yet
+    eng.recommend("user090", 5)  # serving with the old models
+    sent = []
+
+    def progress(stage, done, total, message=""):
+        if not sent:  # the training has read its data; the shopper goes on
+            sent.append(eng.ingest([Event("user090", "fresh-x", "view", LATER, event_id="d1"),
+                                    Event("user090", "fresh-y", "cart", LATER + 1, event_id="d2")]))
+
+    trainer = Engine(eng.db_path)
+    trainer.train(progress=progress)
+    trainer.close()
+    assert sent == [{"accepted": 2, "duplicates": 0}]
+    def together():  # what co-occurrence pairs with fresh-x
+        return [r.item_id for r in eng.similar("fresh-x", 5) if "cooccurrence" in r.sources]
+
+    assert "fresh-y" not in together(), "the new models were trained without these events"
+    assert eng.fold_in_since(trainer.dataset_events_upto) == 2
+    assert together()[0] == "fresh-y"
+    assert eng.fold_in_since(trainer.dataset_events_upto) == 0, "never twice"

@@ -80,7 +80,8 @@ def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = N
         app.state.engine = EngineThread(engine_factory)
         app.state.trainer = Trainer(engine_factory, process=(
             str(db_path), str(config_path) if config_path else None,
-            str(plugins_dir) if plugins_dir else None) if train_in_process else None)
+            str(plugins_dir) if plugins_dir else None) if train_in_process else None,
+            on_done=lambda upto: app.state.engine.call(lambda e: e.fold_in_since(upto)))
         app.state.keys = KeyRing(db_path)
         def warm(engine):  # open the engine before serving
             engine.incremental_save_interval = incremental_save_interval

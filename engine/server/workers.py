@@ -50,6 +50,10 @@ class EngineThread:
             self.pending -= 1
             self.served += 1
 
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """Run fn(engine, *args) on the engine thread from another (non-async) thread."""
+        return self._executor.submit(self._call, fn, args).result(timeout)
+
     def close(self) -> None:
         def shut(engine):
             engine.close()
@@ -85,7 +89,7 @@ def _train_in_process(db_path: str, config_path: str | None, plugins_dir: str | 
     try:
         engine = Engine(db_path, registry=load_plugins(plugins_dir), config_path=config_path)
         report = engine.train(progress=progress)
-        queue.put(("done", report.get("run_id")))
+        queue.put(("done", report.get("run_id"), engine.dataset_events_upto))
     except BaseException as exc:
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -98,8 +102,10 @@ class Trainer:
     process (`process=(db_path, config_path, plugins_dir)`) or else on a thread of this
     one (`factory`)."""
 
-    def __init__(self, factory: Callable[[], Any], process: tuple | None = None):
+    def __init__(self, factory: Callable[[], Any], process: tuple | None = None,
+                 on_done: Callable[[int], Any] | None = None):
         self._factory = factory
+        self._on_done = on_done  # called with the newest event id the new models saw
         self._process_args = process
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -133,6 +139,7 @@ class Trainer:
             engine = self._factory()
             report = engine.train(progress=self._progress)
             self.state.update(run_id=report.get("run_id"), stage="done")
+            self._finished(engine.dataset_events_upto)
         except BaseException as exc:  # reported through /status, never lost
             self.state.update(error=f"{type(exc).__name__}: {exc}", stage="failed",
                               trace=traceback.format_exc(limit=5))
@@ -166,6 +173,7 @@ class Trainer:
                     self._progress(*rest)
                 elif kind == "done":
                     self.state.update(run_id=rest[0], stage="done")
+                    self._finished(rest[1])
                     finished = True
                 else:
                     self.state.update(error=rest[0], stage="failed")
@@ -175,6 +183,13 @@ class Trainer:
             self.state.update(error=f"{type(exc).__name__}: {exc}", stage="failed")
         finally:
             self.state.update(running=False, finished_at=time.time())
+
+    def _finished(self, events_upto: int) -> None:
+        if self._on_done is not None:
+            try:
+                self.state["folded_in"] = self._on_done(events_upto)
+            except Exception as exc:  # the models are active either way; say what failed
+                self.state["error"] = f"folding in events after training: {type(exc).__name__}: {exc}"
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
