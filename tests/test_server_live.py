@@ -196,3 +196,38 @@ def test_shutdown_during_a_retrain_keeps_the_active_models(big_shop, tmp_path):
     eng.close()
     assert last["status"] == "failed" and "server shut down" in last["note"]
     assert [(m["name"], m["version"]) for m in models] == [(m["name"], m["version"]) for m in before]
+
+
+@pytest.mark.slow
+def test_shelfwise_serve_command(small_shop, tmp_path):
+    """The real entry point: `shelfwise serve` in its own process, stopped with Ctrl+C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .server_support import free_port
+
+    db = copy_db(small_shop, tmp_path)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", "from engine.cli import main; main()",
+                             "--db", str(db), "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "shelfwise serve did not come up"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        body = httpx.get(f"http://127.0.0.1:{port}/recommend/user001?n=3").json()
+        assert len(body["items"]) == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "No API keys configured: serving without authentication on loopback only" in err
