@@ -171,7 +171,13 @@ def test_events_are_idempotent_and_conflicts_store_nothing(client, db_path):
     assert "'e0'" in body["detail"]
     assert stored_events(db_path, user_id="user050", event_id="e10") == 0, "all or nothing"
     iso = event("e11", "user050", "g0-i11", ts="2026-11-25T17:00:00Z")
-    assert client.post("/events", json={"events": [iso]}).json()["accepted"] == 1
+    millis = event("e12", "user050", "g0-i12", ts=1_795_626_000_123)  # JavaScript's Date.now()
+    assert client.post("/events", json={"events": [iso, millis]}).json()["accepted"] == 2
+    eng = Engine(db_path)
+    times = dict(eng.store.conn.execute(
+        "SELECT event_id, ts FROM events WHERE event_id IN ('e11', 'e12')").fetchall())
+    eng.close()
+    assert times == {"e11": 1_795_626_000.0, "e12": pytest.approx(1_795_626_000.123)}
 
 
 @pytest.mark.parametrize("bad, field", [

@@ -26,7 +26,8 @@ class EventIn(Strict):
     user_id: str = Field(pattern=ID_PATTERN)
     item_id: str = Field(pattern=ID_PATTERN)
     kind: Literal[EVENT_KINDS] = Field(description="view, click, cart, purchase or rating")  # type: ignore[valid-type]
-    timestamp: float | datetime = Field(description="epoch seconds (UTC) or an ISO 8601 time with zone")
+    timestamp: float | datetime = Field(
+        description="epoch seconds (UTC; milliseconds such as Date.now() are recognised) or an ISO 8601 time with zone")
     value: float | None = Field(None, description="purchase: the amount paid (revenue); rating: the rating")
     recommendation_id: str | None = Field(
         None, pattern=RECOMMENDATION_ID_PATTERN,
@@ -48,6 +49,8 @@ class EventIn(Strict):
             v = v.timestamp()
         if not math.isfinite(v) or v < 0:
             raise ValueError("must be a finite, non-negative epoch time")
+        if v > 1e11:  # milliseconds (JavaScript's Date.now()), micro- or nanoseconds, as imports
+            v /= 1e3 if v < 1e14 else 1e6 if v < 1e17 else 1e9
         return float(v)
 
     def to_event(self) -> Event:
