@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -24,7 +25,7 @@ from .metrics import aggregate
 from .pipeline import Pipeline, interleave
 from .plugins import PluginRegistry, load_plugins
 from .store import ImportReport, Store
-from .training import fit_pipeline
+from .training import choose_ranker, fit_pipeline
 from .types import Candidate, Event, Interaction, Item, Query, Recommendation
 
 MENTION = re.compile(r"\[\[(.+?)\]\]")
@@ -202,8 +203,13 @@ class Engine:
         rankers = sorted(self.registry.components()["rankers"].items(),
                          key=lambda kv: -kv[1][1].priority)
         for name, _ in rankers:
-            if not fitted_only or self._fitted("rankers", name) is not None:
+            if not fitted_only:
                 return name
+            try:
+                if self._fitted("rankers", name) is not None:
+                    return name
+            except ArtifactError as exc:  # a damaged model must not stop the shop's answers
+                warnings.warn(f"Ranker {name!r} is not used: {exc}", RuntimeWarning, stacklevel=3)
         return None
 
     def _catalogue_view(self) -> tuple[set[str], dict[str, str]]:
@@ -438,13 +444,26 @@ class Engine:
             self.store.finish_run(run_id, {}, status="failed", note=str(exc))
             raise
         progress("save", 0, 1, "writing model artifacts")
+        # A ranker of higher priority is activated only if it beat the others on the
+        # held-back validation users; otherwise its new version is kept inactive and the
+        # old one retired, so the winner serves (unless shelfwise.toml names a ranker).
+        serving, losers, why = choose_ranker(report, rankers)
+        if self.settings.pipeline.ranker:
+            serving, losers, why = self.settings.pipeline.ranker, [], "named in shelfwise.toml"
         blobs = {f"recaller/{n}": dump_state(r.state()) for n, r in recallers.items()}
-        blobs.update({f"ranker/{r.name}": dump_state(r.state()) for r in rankers})
-        versions = self.store.save_artifacts(blobs)
+        blobs.update({f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name not in losers})
+        with self.db.atomic():
+            versions = self.store.save_artifacts(blobs)
+            if losers:
+                versions.update(self.store.save_artifacts(
+                    {f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name in losers},
+                    activate=False))
+                self.store.deactivate([f"ranker/{name}" for name in losers])
         self._loaded.clear()
         self._catalogue = None
         report.update({"vectors": vector_report, "run_id": run_id, "events": data.n_events, "users": data.n_users,
                        "items": data.n_items, "versions": versions,
+                       "ranker": {"serving": serving, "not_activated": losers, "why": why},
                        "total_seconds": time.perf_counter() - started})
         self.store.finish_run(run_id, report)
         progress("save", 1, 1, "models activated")

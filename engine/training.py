@@ -1,16 +1,79 @@
 """Fitting a pipeline: recallers on the visible part, the ranker on validation examples,
-then the recallers again on everything. Used by both `train` and `evaluate`."""
+then the recallers again on everything. Used by both `train` and `evaluate`.
+
+A share of the validation examples is held back from every ranker; each fitted ranker
+re-ranks those same candidates, and `train` activates a ranker of higher priority only if
+it beats the others there (`choose_ranker`)."""
 
 from __future__ import annotations
 
 import time
 from typing import Mapping, Sequence
 
+import numpy as np
+
 from .components import ProgressCallback, Ranker, RankingExample, Recaller, no_progress
 from .config import PipelineSettings
 from .dataset import Dataset
 from .evaluation import holdout
+from .metrics import user_metrics
 from .pipeline import Pipeline
+
+
+CHECK_SHARE = 0.2   # validation users no ranker learns from: the rankers are compared on them
+CHECK_MIN = 10      # fewer validation users than this: no comparison, every ranker sees all
+CHECK_K = 10
+
+
+def check_split(examples: Sequence[RankingExample], seed: int = 0
+                ) -> tuple[list[RankingExample], list[RankingExample]]:
+    """Hold back a seeded share of the validation examples so that rankers can be compared
+    on the same candidates that none of them learned from."""
+    scored = [j for j, ex in enumerate(examples) if ex.relevant]
+    if len(scored) < CHECK_MIN:
+        return list(examples), []
+    chosen = np.random.default_rng(seed).permutation(scored)[:max(1, round(CHECK_SHARE * len(scored)))]
+    held = set(chosen.tolist())
+    return ([ex for j, ex in enumerate(examples) if j not in held],
+            [ex for j, ex in enumerate(examples) if j in held])
+
+
+def check_ndcg(ranker: Ranker, check: Sequence[RankingExample], k: int = CHECK_K) -> float:
+    """Mean NDCG@k of the ranker's order of each held-back example's candidates."""
+    total = 0.0
+    for ex in check:
+        ranked = ranker.rank(ex.query, ex.candidates)
+        total += user_metrics([c.item_id for c in ranked], ex.relevant, k)["ndcg"]
+    return total / max(len(check), 1)
+
+
+def choose_ranker(report: Mapping, rankers: Sequence[Ranker]) -> tuple[str | None, list[str], str]:
+    """Which of the freshly fitted rankers should serve: the best on the held-back check
+    (ties: the higher priority). Returns (winner, rankers of higher priority that lost and
+    must not be activated, a sentence saying why)."""
+    if not rankers:
+        return None, [], ""
+    key = f"check_ndcg@{CHECK_K}"
+    scores = {r.name: report["rankers"].get(r.name, {}).get(key) for r in rankers}
+    if any(v is None for v in scores.values()):
+        top = max(rankers, key=lambda r: r.priority)
+        return top.name, [], "too few validation users to compare rankers"
+    winner = max(rankers, key=lambda r: (round(scores[r.name], 6), r.priority))
+    losers = [r.name for r in rankers if r.priority > winner.priority]
+    n = report.get("check_examples", 0)
+    if losers:
+        why = "; ".join(f"{name} NDCG@{CHECK_K} {scores[name]:.4f}" for name in losers)
+        return winner.name, losers, (f"{winner.name} keeps serving: on {n} held-back validation "
+                                     f"users it scored NDCG@{CHECK_K} {scores[winner.name]:.4f} "
+                                     f"and {why} did not beat it, so "
+                                     f"{', '.join(losers)} was not activated")
+    others = [r for r in rankers if r is not winner]
+    if others:
+        best = max(others, key=lambda r: scores[r.name])
+        return winner.name, [], (f"{winner.name} serves: NDCG@{CHECK_K} {scores[winner.name]:.4f} "
+                                 f"on {n} held-back validation users vs {best.name} "
+                                 f"{scores[best.name]:.4f}")
+    return winner.name, [], f"{winner.name} serves (NDCG@{CHECK_K} {scores[winner.name]:.4f})"
 
 
 def fit_recallers(data: Dataset, recallers: Mapping[str, Recaller],
@@ -45,13 +108,20 @@ def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mappi
         examples = [RankingExample(q, c, rel)
                     for q, c, rel in zip(split.queries, cands, split.relevant)]
         progress("candidates", len(examples), len(examples), f"{len(examples)} validation users")
+        fit_examples, check = check_split(examples, settings.seed)
         for ranker in rankers:
             stage = f"fit {ranker.name}"
             started = time.perf_counter()
             report["rankers"][ranker.name] = ranker.fit(
-                examples, split.visible,
+                fit_examples, split.visible,
                 progress=lambda _s, done, total, msg="", st=stage: progress(st, done, total, msg))
             report["seconds"][ranker.name] = time.perf_counter() - started
+        if check:
+            progress("check", 0, len(rankers), f"{len(check)} held-back validation users")
+            for j, ranker in enumerate(rankers, start=1):
+                report["rankers"][ranker.name][f"check_ndcg@{CHECK_K}"] = check_ndcg(ranker, check)
+                progress("check", j, len(rankers), ranker.name)
+        report["check_examples"] = len(check)
         hits = sum(bool({c.item_id for c in cs} & ex.relevant) for cs, ex in zip(cands, examples))
         report["candidate_hit_rate"] = hits / max(len(examples), 1)
         del cands, examples, split  # free the validation candidates before the final fit

