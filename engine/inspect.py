@@ -85,6 +85,7 @@ def why_not(engine: Engine, user_id: str, item_id: str, n: int = 10,
     if item is None and not engine.store.item_events(item_id, 1):
         raise EngineError(f"Unknown item {item_id!r}. Find ids by searching items by name.",
                           title="Unknown item")
+    engine.sync()  # the models Engine.recommend would use right now
     pipe = engine.pipeline(recallers, ranker or None)
     if ranker == "":  # the caller switched the ranker off
         pipe.ranker = None
@@ -318,6 +319,7 @@ def recommend(engine: Engine, user_id: str, n: int = 10, recallers: Sequence[str
         return engine.recommend(user_id, n, recallers=recallers, ranker=ranker, category=category)
     if n < 1:
         raise EngineError(f"n must be at least 1, not {n}.")
+    engine.sync()
     pipe = engine.pipeline(recallers)
     pipe.ranker = None
     return engine.render(pipe.run([engine.query_for(user_id, category)], n)[0], None)

@@ -443,6 +443,53 @@ async def test_evaluation_screen_compares_two_runs(engine):
             screen.query_one("#compare-header", Static))
 
 
+async def test_evaluate_from_the_evaluation_screen(shop_db, shop_env, tmp_path):
+    eng = Engine(copy_db(shop_db, tmp_path / "eval.db"), registry=load_plugins())
+    before = inspect.evaluation_runs(eng)
+    app = make_app(eng, "evaluation")
+    async with app.run_test(size=(140, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("e")
+        await settle(pilot, rounds=6)
+        screen = app.screen
+        after = inspect.evaluation_runs(eng)
+        assert len(after) == len(before) + 1 and after[0]["status"] == "ok"
+        assert [r[0] for r in rows(screen.query_one("#runs", DataTable))] == [str(r["id"]) for r in after]
+        stages = [r[0] for r in rows(screen.query_one("#job-stages", DataTable))]
+        assert stages[-1] == "score"
+        # the new run is compared with the one that was newest before
+        assert screen.marked == {"a": before[0]["id"], "b": after[0]["id"]}
+        header = text(screen.query_one("#compare-header", Static))
+        assert f"A = run {before[0]['id']}, B = run {after[0]['id']}" in header
+    eng.close()
+
+
+async def test_screens_link_users_and_items(engine):
+    app = make_app(engine, "items")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        app.screen.open_item("g1-i02")
+        await settle(pilot)
+        who = app.screen.query_one("#who", DataTable)
+        app.screen.query_one("#item-tabs").active = "tab-who"
+        await pilot.pause()
+        who.focus()
+        first_user = rows(who)[0][1]
+        await pilot.press("enter")  # Who -> the Users screen
+        await settle(pilot, rounds=5)
+        assert app.current_mode == "users" and app.screen.user_id == first_user
+        recs = rows(app.screen.query_one("#recs", DataTable))
+        assert [r[5] for r in recs] == [r.item_id for r in engine.recommend(first_user, 10)]
+        app.screen.query_one("#user-tabs").active = "tab-history"
+        await pilot.pause()
+        history = app.screen.query_one("#history", DataTable)
+        history.focus()
+        item = rows(history)[0][2]
+        await pilot.press("enter")  # History -> the Items screen
+        await settle(pilot, rounds=5)
+        assert app.current_mode == "items" and app.screen.item_id == item
+
+
 async def test_plugins_screen_lists_plugins_and_failures(shop_db, shop_env, tmp_path):
     (tmp_path / "broken.py").write_text("raise ImportError('needs libfoo 2')\n")
     eng = Engine(shop_db, registry=load_plugins(tmp_path))

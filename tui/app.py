@@ -69,6 +69,16 @@ class ShelfwiseApp(App):
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
 
+    async def show_user(self, user_id: str) -> None:
+        """Open a user on the Users screen (from another screen)."""
+        await self.switch_mode("users")
+        self.screen.open_user(user_id)
+
+    async def show_item(self, item_id: str) -> None:
+        """Open an item on the Items screen (from another screen)."""
+        await self.switch_mode("items")
+        self.screen.open_item(item_id)
+
     def models_changed(self) -> None:
         """A job activated new models: later engine calls load them."""
         self.host.reload()

@@ -141,6 +141,12 @@ class ItemsScreen(EngineScreen):
             who.add_row(fmt.when(e["ts"]), e["user_id"], e["kind"],
                         "" if e["value"] is None else f"{e['value']:g}")
 
+    @on(DataTable.RowSelected, "#who")
+    def who_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on someone who interacted with the item opens them on the Users screen."""
+        user = self.query_one("#who", DataTable).get_row_at(event.cursor_row)[1]
+        self.run_worker(self.app.show_user(str(user)), exclusive=True, group="goto")
+
     @on(DataTable.RowSelected, "#similar")
     def similar_selected(self, event: DataTable.RowSelected) -> None:
         """Enter on a similar item opens it."""

@@ -149,6 +149,7 @@ class UsersScreen(EngineScreen):
         options = [(name, name) for name in choices["rankers"]] + [("none (merged order)", NO_RANKER)]
         ranker.set_options(options)
         ranker.value = choices["default_ranker"] or NO_RANKER
+        self.refresh_recommendations()  # a user may have been opened from another screen
 
     def settings(self) -> dict[str, Any]:
         recallers = list(self.query_one("#recallers", SelectionList).selected)
@@ -238,6 +239,12 @@ class UsersScreen(EngineScreen):
             f"[b]#{r.rank} {r.title or r.item_id}[/b] ({r.item_id}, {r.category or 'no category'}"
             f"{', ' + fmt.price(r.price) if r.price is not None else ''})\n"
             f"why: {r.reason}\nfound by: {', '.join(r.sources) or r.source} · {ranked}")
+
+    @on(DataTable.RowSelected, "#history")
+    def history_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a step of the history opens that item on the Items screen."""
+        item = self.query_one("#history", DataTable).get_row_at(event.cursor_row)[2]
+        self.run_worker(self.app.show_item(str(item)), exclusive=True, group="goto")
 
     @on(DataTable.RowSelected, "#recs")
     def rec_selected(self, event: DataTable.RowSelected) -> None:
