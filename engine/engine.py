@@ -243,22 +243,22 @@ class Engine:
         seen = self._seen
         if seen is None:
             self._seen = {"version": version, "models": models, **self._data_marks()}
+            self._seen["models_loaded_at"] = self._seen["events"]
             return
         if models != seen["models"]:
             self._loaded.clear()
             self._vectors = None
             self._catalogue = None
             self._unsaved.clear()  # increments of the replaced models
-            self._seen["models_loaded_at"] = self._seen["events"]
             self.recommendation_cache.clear()
             self._seen = {"version": version, "models": models, **self._data_marks()}
+            self._seen["models_loaded_at"] = self._seen["events"]
             return
         if version == seen["version"]:
             return
         marks = self._data_marks()
         if marks["catalogue"] != seen["catalogue"]:
             self._catalogue = None
-            self._seen["models_loaded_at"] = self._seen["events"]
             self.recommendation_cache.clear()
         elif marks["events"] != seen["events"]:
             users = [r[0] for r in self.store.conn.execute(
@@ -353,12 +353,6 @@ class Engine:
                               >= self.incremental_save_interval):
             self.save_incremental()
 
-    def save_incremental(self) -> dict[str, int]:
-        """Save the state of recallers that folded in new events, as new active versions.
-        Only the newest incremental version is kept (trained versions stay). Nothing is
-        saved if another connection activated new models meanwhile: those win."""
-        names = sorted(self._unsaved)
-        self._unsaved.clear()
     def fold_in_since(self, after_id: int) -> int:
         """After another connection activated models trained on events up to id `after_id`
         (its `dataset_events_upto`): fold the events stored after that snapshot into the
@@ -386,6 +380,12 @@ class Engine:
         self.recommendation_cache.drop_users(histories)
         return len(events)
 
+    def save_incremental(self) -> dict[str, int]:
+        """Save the state of recallers that folded in new events, as new active versions.
+        Only the newest incremental version is kept (trained versions stay). Nothing is
+        saved if another connection activated new models meanwhile: those win."""
+        names = sorted(self._unsaved)
+        self._unsaved.clear()
         self._last_incremental_save = time.monotonic()
         blobs = {}
         for name in names:
@@ -554,6 +554,8 @@ class Engine:
         if n < 1:
             raise EngineError(f"n must be at least 1, not {n}.")
         self.sync()
+        if not self._loaded:  # models dropped (a retrain, a reload): their answers are stale
+            self.recommendation_cache.clear()
         key = (user_id, n, tuple(recallers or ()), ranker, category, frozenset(exclude),
                tuple(items), text)
         found = self.recommendation_cache.get(key)

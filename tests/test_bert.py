@@ -29,7 +29,7 @@ from plugins.bert import BertRanker  # noqa: E402
 from plugins.bert._features import GLOBAL, ItemStats, candidate_features, feature_names  # noqa: E402
 
 # A model small enough to train in seconds on two cores: a few steps, short texts.
-TINY = {"max_steps": 12, "eval_every": 4, "patience": 3, "batch_examples": 4, "list_size": 10,
+TINY = {"feature_steps": 8, "max_steps": 8, "eval_every": 4, "patience": 3, "batch_examples": 4, "list_size": 10,
         "hard_negatives": 4, "catalogue_negatives": 1, "user_tokens": 16, "item_tokens": 8,
         "max_val_examples": 12, "threads": 2}
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +102,8 @@ def test_bert_artifact_is_safetensors_with_fp16_weights(trained_db, monkeypatch,
     arrays = load(payload)
     weights = {k: a for k, a in arrays.items() if not k.startswith("stats.")}
     assert weights and all(a.dtype == np.float16 for a in weights.values())
-    assert any(k.startswith("top.attention.self.query") for k in arrays)  # the fine-tuned layer
+    uses_text = any(k.startswith("top.attention.self.query") for k in arrays)  # fine-tuned layer
+    assert uses_text == meta["config"]["text"]  # stored only when the text earned its place
     assert meta["features"] == feature_names(meta["recallers"])
     assert len(meta["base_sha256"]) == 64
     eng.close()
@@ -153,7 +154,7 @@ def test_corrupted_bert_artifact_is_refused_and_fusion_keeps_serving(trained_db,
 def test_train_keeps_the_old_ranker_when_bert_does_not_win(tmp_path, monkeypatch):
     """No training steps: the head is random, loses to fusion on the check users, and is
     stored but not activated; train says why and fusion serves."""
-    eng = make_engine(tmp_path / "shop.db", monkeypatch, max_steps=0)
+    eng = make_engine(tmp_path / "shop.db", monkeypatch, feature_steps=0, max_steps=0)
     report = eng.train()
     assert report["ranker"]["serving"] == "fusion"
     assert report["ranker"]["not_activated"] == ["bert"]
@@ -163,6 +164,26 @@ def test_train_keeps_the_old_ranker_when_bert_does_not_win(tmp_path, monkeypatch
     assert "ranker/bert" in report["versions"]  # kept, inactive, for inspection
     assert eng.recommend("user004", n=3)[0].ranker == "fusion"
     eng.close()
+
+
+def test_cross_encoder_round_trip_gives_identical_scores():
+    """The text path (top layer fine-tuned, item states cached) survives save and load."""
+    examples, data = TestBertContract().examples()
+    ranker = BertRanker({**TINY, "feature_steps": 4, "max_steps": 4})
+    ranker.fit(examples, data)
+    ranker.net.use_text = True  # serve with the text whether or not it won on this toy data
+    ranker._prepare_serving()
+    payload, fmt, meta = dump_state(ranker.state())
+    assert meta["config"]["text"] is True
+    clone = BertRanker(TINY)
+    clone.load(load_state(payload, fmt, json.loads(json.dumps(meta))))
+    assert clone.net.use_text
+    for ex in examples[:4]:
+        a, b = ranker.rank(ex.query, ex.candidates), clone.rank(ex.query, ex.candidates)
+        assert [(c.item_id, c.score) for c in a] == [(c.item_id, c.score) for c in b]
+    text_scores = [c.score for c in a]
+    ranker.net.use_text = False  # the text term changes the scores: it is really used
+    assert [c.score for c in ranker.rank(examples[3].query, examples[3].candidates)] != text_scores
 
 
 def test_bert_model_loads_without_pickle():
@@ -236,4 +257,4 @@ def test_recall_features_describe_each_recaller_and_new_items():
 
 class TestBertContract(RankerContract):
     def make(self):
-        return BertRanker({**TINY, "max_steps": 6})
+        return BertRanker({**TINY, "feature_steps": 6, "max_steps": 4})

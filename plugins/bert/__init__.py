@@ -46,8 +46,10 @@ KIND_WORDS = {"purchase": "bought", "cart": "carted", "view": "viewed", "click":
 class BertConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_steps: int = Field(400, ge=0, description="training steps at most (0: no training, "
-                                                   "the untrained feature head)")
+    feature_steps: int = Field(400, ge=0, description="steps of stage 1: the head on recall "
+                                                       "features alone (cheap)")
+    max_steps: int = Field(200, ge=0, description="steps of stage 2 at most: the text joins and "
+                                                   "the top layer is fine-tuned")
     max_minutes: float = Field(3.0, gt=0, description="wall-clock training budget")
     batch_examples: int = Field(8, ge=1, description="validation moments per step")
     list_size: int = Field(32, ge=2, description="candidates per moment in a training list")
@@ -325,7 +327,7 @@ class BertRanker(Ranker):
             self.net.eval()
             total = 0.0
             with torch.no_grad():
-                if text:
+                if self.net.use_text:
                     kv, mask = self._pad_items(torch, [self._item_cache[i] for i in cached_ids],
                                                False, self.net)
                     item_kv = {item: (kv[0][j], kv[1][j], mask[j])
@@ -333,7 +335,7 @@ class BertRanker(Ranker):
                 for e, ex in enumerate(val):
                     feats, labels = val_f[e]
                     x = torch.from_numpy(feats)
-                    if text:
+                    if self.net.use_text:
                         us, um = u_val[0][e:e + 1], u_val[1][e:e + 1]
                         ukv = self.net.key_values(us)
                         rows = [item_kv[c.item_id] for c in ex.candidates]
@@ -348,95 +350,115 @@ class BertRanker(Ranker):
 
         cached_ids = sorted(self._item_cache)
         params = self.net.trainable()
-        head = [p for k, p in params.items() if not k.startswith("top.")]
-        enc = [p for k, p in params.items() if k.startswith("top.")]
-        groups = [{"params": head, "lr": cfg.lr_head}]
-        if enc:
-            groups.append({"params": enc, "lr": cfg.lr_encoder})
-        opt = torch.optim.AdamW(groups, weight_decay=0.01)
+        self.net.use_text = False
         start_ndcg = best = val_ndcg()
         best_state = {k: p.detach().clone() for k, p in params.items()}
-        best_step, step, checks_without = 0, 0, 0
+        best_step, step, best_stage = 0, 0, "untrained"
         deadline = started + cfg.max_minutes * 60
-        losses = []
-        while train and step < cfg.max_steps and time.perf_counter() < deadline:
-            self.net.train()
-            batch = rng.choice(len(train), size=min(cfg.batch_examples, len(train)), replace=False)
-            feats, owners, items, targets = [], [], [], []
-            for b, e in enumerate(batch):
-                ex = train[e]
-                f, labels = train_f[e]
-                pos = np.flatnonzero(labels)
-                neg = np.flatnonzero(~labels)
-                if len(pos) > cfg.max_positives:
-                    pos = rng.choice(pos, cfg.max_positives, replace=False)
-                hard = neg[:cfg.hard_negatives]
-                rest = neg[cfg.hard_negatives:]
-                n_rand = max(0, cfg.list_size - len(pos) - len(hard) - cfg.catalogue_negatives)
-                rand = rng.choice(rest, min(n_rand, len(rest)), replace=False) if len(rest) else rest
-                chosen = np.concatenate([pos, hard, rand]).astype(int)
-                cands = [ex.candidates[j] for j in chosen]
-                rows = f[chosen]
-                tgt = labels[chosen].astype(np.float32)
-                # sampled softmax: a random negative stands for len(rest)/len(rand) of them,
-                # so the loss estimates the softmax over the whole candidate list (without
-                # this the model learns that top-recalled items are usually wrong)
-                off = np.zeros(len(chosen), np.float32)
-                if len(rand):
-                    off[len(pos) + len(hard):] = math.log(len(rest) / len(rand))
-                if cfg.catalogue_negatives and text:
-                    taken = {c.item_id for c in ex.candidates} | ex.query.exclude
-                    picks = [catalogue[j] for j in rng.choice(len(catalogue), cfg.catalogue_negatives * 3)]
-                    picks = [p for p in dict.fromkeys(picks) if p not in taken][:cfg.catalogue_negatives]
-                    if picks:
-                        extra = [Candidate(p, 0.0, "", "") for p in picks]
-                        ef = candidate_features(extra, ex.query.history_items, ex.query.now,
-                                                self.recallers, stats)
-                        ef[:, len(self.recallers) * 4 + 1] = 1.0  # after every recalled item
-                        rows = np.vstack([rows, ef])
-                        cands = cands + extra
-                        tgt = np.concatenate([tgt, np.zeros(len(extra), np.float32)])
-                        off = np.concatenate([off, np.zeros(len(extra), np.float32)])
-                feats.append(rows)
-                owners += [b] * len(cands)
-                items += [c.item_id for c in cands]
-                targets.append((tgt, off))
-            x = torch.from_numpy(np.vstack(feats))
-            if text:
-                sel = torch.as_tensor(batch)
-                us, um = u_train[0][sel], u_train[1][sel]
-                ikv, im = self._pad_items(torch, [self._item_cache[i] for i in items], False, self.net)
-                s = self.net.score(x, us[:, 0], self.net.key_values(us), um, ikv, im,
-                                   torch.as_tensor(owners))
-            else:
-                s = self.net.score(x)
-            loss, at = 0.0, 0
-            for tgt, off in targets:
-                part = s[at:at + len(tgt)] + torch.from_numpy(off)
-                at += len(tgt)
-                t = torch.from_numpy(tgt / tgt.sum())
-                loss = loss - (t * torch.log_softmax(part, 0)).sum()
-            loss = loss / len(targets)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            say("bert", step, cfg.max_steps, f"loss {np.mean(losses[-25:]):.3f}, best NDCG@10 {best:.4f}")
-            if step % cfg.eval_every == 0:
+        losses: list[float] = []
+
+        def optimizer(use_text: bool):
+            head = [p for k, p in params.items() if not k.startswith("top.")]
+            groups = [{"params": head, "lr": cfg.lr_head if not use_text else cfg.lr_head / 4}]
+            enc = [p for k, p in params.items() if k.startswith("top.")]
+            if use_text and enc:
+                groups.append({"params": enc, "lr": cfg.lr_encoder})
+            return torch.optim.AdamW(groups, weight_decay=0.01)
+
+        # Stage 1: the head on the recall features alone (cheap: no text). Stage 2: the
+        # text joins through the fine-tuned top layer, starting from stage 1's best; early
+        # stopping over both, so the text is kept only if it improves validation NDCG.
+        stages = [("features", False, cfg.feature_steps)]
+        if text and cfg.max_steps:
+            stages.append(("text", True, cfg.max_steps))
+        total_steps = sum(n for _, _, n in stages)
+        for stage, use_text, n_steps in stages:
+            if step and best_state:
+                with torch.no_grad():
+                    for k, p in params.items():
+                        p.copy_(best_state[k])
+            self.net.use_text = use_text
+            opt = optimizer(use_text)
+            stage_end, checks_without = step + n_steps, 0
+            while train and step < stage_end and time.perf_counter() < deadline:
+                self.net.train()
+                batch = rng.choice(len(train), size=min(cfg.batch_examples, len(train)), replace=False)
+                feats, owners, items, targets = [], [], [], []
+                for b, e in enumerate(batch):
+                    ex = train[e]
+                    f, labels = train_f[e]
+                    pos = np.flatnonzero(labels)
+                    neg = np.flatnonzero(~labels)
+                    if len(pos) > cfg.max_positives:
+                        pos = rng.choice(pos, cfg.max_positives, replace=False)
+                    hard = neg[:cfg.hard_negatives]
+                    rest = neg[cfg.hard_negatives:]
+                    n_rand = max(0, cfg.list_size - len(pos) - len(hard) - cfg.catalogue_negatives)
+                    rand = rng.choice(rest, min(n_rand, len(rest)), replace=False) if len(rest) else rest
+                    chosen = np.concatenate([pos, hard, rand]).astype(int)
+                    cands = [ex.candidates[j] for j in chosen]
+                    rows = f[chosen]
+                    tgt = labels[chosen].astype(np.float32)
+                    # sampled softmax: a random negative stands for len(rest)/len(rand) of them,
+                    # so the loss estimates the softmax over the whole candidate list (without
+                    # this the model learns that top-recalled items are usually wrong)
+                    off = np.zeros(len(chosen), np.float32)
+                    if len(rand):
+                        off[len(pos) + len(hard):] = math.log(len(rest) / len(rand))
+                    if cfg.catalogue_negatives and self.net.use_text:
+                        taken = {c.item_id for c in ex.candidates} | ex.query.exclude
+                        picks = [catalogue[j] for j in rng.choice(len(catalogue), cfg.catalogue_negatives * 3)]
+                        picks = [p for p in dict.fromkeys(picks) if p not in taken][:cfg.catalogue_negatives]
+                        if picks:
+                            extra = [Candidate(p, 0.0, "", "") for p in picks]
+                            ef = candidate_features(extra, ex.query.history_items, ex.query.now,
+                                                    self.recallers, stats)
+                            ef[:, len(self.recallers) * 4 + 1] = 1.0  # after every recalled item
+                            rows = np.vstack([rows, ef])
+                            cands = cands + extra
+                            tgt = np.concatenate([tgt, np.zeros(len(extra), np.float32)])
+                            off = np.concatenate([off, np.zeros(len(extra), np.float32)])
+                    feats.append(rows)
+                    owners += [b] * len(cands)
+                    items += [c.item_id for c in cands]
+                    targets.append((tgt, off))
+                x = torch.from_numpy(np.vstack(feats))
+                if self.net.use_text:
+                    sel = torch.as_tensor(batch)
+                    us, um = u_train[0][sel], u_train[1][sel]
+                    ikv, im = self._pad_items(torch, [self._item_cache[i] for i in items], False, self.net)
+                    s = self.net.score(x, us[:, 0], self.net.key_values(us), um, ikv, im,
+                                       torch.as_tensor(owners))
+                else:
+                    s = self.net.score(x)
+                loss, at = 0.0, 0
+                for tgt, off in targets:
+                    part = s[at:at + len(tgt)] + torch.from_numpy(off)
+                    at += len(tgt)
+                    t = torch.from_numpy(tgt / tgt.sum())
+                    loss = loss - (t * torch.log_softmax(part, 0)).sum()
+                loss = loss / len(targets)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                step += 1
+                say("bert", step, total_steps, f"{stage}: loss {np.mean(losses[-25:]):.3f}, best NDCG@10 {best:.4f}")
+                if step % cfg.eval_every == 0:
+                    score = val_ndcg()
+                    if score > best + 1e-6:
+                        best, best_step, checks_without, best_stage = score, step, 0, stage
+                        best_state = {k: p.detach().clone() for k, p in params.items()}
+                    else:
+                        checks_without += 1
+                        if checks_without >= cfg.patience:
+                            break
+            if train and step % cfg.eval_every:
                 score = val_ndcg()
                 if score > best + 1e-6:
-                    best, best_step, checks_without = score, step, 0
+                    best, best_step, best_stage = score, step, stage
                     best_state = {k: p.detach().clone() for k, p in params.items()}
-                else:
-                    checks_without += 1
-                    if checks_without >= cfg.patience:
-                        break
-        if train and step % cfg.eval_every:
-            score = val_ndcg()
-            if score > best + 1e-6:
-                best, best_step = score, step
-                best_state = {k: p.detach().clone() for k, p in params.items()}
+        self.net.use_text = best_stage == "text"
         with torch.no_grad():  # keep what is stored: fp16-rounded weights
             for k, p in params.items():
                 p.copy_(best_state[k].half().float())
@@ -446,8 +468,9 @@ class BertRanker(Ranker):
         self._prepare_serving()
         self._fitted = True
         seconds = time.perf_counter() - started
-        say("bert", cfg.max_steps, cfg.max_steps, f"NDCG@10 {stored_ndcg:.4f} after {best_step} steps")
+        say("bert", total_steps, total_steps, f"NDCG@10 {stored_ndcg:.4f} after {best_step} steps")
         return {"ndcg@10": stored_ndcg, "ndcg@10_untrained": start_ndcg, "best_step": best_step,
+                "best_stage": best_stage, "uses_text": self.net.use_text,
                 "steps": step, "train_examples": len(train), "val_examples": len(val),
                 "seconds": seconds, "recallers": list(self.recallers)}
 
@@ -455,7 +478,7 @@ class BertRanker(Ranker):
 
     def _prepare_serving(self) -> None:
         self._serving = self.net
-        if self.config.quantize and self.config.text:
+        if self.config.quantize and self.net.use_text:
             import copy
 
             torch = self._torch()
@@ -476,7 +499,7 @@ class BertRanker(Ranker):
         with self._lock, torch.no_grad():
             x = torch.from_numpy(feats)
             net = self._serving
-            if self.config.text:
+            if net.use_text:
                 us, um = self._encode_contexts([self.context_text(query)])
                 entries = self._encode_items([c.item_id for c in candidates], with_kv=True)
                 ikv, im = self._pad_items(torch, entries, True)
@@ -505,7 +528,8 @@ class BertRanker(Ranker):
                 "stats_categories": list(st.category) if st is not None else [],
                 "stats_now": st.now if st is not None else 0.0,
                 "recallers": self.recallers, "features": feature_names(self.recallers),
-                "config": self.config.model_dump(mode="json"), "base_model": MODEL_PACKAGE,
+                "config": {**self.config.model_dump(mode="json"), "text": self.net.use_text},
+                "base_model": MODEL_PACKAGE,
                 "base_sha256": base_digest()}
         return ModelState(arrays=arrays, meta=meta, format="safetensors")
 
