@@ -5,6 +5,7 @@ logic, caching, attribution and erasure all live in the engine."""
 
 from __future__ import annotations
 
+import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Callable
@@ -13,6 +14,7 @@ from fastapi import Depends, FastAPI, Path as PathParam, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from ..apikeys import PUBLIC_EVENT_KINDS
 from ..types import Recommendation
 from . import problems
 from .problems import Problem
@@ -38,8 +40,6 @@ ERRORS = {code: {"model": ProblemOut, "content": {problems.MEDIA_TYPE: {}}}
 
 def _ids(values: list[str], field: str) -> list[str]:
     """Query lists may repeat the parameter or separate ids by commas."""
-    import re
-
     out = [v for value in values for v in value.split(",") if v]
     for v in out:
         if not re.match(ID_PATTERN, v):
@@ -156,10 +156,8 @@ def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = N
 
     @app.post("/events", response_model=EventsOut,
               summary="Store events (idempotent by event_id); acknowledged after commit")
-    async def post_events(request: Request, body: EventsIn, key=Public):
+    async def post_events(request: Request, body: EventsIn, key: dict = Public):
         if key["scope"] != "secret":
-            from ..apikeys import PUBLIC_EVENT_KINDS
-
             bad = [(i, e.kind) for i, e in enumerate(body.events) if e.kind not in PUBLIC_EVENT_KINDS]
             if bad:
                 raise Problem(403, "Secret key required",
