@@ -204,6 +204,8 @@ def train(obj, as_json):
         for name, metrics in report["rankers"].items():
             click.echo(f"Ranker {name}: validation NDCG@10 {metrics.get('ndcg@10', 0):.4f} "
                        f"({metrics.get('examples', 0)} users).")
+        if (report.get("ranker") or {}).get("why"):
+            click.echo(f"Serving: {report['ranker']['why']}.")
 
 
 @cli.command()
