@@ -51,6 +51,8 @@ class BertConfig(BaseModel):
     max_steps: int = Field(200, ge=0, description="steps of stage 2 at most: the text joins and "
                                                    "the top layer is fine-tuned")
     max_minutes: float = Field(3.0, gt=0, description="wall-clock training budget")
+    max_epochs: float = Field(10.0, gt=0, description="passes over the training moments per "
+                                                      "stage at most (small shops train briefly)")
     batch_examples: int = Field(8, ge=1, description="validation moments per step")
     list_size: int = Field(32, ge=2, description="candidates per moment in a training list")
     hard_negatives: int = Field(12, ge=0, description="negatives taken in recall order")
@@ -222,9 +224,13 @@ class BertRanker(Ranker):
             if need:
                 with torch.no_grad():
                     module = self._serving or self.net
-                    for item in need:
-                        st = self._item_cache[item][0]
-                        self._item_cache[item] = (st, module.key_values(st[None]))
+                    states = [self._item_cache[item][0] for item in need]
+                    keys, values = module.key_values(torch.cat(states)[None])
+                    at = 0
+                    for item, st in zip(need, states):
+                        n = st.shape[0]
+                        self._item_cache[item] = (st, (keys[:, at:at + n], values[:, at:at + n]))
+                        at += n
         return [self._item_cache[i] for i in ids]
 
     def _encode_contexts(self, texts: Sequence[str]):
@@ -368,9 +374,10 @@ class BertRanker(Ranker):
         # Stage 1: the head on the recall features alone (cheap: no text). Stage 2: the
         # text joins through the fine-tuned top layer, starting from stage 1's best; early
         # stopping over both, so the text is kept only if it improves validation NDCG.
-        stages = [("features", False, cfg.feature_steps)]
+        epoch = max(1, math.ceil(cfg.max_epochs * len(train) / cfg.batch_examples))
+        stages = [("features", False, min(cfg.feature_steps, epoch))]
         if text and cfg.max_steps:
-            stages.append(("text", True, cfg.max_steps))
+            stages.append(("text", True, min(cfg.max_steps, epoch)))
         total_steps = sum(n for _, _, n in stages)
         for stage, use_text, n_steps in stages:
             if step and best_state:
@@ -471,7 +478,8 @@ class BertRanker(Ranker):
         say("bert", total_steps, total_steps, f"NDCG@10 {stored_ndcg:.4f} after {best_step} steps")
         return {"ndcg@10": stored_ndcg, "ndcg@10_untrained": start_ndcg, "best_step": best_step,
                 "best_stage": best_stage, "uses_text": self.net.use_text,
-                "steps": step, "train_examples": len(train), "val_examples": len(val),
+                "steps": step, "examples": len(train) + len(val), "train_examples": len(train),
+                "val_examples": len(val),
                 "seconds": seconds, "recallers": list(self.recallers)}
 
     # -- serving -----------------------------------------------------------------------
