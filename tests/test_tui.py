@@ -26,6 +26,7 @@ from engine.engine import Engine
 from engine.plugins import load_plugins
 from engine.types import ItemEntity, Triple, User
 from textual.widgets import DataTable, Input, OptionList, SelectionList, Static
+from textual.worker import WorkerCancelled
 from tui.app import ShelfwiseApp
 
 from . import shop
@@ -102,9 +103,18 @@ def copy_db(src: Path, dest: Path) -> Path:
 
 async def settle(pilot, rounds: int = 3) -> None:
     """Wait until every worker has finished and its results are on screen."""
-    for _ in range(rounds):
-        await pilot.app.workers.wait_for_complete()
+    clean = 0
+    for _ in range(100):
+        try:
+            await pilot.app.workers.wait_for_complete()
+        except WorkerCancelled:  # replaced by a newer request of the same group
+            clean = 0
+            continue
         await pilot.pause()
+        clean = clean + 1 if not any(w.is_running for w in pilot.app.workers) else 0
+        if clean >= rounds:
+            break
+    await pilot.pause(0.05)  # tables re-measure their columns on the next refresh
 
 
 def rows(table: DataTable) -> list[list[str]]:

@@ -63,7 +63,7 @@ class ItemsScreen(EngineScreen):
         self.sub_title = "Items"
         similar = self.query_one("#similar", DataTable)
         similar.add_column("#", width=3)
-        similar.add_column("title", width=24)
+        similar.add_column("title", width=max(20, min(40, (self.app.size.width - 30) // 3)))
         similar.add_column("found by", width=14)
         similar.add_columns("score", "reason", "item")
         self.query_one("#graph", DataTable).add_columns("relation", "node", "shared by", "e.g.")

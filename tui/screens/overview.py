@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
@@ -20,7 +20,7 @@ class OverviewScreen(EngineScreen):
 
     def compose(self) -> ComposeResult:
         yield self.header()
-        with VerticalScroll(id="overview"):
+        with Vertical(id="overview"):
             with Horizontal(id="overview-top"):
                 yield Static("Loading…", id="counts")
                 yield DataTable(id="models", cursor_type="none", show_cursor=False)
@@ -32,7 +32,10 @@ class OverviewScreen(EngineScreen):
 
     def on_mount(self) -> None:
         self.sub_title = "Overview"
-        self.query_one("#models", DataTable).add_columns("active model", "v", "trained (UTC)")
+        models = self.query_one("#models", DataTable)
+        models.add_column("active model", width=22)  # fixed: the header never lags the rows
+        models.add_column("v", width=3)
+        models.add_column("trained (UTC)", width=16)
 
     def on_screen_resume(self) -> None:
         """Fresh numbers every time the screen is shown (the first time included)."""
@@ -91,7 +94,7 @@ class OverviewScreen(EngineScreen):
             xs = list(range(n))
             for kind, counts in timeline["kinds"].items():
                 plt.plot(xs, counts, label=kind)
-            ticks = [0, n // 2, n - 1]
+            ticks = [0, n - 1]  # first and last day (a middle label wobbles by a cell)
             plt.xticks(ticks, [fmt.day(timeline["start"] + t * timeline["bucket_seconds"]) for t in ticks])
         widget.refresh()
 

@@ -76,7 +76,7 @@ class UsersScreen(EngineScreen):
         self.sub_title = "Users"
         recs = self.query_one("#recs", DataTable)
         recs.add_column("#", width=3)
-        recs.add_column("title", width=24)
+        recs.add_column("title", width=max(20, min(40, (self.app.size.width - 30) // 3)))
         recs.add_column("source", width=12)
         recs.add_column("score", width=6)
         recs.add_columns("reason", "item")
@@ -235,10 +235,10 @@ class UsersScreen(EngineScreen):
             return
         r = self.recs[row]
         ranked = f"{r.ranker} score {r.score:.4f}" if r.ranker else f"merged score {r.score:.4f}"
+        facts = " · ".join(x for x in (r.item_id, r.category, fmt.price(r.price)) if x)
         self.query_one("#rec-detail", Static).update(
-            f"[b]#{r.rank} {r.title or r.item_id}[/b] ({r.item_id}, {r.category or 'no category'}"
-            f"{', ' + fmt.price(r.price) if r.price is not None else ''})\n"
-            f"why: {r.reason}\nfound by: {', '.join(r.sources) or r.source} · {ranked}")
+            f"[b]#{r.rank} {r.title or r.item_id}[/b] · {facts}\n"
+            f"found by: {', '.join(r.sources) or r.source} · {ranked}\nwhy: {r.reason}")
 
     @on(DataTable.RowSelected, "#history")
     def history_selected(self, event: DataTable.RowSelected) -> None:
