@@ -128,6 +128,31 @@ async def phases(base: str, args, training: bool, offset: int, rng) -> dict:
     return out
 
 
+def bench_report(folder: Path, responses: int, rng) -> dict:
+    """`shelfwise report` over a synthetic log: `responses` lists of 10 items, 5% of the
+    impressions with an attributed click, cart or purchase."""
+    from engine import attribution
+    from engine.db import open_db
+
+    db = open_db(folder / "report.db")
+    now = time.time()
+    sources = ["als", "cooccurrence", "content", "popular"]
+    rows = [(f"r_{r:020x}", pos, f"p{int(rng.integers(2000)):05d}", sources[int(rng.integers(4))],
+             "fusion", ("home", "product-page", "cart")[r % 3], f"u{r % 5000:05d}", now)
+            for r in range(responses) for pos in range(1, 11)]
+    picked = rng.choice(len(rows), len(rows) // 20, replace=False)
+    with db.atomic():
+        db.conn.executemany("INSERT INTO impressions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        db.conn.executemany("INSERT INTO attributed_events VALUES (?, ?, ?, ?, ?, ?, ?)", [
+            (f"e{i}", rows[j][0], rows[j][2], rows[j][6], ("click", "cart", "purchase")[i % 3], 10.0, now)
+            for i, j in enumerate(picked)])
+    started = time.perf_counter()
+    attribution.report(db, now - 7 * 86400)
+    seconds = time.perf_counter() - started
+    db.close()
+    return {"impressions": len(rows), "attributed_events": len(picked), "seconds": round(seconds, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", required=True, help="a trained demo shop database (copied, not changed)")
@@ -136,6 +161,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=30, help="event batches (of 100) per phase")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--event-concurrency", type=int, default=4)
+    ap.add_argument("--report-responses", type=int, default=100_000,
+                    help="responses (of 10 impressions) in the synthetic log timed for the report")
     args = ap.parse_args()
     console = Console(width=150)
     rng = np.random.default_rng(0)
@@ -164,6 +191,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(30)
+        results["report"] = bench_report(Path(tmp), args.report_responses, rng)
     table = Table(title=f"Shelfwise HTTP server on loopback ({os.cpu_count()} CPUs, "
                         f"concurrency {args.concurrency} / events {args.event_concurrency})")
     for col in ("when", "phase", "requests", "req/s", "p50 ms", "p99 ms", "cached", "events/s", "statuses"):
@@ -178,6 +206,9 @@ def main() -> None:
     console.print(table)
     console.print(f"retrain: {results['retrain']['seconds']} s; still running at the end of the "
                   f"retrain phases: {results['during_retrain']['training_running_at_end']}")
+    r = results["report"]
+    console.print(f"report over {r['impressions']:,} impressions ({r['attributed_events']:,} "
+                  f"attributed events): {r['seconds']} s")
     payload = {"machine": machine(("fastapi", "uvicorn", "httpx"), ("engine", "plugins")),
                "db": args.db, "settings": {k: v for k, v in vars(args).items() if k not in ("db", "out")},
                "plugins": PLUGINS, "results": results}

@@ -104,21 +104,22 @@ def parse_since(text: str | None, now: float | None = None) -> float | None:
     return (time.time() if now is None else now) - amount * units[unit]
 
 
-def _rates(row: Mapping[str, Any]) -> dict[str, Any]:
-    n = row["impressions"] or 0
-    out = {"impressions": n, "recommendations": row["recommendations"],
-           "clicks": row["clicks"], "carts": row["carts"], "purchases": row["purchases"],
-           "revenue": round(float(row["revenue"] or 0.0), 2)}
-    for name, count in (("ctr", "clicks"), ("cart_rate", "carts"),
-                        ("conversion_rate", "purchases")):
-        out[name] = (row[count] / n) if n else 0.0
-    return out
+def _rates(n: int, recommendations: int, outcome: Mapping[str, float]) -> dict[str, Any]:
+    clicks, carts, purchases = (int(outcome.get(k, 0)) for k in ("clicks", "carts", "purchases"))
+    return {"impressions": n, "recommendations": recommendations, "clicks": clicks,
+            "carts": carts, "purchases": purchases,
+            "revenue": round(float(outcome.get("revenue", 0.0)), 2),
+            "ctr": clicks / n if n else 0.0, "cart_rate": carts / n if n else 0.0,
+            "conversion_rate": purchases / n if n else 0.0}
 
 
 def report(db: sqlite_utils.Database, since: float | None = None,
            placement: str | None = None) -> dict[str, Any]:
     """Impressions and what came of them since `since` (epoch seconds; None: all time),
-    optionally for one placement: overall and per recaller, ranker, placement, position."""
+    optionally for one placement: overall and per recaller, ranker, placement, position.
+
+    Impressions are counted per group in SQL; outcomes exist only for the few impressions
+    that events came back for, so they are gathered once and summed here."""
     where, params = ["1 = 1"], []
     if since is not None:
         where.append("i.ts >= ?")
@@ -126,34 +127,39 @@ def report(db: sqlite_utils.Database, since: float | None = None,
     if placement is not None:
         where.append("i.placement = ?")
         params.append(placement)
-    outcome = f"""
-        WITH outcome AS (
-          SELECT i.recommendation_id, i.position, i.source, i.ranker, i.placement,
-                 coalesce(max(a.kind IN {CLICK_KINDS!r}), 0) AS clicked,
-                 coalesce(max(a.kind = 'cart'), 0) AS carted,
-                 coalesce(max(a.kind = 'purchase'), 0) AS bought,
-                 total(CASE WHEN a.kind = 'purchase' THEN a.value END) AS revenue
-          FROM impressions i
-          LEFT JOIN attributed_events a
-            ON a.recommendation_id = i.recommendation_id AND a.item_id = i.item_id
-          WHERE {' AND '.join(where)}
-          GROUP BY i.recommendation_id, i.position)"""
-    totals = """count(*) AS impressions, count(DISTINCT recommendation_id) AS recommendations,
-                total(clicked) AS clicks, total(carted) AS carts, total(bought) AS purchases,
-                total(revenue) AS revenue"""
+    cond = " AND ".join(where)
+    conn = db.conn
+    outcomes = conn.execute(f"""
+        SELECT i.source, i.ranker, i.placement, i.position,
+               max(a.kind IN {CLICK_KINDS!r}), max(a.kind = 'cart'), max(a.kind = 'purchase'),
+               total(CASE WHEN a.kind = 'purchase' THEN a.value END)
+        FROM attributed_events a
+        JOIN impressions i ON i.recommendation_id = a.recommendation_id AND i.item_id = a.item_id
+        WHERE {cond}
+        GROUP BY i.recommendation_id, i.position""", params).fetchall()
+    columns = {"source": 0, "ranker": 1, "placement": 2, "position": 3}
 
-    def run(group: str | None) -> list[dict[str, Any]]:
-        sql = f"{outcome} SELECT {group + ' AS name, ' if group else ''}{totals} FROM outcome"
-        if group:
-            sql += f" GROUP BY {group} ORDER BY {group}"
-        rows = db.conn.execute(sql, params)
-        cols = [d[0] for d in rows.description]
+    def summed(column: str | None) -> dict[Any, dict[str, float]]:
+        out: dict[Any, dict[str, float]] = {}
+        for row in outcomes:
+            acc = out.setdefault(row[columns[column]] if column else None,
+                                 {"clicks": 0, "carts": 0, "purchases": 0, "revenue": 0.0})
+            acc["clicks"] += row[4]
+            acc["carts"] += row[5]
+            acc["purchases"] += row[6]
+            acc["revenue"] += row[7]
+        return out
+
+    def run(column: str | None) -> list[dict[str, Any]]:
+        group = f"{column}, " if column else ""
+        sql = (f"SELECT {group}count(*), count(DISTINCT recommendation_id) FROM impressions i "
+               f"WHERE {cond}" + (f" GROUP BY {column} ORDER BY {column}" if column else ""))
+        sums = summed(column)
         out = []
-        for values in rows.fetchall():
-            row = dict(zip(cols, values))
-            for k in ("clicks", "carts", "purchases"):
-                row[k] = int(row[k] or 0)
-            out.append(({"name": row["name"]} if group else {}) | _rates(row))
+        for row in conn.execute(sql, params).fetchall():
+            name = row[0] if column else None
+            rates = _rates(row[-2], row[-1], sums.get(name, {}))
+            out.append(({"name": name} if column else {}) | rates)
         return out
 
     return {"since": since, "placement": placement, "overall": run(None)[0],
