@@ -25,7 +25,7 @@ from .server_support import build_shop_db, copy_db, uvicorn_server
 @pytest.fixture(scope="module")
 def big_shop(tmp_path_factory):
     """Large enough that a retrain takes a few seconds (so events arrive during it)."""
-    return build_shop_db(tmp_path_factory.mktemp("live-big"), n_users=3000, per_user=20)
+    return build_shop_db(tmp_path_factory.mktemp("live-big"), n_users=1500, per_user=20)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_nothing_lost_while_a_retrain_runs(big_shop, tmp_path):
 
         def shopper():  # recommendations keep coming while the retrain runs
             while c.get("/status").json()["training"]["running"]:
-                r = c.get(f"/recommend/user{int(rng.integers(3000)):04d}?n=5")
+                r = c.get(f"/recommend/user{int(rng.integers(1500)):04d}?n=5")
                 served_during.append(r.status_code)
 
         reader = threading.Thread(target=shopper)
@@ -56,7 +56,7 @@ def test_nothing_lost_while_a_retrain_runs(big_shop, tmp_path):
         batch_no = 0
         while True:
             running = c.get("/status").json()["training"]["running"]
-            fresh = [{"event_id": f"live-{batch_no}-{i}", "user_id": f"user{int(rng.integers(3000)):04d}",
+            fresh = [{"event_id": f"live-{batch_no}-{i}", "user_id": f"user{int(rng.integers(1500)):04d}",
                       "item_id": f"g{int(rng.integers(3))}-i{int(rng.integers(20)):02d}",
                       "kind": str(rng.choice(["view", "cart", "purchase"])),
                       "timestamp": time.time(), "value": None} for i in range(40)]
