@@ -203,7 +203,9 @@ def test_kg_neighbours_name_relations(engine):
     assert {e["item_id"] for e in by_name["brand"]["examples"]} == {"g0-i02", "g0-i03"}
     assert by_name["designed by"]["shared"] == 1
     assert inspect.kg_neighbours(engine, "g2-i05") == []
+    assert [n["name"] for n in found] == ["designed by", "brand"]  # the more specific first
     assert inspect.readable_relation("film.film.directed_by") == "directed by"
+    assert inspect.readable_relation("film.director.film", incoming=True) == "director"
 
 
 def test_events_over_time_and_long_tail_add_up(engine):
@@ -382,8 +384,8 @@ async def test_items_screen(engine):
         assert [r[5] for r in similar] == [r.item_id for r in expected]
         assert [r[2] for r in similar] == [", ".join(r.sources) for r in expected]
         graph = rows(screen.query_one("#graph", DataTable))
-        assert graph[0][:3] == ["brand", "brand:acme", "2"]
-        assert "Item 2 of group 0" in graph[0][3]
+        assert [g[:3] for g in graph] == [["designed by", "person:ada", "1"], ["brand", "brand:acme", "2"]]
+        assert "Item 2 of group 0" in graph[1][3] and "Item 4 of group 0" in graph[0][3]
         who = rows(screen.query_one("#who", DataTable))
         assert [w[1] for w in who] == [e["user_id"] for e in engine.store.item_events("g0-i01", 50)]
 

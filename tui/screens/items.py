@@ -52,6 +52,7 @@ class ItemsScreen(EngineScreen):
                 yield Static("Pick an item on the left (type to search by name).", id="item-header")
                 with TabbedContent(id="item-tabs"):
                     with TabPane("Similar", id="tab-similar"):
+                        yield Static("", id="similar-note")
                         yield DataTable(id="similar", cursor_type="row", zebra_stripes=True)
                     with TabPane("Graph", id="tab-graph"):
                         yield DataTable(id="graph", cursor_type="row", zebra_stripes=True)
@@ -125,8 +126,9 @@ class ItemsScreen(EngineScreen):
         for r in page["similar"]:
             table.add_row(str(r.rank), r.title or r.item_id, ", ".join(r.sources) or r.source,
                           fmt.number(r.score), r.reason, r.item_id)
-        if page["similar_error"]:
-            table.add_row("", "", page["similar_error"], "", "", "")
+        note = self.query_one("#similar-note", Static)
+        note.update(f"No similar items: {page['similar_error']}" if page["similar_error"] else "")
+        note.display = bool(page["similar_error"])
         graph = self.query_one("#graph", DataTable)
         graph.clear()
         for g in page["graph"]:
