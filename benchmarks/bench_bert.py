@@ -69,17 +69,20 @@ def quality(lists, check, n_items):
     return {k: round(m[k], 4) for k in ("ndcg@10", "recall@10", "coverage@10")}
 
 
-def timed_rank(ranker, check, n=100, cold=False, limit=200):
-    times = []
+def timed_rank(rankers, check, n=100, cold=False, limit=200):
+    """p50/p99 of rank() per ranker; the rankers take turns on each query, so a busy shared
+    machine slows them alike."""
+    times = {label: [] for label in rankers}
     for ex in check[:limit]:
         cands = ex.candidates[:n]
-        if cold:
-            ranker._item_cache.clear()
-        t = time.perf_counter()
-        ranker.rank(ex.query, cands)
-        times.append(time.perf_counter() - t)
-    return {"p50_ms": round(percentile(times, 50), 1), "p99_ms": round(percentile(times, 99), 1),
-            "calls": len(times)}
+        for label, ranker in rankers.items():
+            if cold:
+                ranker._item_cache.clear()
+            t = time.perf_counter()
+            ranker.rank(ex.query, cands)
+            times[label].append(time.perf_counter() - t)
+    return {label: {"p50_ms": round(percentile(t, 50), 1), "p99_ms": round(percentile(t, 99), 1),
+                    "calls": len(t)} for label, t in times.items()}
 
 
 def main() -> None:
@@ -140,11 +143,12 @@ def main() -> None:
     int8 = BertRanker({**json.loads(args.config), "quantize": True})
     int8.attach(resources)
     int8.load(load_state(*dump_state(state)))
-    lat = {}
-    for label, ranker in (("fp32", bert), ("int8", int8)):
-        timed_rank(ranker, check, limit=20)  # warm-up, fills the item cache
-        lat[label] = {"warm": timed_rank(ranker, check), "cold": timed_rank(ranker, check, cold=True, limit=60)}
-        print(label, lat[label], flush=True)
+    both = {"fp32": bert, "int8": int8}
+    timed_rank(both, check, limit=len(check))  # warm-up: every check item's states cached
+    warm = timed_rank(both, check)
+    cold = timed_rank(both, check, cold=True, limit=60)
+    lat = {label: {"warm": warm[label], "cold": cold[label]} for label in both}
+    print(lat, flush=True)
     a = [np.array([c.score for c in bert.rank(ex.query, ex.candidates[:100])]) for ex in check[:100]]
     b = [np.array([c.score for c in int8.rank(ex.query, ex.candidates[:100])]) for ex in check[:100]]
     corr = float(np.mean([np.corrcoef(x, y)[0, 1] for x, y in zip(a, b) if len(x) > 2]))
@@ -154,10 +158,14 @@ def main() -> None:
         [[c.item_id for c in bert.rank(ex.query, ex.candidates)] for ex in check], check, data.n_items)
     result["quality"]["bert (text path) int8"] = quality(
         [[c.item_id for c in int8.rank(ex.query, ex.candidates)] for ex in check], check, data.n_items)
-    lengths = {}
+    variants = {}
     for tokens in (24, 48, 96):
-        bert.config = bert.config.model_copy(update={"user_tokens": tokens})
-        lengths[str(tokens)] = timed_rank(bert, check, limit=100)
+        variant = BertRanker({**json.loads(args.config), "user_tokens": tokens})
+        variant.attach(resources)
+        variant.load(load_state(*dump_state(state)))
+        variants[str(tokens)] = variant
+    timed_rank(variants, check, limit=len(check))
+    lengths = timed_rank(variants, check, limit=100)
     result["latency_100_candidates"] = lat
     result["latency_by_user_tokens"] = lengths
     result["total_seconds"] = round(time.perf_counter() - started, 1)

@@ -22,6 +22,7 @@ from .pipeline import Pipeline
 
 CHECK_SHARE = 0.2   # validation users no ranker learns from: the rankers are compared on them
 CHECK_MIN = 10      # fewer validation users than this: no comparison, every ranker sees all
+CHECK_MAX = 400     # enough to tell rankers apart; more only makes `train` slower
 CHECK_K = 10
 QUICK_REFIT_SECONDS = 30.0
 
@@ -33,7 +34,8 @@ def check_split(examples: Sequence[RankingExample], seed: int = 0
     scored = [j for j, ex in enumerate(examples) if ex.relevant]
     if len(scored) < CHECK_MIN:
         return list(examples), []
-    chosen = np.random.default_rng(seed).permutation(scored)[:max(1, round(CHECK_SHARE * len(scored)))]
+    n = min(max(1, round(CHECK_SHARE * len(scored))), CHECK_MAX)
+    chosen = np.random.default_rng(seed).permutation(scored)[:n]
     held = set(chosen.tolist())
     return ([ex for j, ex in enumerate(examples) if j not in held],
             [ex for j, ex in enumerate(examples) if j in held])
