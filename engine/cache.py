@@ -1,7 +1,8 @@
 """RecommendationCache: answered recommendation lists per user, dropped when they go stale.
 
 The engine drops one user's lists when that user's events arrive or the user is erased,
-and every list when the models or the catalogue change. Bounded (least recently used
+the anonymous lists (user None) when anyone's events arrive, and every list when the
+models or the catalogue change. Bounded (least recently used
 lists go first); one per Engine, used from the Engine's thread."""
 
 from __future__ import annotations

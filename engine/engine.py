@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import warnings
@@ -42,7 +43,7 @@ class Engine:
         self._loaded: dict[str, Component] = {}
         self._encoder: Encoder | None = None
         self._vectors: VectorIndex | None = None
-        self._catalogue: tuple[set[str], dict[str, str]] | None = None
+        self._catalogue: tuple[set[str], dict[str, str], set[str]] | None = None
         self.recommendation_cache = RecommendationCache()
         self._seen: dict[str, Any] | None = None  # what sync() last saw of the database
         # Incremental recaller state (events folded in by `ingest`) is saved at most this
@@ -212,11 +213,27 @@ class Engine:
                 warnings.warn(f"Ranker {name!r} is not used: {exc}", RuntimeWarning, stacklevel=3)
         return None
 
-    def _catalogue_view(self) -> tuple[set[str], dict[str, str]]:
+    def default_recallers(self) -> dict[str, int]:
+        """The pipeline's recallers and their quotas (shelfwise.toml, else the plugins' defaults)."""
+        return self._recaller_quotas()
+
+    def serving_ranker(self) -> str | None:
+        """The ranker `recommend` uses when none is named: None before the first `train`."""
+        return self._ranker_name()
+
+    def _catalogue_view(self) -> tuple[set[str], dict[str, str], set[str]]:
+        """(recommendable items, item -> category, items nobody has interacted with yet)."""
         if self._catalogue is None:
             rows = self.store.conn.execute("SELECT item_id, category, in_stock FROM items").fetchall()
-            self._catalogue = ({r[0] for r in rows if r[2]}, {r[0]: r[1] or "" for r in rows})
+            untouched = {r[0] for r in self.store.conn.execute(
+                "SELECT item_id FROM items i WHERE NOT EXISTS "
+                "(SELECT 1 FROM events e WHERE e.item_id = i.item_id)")}
+            self._catalogue = ({r[0] for r in rows if r[2]}, {r[0]: r[1] or "" for r in rows}, untouched)
         return self._catalogue
+
+    def _rules(self) -> dict[str, Any]:
+        ps = self.settings.pipeline
+        return {"diversity": ps.diversity, "new_slots": ps.new_item_slots, "new_position": ps.new_item_position}
 
     def _active_models(self) -> tuple:
         return tuple(self.store.conn.execute(
@@ -286,9 +303,9 @@ class Engine:
             ranker_obj = self._fitted("rankers", ranker_name)
             if ranker_obj is None and ranker:
                 raise NotTrainedError(f"Ranker {ranker_name!r} has not been trained. Run \"shelfwise train\".")
-        available, categories = self._catalogue_view()
+        available, categories, untouched = self._catalogue_view()
         return Pipeline(fitted, {k: v for k, v in quotas.items() if k in fitted}, ranker_obj,
-                        available=available, categories=categories)
+                        available=available, categories=categories, new_items=untouched, **self._rules())
 
     # -- data --------------------------------------------------------------------------
 
@@ -339,7 +356,10 @@ class Engine:
             if recommendation_ids:
                 attribution.attribute(self.db, added, recommendation_ids)
         if added:
-            self.recommendation_cache.drop_users({e.user_id for e in added})
+            if self._catalogue is not None:  # a product's first event: no longer new
+                self._catalogue[2].difference_update(e.item_id for e in added)
+            # anonymous lists (popular, visitors' items) move with everyone's events
+            self.recommendation_cache.drop_users({e.user_id for e in added} | {None})
             self._adopt()
             self._update_recallers(added, histories)
         return {"accepted": len(added), "duplicates": duplicates}
@@ -420,7 +440,9 @@ class Engine:
         if every and not ranker:
             rankers = [self._make("rankers", n) for n in self.registry.components()["rankers"]]
         else:
-            name = self._ranker_name(ranker, fitted_only=False)
+            # the ranker that serves now (train keeps a ranker that lost inactive), else the
+            # installed one of highest priority
+            name = self._ranker_name(ranker) or self._ranker_name(ranker, fitted_only=False)
             rankers = [self._make("rankers", name)] if name else []
         return quotas, fresh, rankers
 
@@ -438,27 +460,27 @@ class Engine:
         quotas, recallers, rankers = self._fresh_components(every=True)
         run_id = self.store.start_run("train", {"pipeline": quotas, "recallers": list(recallers),
                                                 "rankers": [r.name for r in rankers]})
-        try:
+        try:  # until the models are activated, a failure or a cancel leaves the old ones serving
             report = fit_pipeline(data, recallers, quotas, rankers, self.settings.pipeline, progress)
+            progress("save", 0, 1, "writing model artifacts")
+            # A ranker of higher priority is activated only if it beat the others on the
+            # held-back validation users; otherwise its new version is kept inactive and the
+            # old one retired, so the winner serves (unless shelfwise.toml names a ranker).
+            serving, losers, why = choose_ranker(report, rankers)
+            if self.settings.pipeline.ranker:
+                serving, losers, why = self.settings.pipeline.ranker, [], "named in shelfwise.toml"
+            blobs = {f"recaller/{n}": dump_state(r.state()) for n, r in recallers.items()}
+            blobs.update({f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name not in losers})
+            with self.db.atomic():
+                versions = self.store.save_artifacts(blobs)
+                if losers:
+                    versions.update(self.store.save_artifacts(
+                        {f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name in losers},
+                        activate=False))
+                    self.store.deactivate([f"ranker/{name}" for name in losers])
         except BaseException as exc:
             self.store.finish_run(run_id, {}, status="failed", note=str(exc))
             raise
-        progress("save", 0, 1, "writing model artifacts")
-        # A ranker of higher priority is activated only if it beat the others on the
-        # held-back validation users; otherwise its new version is kept inactive and the
-        # old one retired, so the winner serves (unless shelfwise.toml names a ranker).
-        serving, losers, why = choose_ranker(report, rankers)
-        if self.settings.pipeline.ranker:
-            serving, losers, why = self.settings.pipeline.ranker, [], "named in shelfwise.toml"
-        blobs = {f"recaller/{n}": dump_state(r.state()) for n, r in recallers.items()}
-        blobs.update({f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name not in losers})
-        with self.db.atomic():
-            versions = self.store.save_artifacts(blobs)
-            if losers:
-                versions.update(self.store.save_artifacts(
-                    {f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name in losers},
-                    activate=False))
-                self.store.deactivate([f"ranker/{name}" for name in losers])
         self._loaded.clear()
         self._catalogue = None
         report.update({"vectors": vector_report, "run_id": run_id, "events": data.n_events, "users": data.n_users,
@@ -466,7 +488,8 @@ class Engine:
                        "ranker": {"serving": serving, "not_activated": losers, "why": why},
                        "total_seconds": time.perf_counter() - started})
         self.store.finish_run(run_id, report)
-        progress("save", 1, 1, "models activated")
+        with contextlib.suppress(Exception):  # activated: too late to cancel, nothing to undo
+            progress("save", 1, 1, "models activated")
         return report
 
     def evaluate(self, k: int = 10, progress: ProgressCallback = no_progress,
@@ -483,49 +506,50 @@ class Engine:
         ranker_obj = rankers[0] if rankers else None
         run_id = self.store.start_run("evaluate", {"k": k, "recallers": quotas,
                                                    "ranker": ranker_obj.name if ranker_obj else None})
-        try:
+        try:  # a failure or a cancel at any step is recorded, never left "running"
             fit_report = fit_pipeline(split.visible, fresh, quotas, rankers, ps, progress)
+            progress("score", 0, len(fresh) + 1, "recalling for held-out users")
+            # Cold-start slice: held-out items nobody touched in the visible part.
+            seen = np.bincount(split.visible.items, minlength=data.n_items) > 0
+            cold = {str(i) for i in data.item_ids[~seen]}
+            pipe = Pipeline(fresh, {name: max(q, k) for name, q in quotas.items()}, ranker_obj,
+                            categories=self._catalogue_view()[1], new_items=cold, **self._rules())
+            recalled = pipe.recall(split.queries)
+            cold_rel = [rel & cold for rel in split.relevant]
+            cold_users = [j for j, rel in enumerate(cold_rel) if rel]
+            # Light-user slice: the quarter of held-out users with the fewest items before the cut.
+            known = np.array([len(q.exclude) for q in split.queries])
+            light_limit = int(np.quantile(known, 0.25))
+            light_users = np.flatnonzero(known <= light_limit).tolist()
+
+            def score(lists: list[list[str]]) -> dict[str, Any]:
+                out = {"metrics": aggregate(lists, split.relevant, k, data.n_items),
+                       "light_users": aggregate([lists[j] for j in light_users],
+                                                [split.relevant[j] for j in light_users], k, data.n_items)}
+                if cold_users:
+                    out["cold_start"] = aggregate([lists[j] for j in cold_users],
+                                                  [cold_rel[j] for j in cold_users], k, data.n_items)
+                return out
+
+            results = []
+            for step, name in enumerate(fresh, start=1):
+                if fresh[name].text_queries:  # search answers typed queries; held-out users have none
+                    continue
+                lists = [[c.item_id for c in per[name][:k]] for per in recalled]
+                results.append({"name": name, "kind": "recaller", **score(lists)})
+                progress("score", step, len(fresh) + 1, name)
+            lists = [[c.item_id for c in cs] for cs in pipe.run(split.queries, k, recalled)]
+            results.append({"name": "pipeline", "kind": "pipeline", **score(lists),
+                            "ranker": ranker_obj.name if ranker_obj else None})
+            progress("score", len(fresh) + 1, len(fresh) + 1, "pipeline")
+            out = {"k": k, "results": results, "run_id": run_id, "users": len(split.queries),
+                   "cold_start_users": len(cold_users),
+                   "light_users": len(light_users), "light_user_max_items": light_limit,
+                   "ranker_validation": fit_report["rankers"].get(ranker_obj.name, {}) if ranker_obj else {},
+                   "candidate_hit_rate": fit_report.get("candidate_hit_rate")}
         except BaseException as exc:
             self.store.finish_run(run_id, {}, status="failed", note=str(exc))
             raise
-        progress("score", 0, len(fresh) + 1, "recalling for held-out users")
-        pipe = Pipeline(fresh, {name: max(q, k) for name, q in quotas.items()}, ranker_obj)
-        recalled = pipe.recall(split.queries)
-        # Cold-start slice: held-out items nobody touched in the visible part.
-        seen = np.bincount(split.visible.items, minlength=data.n_items) > 0
-        cold = {str(i) for i in data.item_ids[~seen]}
-        cold_rel = [rel & cold for rel in split.relevant]
-        cold_users = [j for j, rel in enumerate(cold_rel) if rel]
-        # Light-user slice: the quarter of held-out users with the fewest items before the cut.
-        known = np.array([len(q.exclude) for q in split.queries])
-        light_limit = int(np.quantile(known, 0.25))
-        light_users = np.flatnonzero(known <= light_limit).tolist()
-
-        def score(lists: list[list[str]]) -> dict[str, Any]:
-            out = {"metrics": aggregate(lists, split.relevant, k, data.n_items),
-                   "light_users": aggregate([lists[j] for j in light_users],
-                                            [split.relevant[j] for j in light_users], k, data.n_items)}
-            if cold_users:
-                out["cold_start"] = aggregate([lists[j] for j in cold_users],
-                                              [cold_rel[j] for j in cold_users], k, data.n_items)
-            return out
-
-        results = []
-        for step, name in enumerate(fresh, start=1):
-            if fresh[name].text_queries:  # search answers typed queries; held-out users have none
-                continue
-            lists = [[c.item_id for c in per[name][:k]] for per in recalled]
-            results.append({"name": name, "kind": "recaller", **score(lists)})
-            progress("score", step, len(fresh) + 1, name)
-        lists = [[c.item_id for c in cs] for cs in pipe.run(split.queries, k, recalled)]
-        results.append({"name": "pipeline", "kind": "pipeline", **score(lists),
-                        "ranker": ranker_obj.name if ranker_obj else None})
-        progress("score", len(fresh) + 1, len(fresh) + 1, "pipeline")
-        out = {"k": k, "results": results, "run_id": run_id, "users": len(split.queries),
-               "cold_start_users": len(cold_users),
-               "light_users": len(light_users), "light_user_max_items": light_limit,
-               "ranker_validation": fit_report["rankers"].get(ranker_obj.name, {}) if ranker_obj else {},
-               "candidate_hit_rate": fit_report.get("candidate_hit_rate")}
         self.store.finish_run(run_id, out)
         return out
 

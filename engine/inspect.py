@@ -8,11 +8,11 @@ of its own. Nothing here writes to the database."""
 from __future__ import annotations
 
 import json
-import re
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import EngineError
 from .pipeline import merge
+from .relations import readable_relation
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -64,11 +64,11 @@ def user_profile(engine: Engine, user_id: str, limit: int = 200) -> dict[str, An
 def pipeline_choices(engine: Engine) -> dict[str, Any]:
     """The trained recallers and rankers a view may toggle, and which are on by default."""
     comps = engine.components()
-    default = set(engine._recaller_quotas())
+    default = set(engine.default_recallers())
     recallers = [{"name": c["name"], "default": c["name"] in default, "description": c["description"]}
                  for c in comps.get("recallers", []) if c["trained"]]
     rankers = [c["name"] for c in comps.get("rankers", []) if c["trained"]]
-    default_ranker = engine._ranker_name() if rankers else None
+    default_ranker = engine.serving_ranker() if rankers else None
     return {"recallers": recallers, "rankers": rankers, "default_ranker": default_ranker}
 
 
@@ -117,14 +117,16 @@ def why_not(engine: Engine, user_id: str, item_id: str, n: int = 10,
     ranked = pipe.ranker.rank(query, kept) if pipe.ranker is not None else kept
     position = next((i + 1 for i, c in enumerate(ranked) if c.item_id == item_id), None)
     score = next((c.score for c in ranked if c.item_id == item_id), None)
+    final = [c.item_id for c in pipe.rerank(ranked, n)]  # the list recommend shows
+    shown = final.index(item_id) + 1 if item_id in final else None
     if not any(e["within_quota"] for e in per_recaller):
         verdict = "not recalled"
     elif filters or position is None:
         verdict = "filtered"
-    elif position > n:
+    elif shown is None:
         verdict = "ranked low"
     else:
-        verdict = "recommended"
+        verdict, position = "recommended", shown
     return {
         "item_id": item_id, "title": item.title if item else "", "user_id": user_id, "n": n,
         "verdict": verdict, "recallers": per_recaller, "filters": filters,
@@ -145,6 +147,9 @@ def _why_not_summary(verdict, per_recaller, filters, position, n, candidates, ra
     if verdict == "filtered":
         return f"Recalled by {found}, then filtered: " + "; ".join(filters or ["removed by a filter"])
     by = f"the {ranker} ranker" if ranker else "the merged order (no ranker)"
+    if verdict == "ranked low" and position <= n:
+        return (f"Recalled by {found}; {by} put it at {position} of {candidates}, then the "
+                f"pipeline's diversity / new-product rules moved it below the top {n}.")
     if verdict == "ranked low":
         return f"Recalled by {found}; {by} put it at {position} of {candidates}, below the top {n}."
     return f"Recommended at {position} (recalled by {found}; ordered by {by})."
@@ -172,17 +177,6 @@ def item_profile(engine: Engine, item_id: str, interactions: int = 50) -> dict[s
             "events_by_kind": by_kind, "users": users, "interactions": events}
 
 
-def readable_relation(relation: str, incoming: bool = False) -> str:
-    """A relation as words: 'film.film.directed_by' -> 'directed by' (its last part).
-    Read backwards (the item's entity is the tail), a Freebase-style 'film.director.film'
-    names what the head is: 'director'."""
-    parts = [p for p in re.split(r"[./#]", relation) if p] if relation else []
-    if not parts:
-        return relation
-    word = parts[-2] if incoming and len(parts) >= 3 else parts[-1]
-    return re.sub(r"[_\-]+", " ", word).strip() or relation
-
-
 def kg_neighbours(engine: Engine, item_id: str, limit: int = 50, examples: int = 3) -> list[dict[str, Any]]:
     """The item's knowledge-graph neighbours: for each entity the item is linked to, every
     triple touching that entity (either direction), with the relation's readable name, the
@@ -208,7 +202,7 @@ def kg_neighbours(engine: Engine, item_id: str, limit: int = 50, examples: int =
             "SELECT item_id FROM item_entities WHERE entity = ? LIMIT 1", [node])]
         titles = engine.store.items(others[:examples] + node_items)
         node_title = titles[node_items[0]].title if node_items and node_items[0] in titles else ""
-        out.append({"relation": relation, "name": readable_relation(relation, direction == "in"),
+        out.append({"relation": relation, "name": readable_relation(relation),
                     "direction": direction,
                     "node": node, "node_title": node_title, "shared": len(others),
                     "examples": [{"item_id": o, "title": titles[o].title if o in titles else ""}

@@ -1,7 +1,9 @@
-"""The request path: recall (per-recaller quotas) → merge → filters → ranker → top N."""
+"""The request path: recall (per-recaller quotas) → merge → filters → ranker → re-rank
+(category diversity, new-arrival slots) → top N."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
@@ -51,13 +53,24 @@ class Pipeline:
 
     `available`: the items that may be shown (known and in stock); None means no stock
     filter (evaluation ranks over the whole catalogue). `categories` maps items to their
-    category for requests that ask for one."""
+    category for requests that ask for one and for the diversity re-rank.
+
+    After the ranker: `diversity` > 0 trades rank for variety (each item's rank-based
+    relevance minus `diversity` times the number of items of its category already shown);
+    `new_slots` reserves up to that many places, from position `new_position` on (0: the
+    last places of lists of 5 or more), for
+    `new_items` (products nobody has interacted with yet) that some recaller proposed but
+    the ranker placed lower — rankers learn from past behaviour, which new products lack."""
 
     recallers: dict[str, Recaller]
     quotas: dict[str, int]
     ranker: Ranker | None = None
     available: set[str] | None = None
     categories: Mapping[str, str] = field(default_factory=dict)
+    diversity: float = 0.0
+    new_items: frozenset[str] | set[str] = frozenset()
+    new_slots: int = 0
+    new_position: int = 0
 
     def recall(self, queries: Sequence[Query]) -> list[dict[str, list[Candidate]]]:
         per_recaller = {name: r.recall(queries, self.quotas.get(name, 100))
@@ -87,5 +100,39 @@ class Pipeline:
         out = []
         for q, cands in zip(queries, self.candidates(queries, recalled)):
             ranked = self.ranker.rank(q, cands) if self.ranker is not None else cands
-            out.append(ranked[:n])
+            out.append(self.rerank(ranked, n))
         return out
+
+    def rerank(self, ranked: Sequence[Candidate], n: int) -> list[Candidate]:
+        """The top n of a ranked list after the diversity and new-arrival rules."""
+        top = self._diversify(ranked, n) if self.diversity > 0 and self.categories else list(ranked[:n])
+        if self.new_slots > 0 and self.new_items and (self.new_position or n >= 5):
+            shown = {c.item_id for c in top}
+            missing = self.new_slots - sum(c.item_id in self.new_items for c in top)
+            fresh = [c for c in ranked if c.item_id in self.new_items and c.item_id not in shown]
+            fresh = fresh[:max(missing, 0)]
+            first = self.new_position - 1 if self.new_position else n - len(fresh)
+            for k, cand in enumerate(fresh):
+                position = max(first, 0) + k
+                if position >= n:
+                    break
+                top.insert(min(position, len(top)), cand)
+                del top[n:]
+        return top
+
+    def _diversify(self, ranked: Sequence[Candidate], n: int) -> list[Candidate]:
+        pool = list(ranked[:max(3 * n, n + 20)])
+        relevance = {c.item_id: 1.0 - i / len(pool) for i, c in enumerate(pool)}
+        shown: Counter[str] = Counter()
+        top: list[Candidate] = []
+
+        def value(c: Candidate) -> float:
+            category = self.categories.get(c.item_id, "")
+            return relevance[c.item_id] - (self.diversity * shown[category] if category else 0.0)
+
+        while pool and len(top) < n:
+            best = max(pool, key=value)  # ties keep the ranker's order: max returns the first
+            pool.remove(best)
+            top.append(best)
+            shown[self.categories.get(best.item_id, "")] += 1
+        return top

@@ -13,7 +13,6 @@ another item says so: "same actor as [[via]], which shares a director with [[anc
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from typing import Sequence
 
@@ -22,6 +21,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
 from engine import Dataset, ModelState, Query, Recaller, hookimpl, mention, top_n
+from engine.relations import LINK, readable_relation  # noqa: F401 (readable_relation: re-exported)
 
 
 class KnowledgeGraphConfig(BaseModel):
@@ -36,38 +36,6 @@ class KnowledgeGraphConfig(BaseModel):
     restart: float = Field(0.5, gt=0, lt=1, description="rwr: probability of jumping back to the history at each item step")
     steps: int = Field(3, ge=1, le=50, description="rwr: item → entity → item rounds of the walk")
     relation_names: dict[str, str] = Field(default_factory=dict, description="relation -> readable name, e.g. {'film.film.directed_by': 'director'}")
-
-
-# (pattern in the lower-cased relation, readable name); first match wins.
-_RELATION_WORDS: tuple[tuple[str, str], ...] = (
-    ("directed_by", "director"), ("director", "director"),
-    ("starring", "actor"), ("actor", "actor"), ("cast", "actor"),
-    ("genre", "genre"),
-    ("written_by", "writer"), ("writer", "writer"),
-    ("production_compan", "production company"),
-    ("produced_by", "producer"), ("producer", "producer"),
-    ("cinematograph", "cinematographer"),
-    ("language", "language"), ("country", "country"),
-    ("content_rating", "content rating"), ("rating", "content rating"),
-    ("subject", "subject"), ("sequel", "series"), ("prequel", "series"),
-    ("award_won", "award"), ("award_nomination", "award nomination"),
-    ("price_band", "price band"),
-)
-LINK = "link"  # relation of an entity an item is linked to directly
-
-
-def readable_relation(relation: str, overrides: dict[str, str] | None = None) -> str:
-    """'film.film.directed_by' -> 'director'; a derived 'brand' stays 'brand'."""
-    if overrides and relation in overrides:
-        return overrides[relation]
-    low = relation.lower()
-    if low == LINK:
-        return "entity"
-    for pattern, word in _RELATION_WORDS:
-        if pattern in low:
-            return word
-    last = re.split(r"[./:]", low)[-1] or low
-    return re.sub(r"[_\-]+", " ", last).strip() or relation
 
 
 def _graph_from_store(store, item_index: dict[str, int]) -> tuple[dict[int, dict[str, str]], set[int]]:

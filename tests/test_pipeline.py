@@ -401,3 +401,76 @@ def test_a_failed_evaluation_is_recorded(tmp_path):
         assert run["status"] == "failed" and "boom while fitting" in run["note"]
     finally:
         eng.close()
+
+
+# -- after the ranker: new-arrival slots and category diversity -------------------------
+
+def ranked_list(ids, source="als"):
+    return [Candidate(i, 1.0 - k / 100, source, f"reason {i}", ranks={source: k + 1}) for k, i in enumerate(ids)]
+
+
+def test_a_new_product_takes_its_slot_when_the_ranker_placed_it_low():
+    ranked = ranked_list(["a", "b", "c", "d", "e", "new1", "new2"])
+    pipe = Pipeline({}, {}, new_items={"new1", "new2"}, new_slots=1, new_position=3)
+    top = pipe.rerank(ranked, 5)
+    assert [c.item_id for c in top] == ["a", "b", "new1", "c", "d"]
+    assert top[2].reason == "reason new1", "it keeps the recaller's reason"
+    # already in the top n on its own merit: nothing moves
+    assert [c.item_id for c in pipe.rerank(ranked_list(["new2", "a", "b", "c"]), 3)] == ["new2", "a", "b"]
+    # two slots fill consecutive places; a list shorter than the slot position is left alone
+    two = Pipeline({}, {}, new_items={"new1", "new2"}, new_slots=2, new_position=2)
+    assert [c.item_id for c in two.rerank(ranked, 4)] == ["a", "new1", "new2", "b"]
+    assert [c.item_id for c in pipe.rerank(ranked, 2)] == ["a", "b"]
+    # the default: the last place of whatever length the list has
+    last = Pipeline({}, {}, new_items={"new1", "new2"}, new_slots=1)
+    assert [c.item_id for c in last.rerank(ranked, 6)] == ["a", "b", "c", "d", "e", "new1"]
+    assert [c.item_id for c in last.rerank(ranked, 4)] == ["a", "b", "c", "d"], "short lists stay the ranker's"
+    # no recaller proposed a new product: the ranked list as it was
+    assert [c.item_id for c in pipe.rerank(ranked_list(["a", "b", "c"]), 3)] == ["a", "b", "c"]
+
+
+def test_diversity_spreads_categories_and_zero_keeps_the_ranking():
+    ranked = ranked_list(["s1", "s2", "s3", "s4", "t1", "t2"])
+    categories = {"s1": "socks", "s2": "socks", "s3": "socks", "s4": "socks", "t1": "tents", "t2": "tents"}
+    plain = Pipeline({}, {}, categories=categories)
+    assert [c.item_id for c in plain.rerank(ranked, 4)] == ["s1", "s2", "s3", "s4"]
+    varied = Pipeline({}, {}, categories=categories, diversity=0.3)
+    # relevance by rank 1, .83, .67, .5, .33, .17; each sock already shown costs 0.3
+    assert [c.item_id for c in varied.rerank(ranked, 4)] == ["s1", "s2", "t1", "s3"]
+    strong = Pipeline({}, {}, categories=categories, diversity=1.0)
+    assert [c.item_id for c in strong.rerank(ranked, 4)] == ["s1", "t1", "s2", "t2"]
+
+
+
+class Cancelled(Exception):
+    """What a UI raises from the progress callback to stop a long job."""
+
+
+def cancel_at(stage: str, done: int):
+    def progress(s, d, total, message=""):
+        if s == stage and d == done:
+            raise Cancelled(f"cancelled at {s} {d}")
+    return progress
+
+
+def test_a_cancel_while_scoring_is_recorded_as_failed(trained):
+    with pytest.raises(Cancelled):
+        trained.evaluate(k=5, progress=cancel_at("score", 1))
+    run = trained.store.runs("evaluate", 1)[0]
+    assert run["status"] == "failed" and "cancelled at score 1" in run["note"]
+
+
+def test_a_cancel_before_activation_keeps_the_models_and_after_it_is_too_late(tmp_path):
+    eng = Engine(tmp_path / "shop.db", registry=load_plugins(), settings=Settings())
+    fill(eng)
+    eng.train()
+    before = eng.store.active_artifacts()
+    with pytest.raises(Cancelled):
+        eng.train(progress=cancel_at("save", 0))
+    assert eng.store.active_artifacts() == before
+    assert eng.store.runs("train", 1)[0]["status"] == "failed"
+    report = eng.train(progress=cancel_at("save", 1))  # the models are already active
+    assert eng.store.runs("train", 1)[0]["status"] == "ok"
+    assert {a["version"] for a in eng.store.active_artifacts()} != {a["version"] for a in before}
+    assert report["versions"]
+    eng.close()

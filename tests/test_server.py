@@ -275,6 +275,32 @@ def test_keys_and_scopes(db_path):
         assert_problem(c.get("/recommend/user001", headers=pub), 401)
 
 
+def test_without_keys_only_loopback_clients_are_served(db_path):
+    """No key configured (or the last one revoked while serving on 0.0.0.0): a client from
+    the network is refused, the shop's own machine is not."""
+    app = create_app(db_path)
+    with TestClient(app, client=("203.0.113.7", 50000)) as remote:
+        body = assert_problem(remote.get("/recommend/user001"), 401, "header.authorization")
+        assert "loopback" in body["detail"]
+        assert_problem(remote.post("/train"), 401)
+    with TestClient(create_app(db_path), client=("127.0.0.1", 50000)) as local:
+        assert local.get("/recommend/user001").status_code == 200
+
+
+def test_an_unexpected_error_is_problem_json_without_internals(db_path, caplog):
+    app = create_app(db_path)
+
+    def boom():
+        raise RuntimeError("no such table: /srv/shop/private.db")
+
+    app.add_api_route("/boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        body = assert_problem(c.get("/boom"), 500)
+    assert "private.db" not in body["detail"] and "RuntimeError" in body["detail"]
+    error_id = body["detail"].rsplit("error id ", 1)[1].rstrip(".")
+    assert any(error_id in r.getMessage() and r.exc_info for r in caplog.records)
+
+
 def test_rate_limit_answers_429_with_retry_after(db_path):
     eng = Engine(db_path)
     one, other = (eng.create_key("public")["key"] for _ in range(2))

@@ -37,9 +37,10 @@ def test_cache_hits_return_the_same_list_and_ingest_drops_only_that_user(eng):
     assert eng.recommend("user001", 5) == first and cache.hits == 1
     eng.recommend("user002", 5)
     eng.recommend("user001", 5, category="cat0")
-    assert cache.stats()["lists"] == 3
+    eng.recommend(None, 5)  # popular for anonymous visitors: moves with everyone's events
+    assert cache.stats()["lists"] == 4
     eng.ingest([Event("user001", first[0].item_id, "purchase", LATER, event_id="p1")])
-    assert cache.stats()["lists"] == 1, "both of user001's lists dropped, user002's kept"
+    assert cache.stats()["lists"] == 1, "user001's two lists and the anonymous one dropped, user002's kept"
     assert first[0].item_id not in [r.item_id for r in eng.recommend("user001", 5)]
 
 

@@ -152,6 +152,24 @@ def test_why_not_a_recommended_item(engine):
     assert {e["recaller"] for e in report["recallers"] if e["within_quota"]} == set(recs[2].sources)
 
 
+def test_why_not_agrees_with_the_list_after_the_re_rank(engine, monkeypatch):
+    """With the diversity rule reordering the ranker's list, why-not reports the positions
+    the user sees, and an item the rule pushed out says so."""
+    monkeypatch.setattr(engine.settings.pipeline, "diversity", 1.0)
+    engine.recommendation_cache.clear()
+    shown = [r.item_id for r in engine.recommend("user004", 5)]
+    pipe, query = engine.pipeline(), engine.query_for("user004")
+    ranked = [c.item_id for c in pipe.ranker.rank(query, pipe.candidates([query])[0])]
+    assert shown != ranked[:5], "the rule must change this user's list for the test to mean anything"
+    for position, item in enumerate(shown, start=1):
+        report = inspect.why_not(engine, "user004", item, n=5)
+        assert (report["verdict"], report["position"]) == ("recommended", position)
+    pushed = next(i for i in ranked[:5] if i not in shown)
+    report = inspect.why_not(engine, "user004", pushed, n=5)
+    assert report["verdict"] == "ranked low" and "moved it below the top 5" in report["summary"]
+    engine.recommendation_cache.clear()
+
+
 def test_why_not_a_bought_item_is_filtered(engine):
     bought = sorted(engine.store.consumed("user004", ["purchase"]))[0]
     report = inspect.why_not(engine, "user004", bought)
@@ -204,8 +222,9 @@ def test_kg_neighbours_name_relations(engine):
     assert by_name["designed by"]["shared"] == 1
     assert inspect.kg_neighbours(engine, "g2-i05") == []
     assert [n["name"] for n in found] == ["designed by", "brand"]  # the more specific first
-    assert inspect.readable_relation("film.film.directed_by") == "directed by"
-    assert inspect.readable_relation("film.director.film", incoming=True) == "director"
+    # the same words as the kg recaller's reasons
+    assert inspect.readable_relation("film.film.directed_by") == "director"
+    assert inspect.readable_relation("film.director.film") == "director"
 
 
 def test_events_over_time_and_long_tail_add_up(engine):

@@ -4,6 +4,8 @@ detail) are there too, the shape the CLI and TUI boundaries share."""
 
 from __future__ import annotations
 
+import logging
+import uuid
 from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
@@ -12,6 +14,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ArtifactError, EngineError, NotTrainedError, UnknownComponentError
+
+log = logging.getLogger("shelfwise.server")
 
 MEDIA_TYPE = "application/problem+json"
 UNION_TAGS = {"float", "int", "str", "bool", "datetime", "none"}
@@ -73,10 +77,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        # A bug or a resource problem (e.g. the database locked for 30 s): still problem+json.
-        return problem_response(500, "Internal error", f"{type(exc).__name__}: {exc}. The "
-                                "request may be retried; see the server log.",
-                                instance=request.url.path)
+        # A bug or a resource problem (e.g. the database locked for 30 s): still problem+json,
+        # with the details (paths, SQL) in the server log only, found by the error id.
+        error_id = uuid.uuid4().hex[:12]
+        log.error("error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
+        return problem_response(500, "Internal error", f"An unexpected error ({type(exc).__name__}); "
+                                f"the request may be retried. The server log has the details under "
+                                f"error id {error_id}.", instance=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

@@ -20,6 +20,8 @@ from .. import apikeys
 from .problems import Problem, problem_response
 
 OPEN = {"id": None, "name": "", "scope": "secret"}  # no keys configured: loopback only
+# "testclient" is the in-process ASGI client of the tests (no socket at all)
+LOOPBACK_CLIENTS = frozenset({"127.0.0.1", "::1", "localhost", "testclient"})
 
 
 class KeyRing:
@@ -112,7 +114,14 @@ def require(scope: str):
     def check(request: Request) -> dict:
         state = request.app.state
         if state.keys.active() == 0:
-            who, info = ("addr", request.client.host if request.client else ""), OPEN
+            host = request.client.host if request.client else ""
+            if host not in LOOPBACK_CLIENTS:  # e.g. the last key was revoked while serving on 0.0.0.0
+                raise Problem(401, "API key required",
+                              "This server has no API keys, so it answers loopback clients only. "
+                              "Create one with \"shelfwise keys create --scope public\".",
+                              [{"field": "header.authorization", "message": "no keys configured"}],
+                              headers={"WWW-Authenticate": "Bearer"})
+            who, info = ("addr", host), OPEN
         else:
             key = request.headers.get("x-api-key", "")
             auth = request.headers.get("authorization", "")
