@@ -50,7 +50,7 @@ class BertConfig(BaseModel):
                                                        "features alone (cheap)")
     max_steps: int = Field(200, ge=0, description="steps of stage 2 at most: the text joins and "
                                                    "the top layer is fine-tuned")
-    max_minutes: float = Field(3.0, gt=0, description="wall-clock training budget")
+    max_minutes: float = Field(2.5, gt=0, description="wall-clock training budget")
     max_epochs: float = Field(10.0, gt=0, description="passes over the training moments per "
                                                       "stage at most (small shops train briefly)")
     batch_examples: int = Field(8, ge=1, description="validation moments per step")
