@@ -171,7 +171,13 @@ def test_cross_encoder_round_trip_gives_identical_scores():
     examples, data = TestBertContract().examples()
     ranker = BertRanker({**TINY, "feature_steps": 4, "max_steps": 4})
     ranker.fit(examples, data)
+    import torch
+
     ranker.net.use_text = True  # serve with the text whether or not it won on this toy data
+    with torch.no_grad():  # and give it a say (its projection is zero when stage 1 won)
+        torch.manual_seed(0)
+        ranker.net.text_proj.weight.normal_(0, 0.5)
+        ranker.net.text_proj.weight.copy_(ranker.net.text_proj.weight.half().float())  # as stored
     ranker._prepare_serving()
     payload, fmt, meta = dump_state(ranker.state())
     assert meta["config"]["text"] is True
