@@ -283,12 +283,16 @@ class KnowledgeGraphRecaller(Recaller):
                 best_anchor.setdefault(e, a)
 
         def shared(i: int) -> int | None:
-            """The most informative entity item i shares with the history."""
+            """The most informative entity item i shares with the history; a price band
+            only when nothing else is shared (it scores, but it is a weak reason to read)."""
             best = None
             for e, idf in self._entities(i):
                 via = q_ent.get(e)
-                if via and (best is None or (idf, via * idf) > best[0]):
-                    best = ((idf, via * idf), e)
+                if not via:
+                    continue
+                key = (self.relations[self.entity_relation[e]] != "price_band", idf, via * idf)
+                if best is None or key > best[0]:
+                    best = (key, e)
             return None if best is None else best[1]
 
         def explain(i: int) -> str:

@@ -298,3 +298,16 @@ def test_cli_imports_a_graph_lists_kg_and_explains_with_the_path(tmp_path, monke
     recs = json.loads(res.output)
     assert [r["item_id"] for r in recs] == ["m1", "m2"]
     assert recs[1]["reason"] == "same actor as “Movie 1”, which shares a director with “Movie 0”"
+
+
+def test_a_shared_brand_is_the_reason_even_when_the_price_band_is_rarer(tmp_path):
+    """The price band counts in the score, but "same brand" is what a shopper understands."""
+    halo = {0, 1, 6, 12}  # 4 of 24 items; p0 and p1 also share a price band of two
+    items = [Item(f"p{k}", title=f"Product {k}", category="cameras", price=float(k),
+                  brand="halo" if k in halo else f"b{k}") for k in range(24)]
+    store = make_store(tmp_path, items + events([("u", "p0")]))
+    r = KnowledgeGraphRecaller({"price_bands": 12})  # bands of two items: rarer than the brand
+    r.fit(store.dataset())
+    [cands] = r.recall([Query(item_id="p0")], 10)
+    assert cands[0].item_id == "p1", "brand and price band together score highest"
+    assert {c.item_id: c.reason for c in cands} == {f"p{k}": "same brand as [[p0]]" for k in (1, 6, 12)}
