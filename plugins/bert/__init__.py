@@ -264,22 +264,10 @@ class BertRanker(Ranker):
     # -- item stats --------------------------------------------------------------------
 
     def _serving_stats(self) -> ItemStats:
-        """Item evidence from the store (refreshed every 10 minutes), else from training."""
-        store = self.resources.store
-        if store is None:
-            return self._fit_stats or ItemStats({}, np.zeros(0), np.zeros(0), np.zeros(0), [])
-        if self._stats is None or time.time() - self._stats_at > 600 or self._stats_at == 0:
-            now = store.conn.execute("SELECT max(ts) FROM events").fetchone()[0] or time.time()
-            rows = store.conn.execute(
-                "SELECT e.item_id, count(DISTINCT e.user_id), min(e.ts), max(e.ts), "
-                "sum(e.ts > ?), i.category FROM events e LEFT JOIN items i ON i.item_id = e.item_id "
-                "GROUP BY e.item_id", [now - 7 * 86400.0]).fetchall()
-            cats = store.conn.execute("SELECT item_id, category FROM items").fetchall()
-            seen = {r[0] for r in rows}
-            rows += [(i, 0, None, None, 0, c) for i, c in cats if i not in seen]
-            self._stats = ItemStats.from_rows(rows, now)
-            self._stats_at = time.time()
-        return self._stats
+        """Item evidence as of training time (what the model learned with). Not read from
+        the store at request time: in `evaluate` the store holds the held-out future, and
+        popularity counted over it would leak the answers into the features."""
+        return self._fit_stats or ItemStats({}, np.zeros(0), np.zeros(0), np.zeros(0), [])
 
     # -- training ----------------------------------------------------------------------
 
