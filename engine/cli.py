@@ -199,13 +199,17 @@ def train(obj, as_json):
     if as_json:
         click.echo(json.dumps(report, default=str))
     else:
-        click.echo(f"Trained on {report['events']:,} events of {report['users']:,} users in "
-                   f"{report['total_seconds']:.1f}s (run {report['run_id']}).")
-        for name, metrics in report["rankers"].items():
-            click.echo(f"Ranker {name}: validation NDCG@10 {metrics.get('ndcg@10', 0):.4f} "
-                       f"({metrics.get('examples', 0)} users).")
-        if (report.get("ranker") or {}).get("why"):
-            click.echo(f"Serving: {report['ranker']['why']}.")
+        _print_train_summary(report)
+
+
+def _print_train_summary(report: dict) -> None:
+    click.echo(f"Trained on {report['events']:,} events of {report['users']:,} users in "
+               f"{report['total_seconds']:.1f}s (run {report['run_id']}).")
+    for name, metrics in report["rankers"].items():
+        click.echo(f"Ranker {name}: validation NDCG@10 {metrics.get('ndcg@10', 0):.4f} "
+                   f"({metrics.get('examples', 0)} users).")
+    if (report.get("ranker") or {}).get("why"):
+        click.echo(f"Serving: {report['ranker']['why']}.")
 
 
 @cli.command()
@@ -341,15 +345,18 @@ def status(obj, as_json):
 @click.option("--seed", default=7, show_default=True, help="Seed of the generated shop.")
 @click.option("--users", default=5000, show_default=True)
 @click.option("--items", default=2000, show_default=True)
-@click.option("--evaluate/--no-evaluate", "run_eval", default=True, show_default=True)
+@click.option("--evaluate/--no-evaluate", "run_eval", default=False, show_default=True,
+              help="Also run the offline evaluation (trains everything a second time).")
 @click.pass_obj
 def demo(obj, seed, users, items, run_eval):
-    """Create the demo shop, train, show recommendations with reasons and the evaluation."""
+    """Create the demo shop, train, show recommendations with reasons (and, with
+    --evaluate, the offline evaluation)."""
     engine = obj.engine()
     with rich_progress() as progress:
         report = engine.import_data("demo", None, progress=progress, seed=seed, users=users, items=items)
-        engine.train(progress=progress)
+        trained = engine.train(progress=progress)
     click.echo(f"Demo shop in {engine.db_path}: {report.items:,} items, {report.events:,} new events.")
+    _print_train_summary(trained)
     for user_id in engine.store.users_with_events()[:3]:
         history = engine.store.history(user_id, 3)
         seen = ", ".join(f"{h.kind} {h.item_id}" for h in reversed(history))

@@ -188,6 +188,12 @@ def test_cross_encoder_round_trip_gives_identical_scores():
         a, b = ranker.rank(ex.query, ex.candidates), clone.rank(ex.query, ex.candidates)
         assert [(c.item_id, c.score) for c in a] == [(c.item_id, c.score) for c in b]
     text_scores = [c.score for c in a]
+    # a full item cache starts over without losing the items of the request at hand
+    clone.config.cache_items = 12
+    for ex in examples[:6] + examples[:4]:
+        a, b = ranker.rank(ex.query, ex.candidates), clone.rank(ex.query, ex.candidates)
+        assert np.allclose([c.score for c in a], [c.score for c in b], atol=1e-5)  # batch padding
+    assert len(clone._item_cache) <= max(12, max(len(ex.candidates) for ex in examples[:6]))
     ranker.net.use_text = False  # the text term changes the scores: it is really used
     assert [c.score for c in ranker.rank(examples[3].query, examples[3].candidates)] != text_scores
 

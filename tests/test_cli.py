@@ -317,3 +317,20 @@ def test_misspelt_component_setting(tmp_path, csv_files):
     imported = run(db, "import", "csv", "--items", str(items), "--events", str(events))
     assert imported.exit_code == 0, imported.output
     assert_clean_error(run(db, "train"), "[plugins.als]", "factor", "factors")
+
+
+def test_demo_builds_trains_and_shows_reasons(tmp_path):
+    """The main job on a small demo shop: import, train, recommendations with reasons, and
+    the next commands (the TUI among them); evaluation only when asked for."""
+    db = tmp_path / "demo.db"
+    result = run(db, "demo", "--users", "150", "--items", "200")
+    assert result.exit_code == 0, result.output
+    assert "Demo shop in" in result.output and "Trained on" in result.output
+    assert "Serving:" in result.output or "Ranker fusion" in result.output
+    assert result.output.count("Recommendations for") == 3
+    assert "shoppers who" in result.output or "bought together" in result.output  # reasons shown
+    assert f"shelfwise --db {db} tui" in result.output
+    assert "held-out users" not in result.output, "no evaluation unless --evaluate"
+    again = run(db, "demo", "--users", "150", "--items", "200", "--evaluate")
+    assert again.exit_code == 0, again.output
+    assert "held-out users" in again.output and "pipeline" in again.output

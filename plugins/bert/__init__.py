@@ -198,10 +198,11 @@ class BertRanker(Ranker):
     def _encode_items(self, ids: Sequence[str], with_kv: bool):
         """Lower-layer states (and with_kv the top layer's keys/values) of items, cached."""
         torch = self._torch()
-        todo = [i for i in dict.fromkeys(ids) if i not in self._item_cache]
+        wanted = list(dict.fromkeys(ids))
+        if len(self._item_cache) + sum(i not in self._item_cache for i in wanted) > self.config.cache_items:
+            self._item_cache.clear()  # full: start over (the items asked for now are re-encoded)
+        todo = [i for i in wanted if i not in self._item_cache]
         if todo:
-            if len(self._item_cache) + len(todo) > self.config.cache_items:
-                self._item_cache.clear()
             tok = tokenizer()
             texts = self._item_texts(todo)
             for start in range(0, len(todo), 128):
