@@ -251,7 +251,7 @@ def long_tail(engine: Engine) -> dict[str, Any]:
 def overview(engine: Engine, buckets: int = 30) -> dict[str, Any]:
     """Everything the overview shows: counts, active models, last runs, time series, tail."""
     return {**engine.status(), "timeline": events_over_time(engine, buckets),
-            "long_tail": long_tail(engine)}
+            "long_tail": long_tail(engine), "online": engine.report("7d")}
 
 
 # -- evaluation runs -------------------------------------------------------------------------

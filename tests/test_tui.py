@@ -443,6 +443,19 @@ async def test_overview_screen(engine):
         last = engine.store.runs("evaluate", 1)[0]
         pipe = next(r for r in last["metrics"]["results"] if r["kind"] == "pipeline")
         assert f"{pipe['metrics']['ndcg@10']:.4f}" in text(app.screen.query_one("#last-eval", Static))
+        assert "no recommendations served over HTTP yet" in text(app.screen.query_one("#last-eval", Static))
+
+
+async def test_overview_shows_what_served_recommendations_did(engine):
+    """Impressions logged by the HTTP server appear on the Overview with the report's rates."""
+    engine.log_impressions(engine.recommend("user001", 5), "user001", "home")
+    report = engine.report("7d")
+    assert report["overall"]["impressions"] == 5
+    app = make_app(engine, "overview")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        shown = text(app.screen.query_one("#last-eval", Static))
+        assert "Online (7 days): 5 impressions" in shown and "CTR 0.0%" in shown
 
 
 async def test_evaluation_screen_compares_two_runs(engine):

@@ -57,7 +57,8 @@ class OverviewScreen(EngineScreen):
             models.add_row(m["name"], str(m["version"]), fmt.when(m["created_at"]))
         if not data["models"]:
             models.add_row("no trained models", "", "run Train (F6)")
-        self.query_one("#last-eval", Static).update(self.evaluation_line(data))
+        self.query_one("#last-eval", Static).update(
+            self.evaluation_line(data) + "\n" + self.online_line(data["online"]))
         self.plot_timeline(data["timeline"])
         self.plot_tail(data["long_tail"])
 
@@ -82,6 +83,18 @@ class OverviewScreen(EngineScreen):
         else:
             parts.append("No evaluation yet (Evaluation screen, F5).")
         return "\n".join(parts)
+
+    @staticmethod
+    def online_line(report: dict) -> str:
+        """What the recommendations served over HTTP did in the last 7 days."""
+        total = report["overall"]
+        if not total["impressions"]:
+            return "Online (7 days): no recommendations served over HTTP yet (shelfwise serve)."
+        best = max(report["by_recaller"], key=lambda r: r["ctr"], default=None)
+        return (f"Online (7 days): {total['impressions']:,} impressions · CTR {total['ctr']:.1%} · "
+                f"cart {total['cart_rate']:.1%} · conversion {total['conversion_rate']:.1%} · "
+                f"revenue {total['revenue']:,.2f}"
+                + (f" · best CTR: {best['name']} {best['ctr']:.1%}" if best else ""))
 
     def plot_timeline(self, timeline: dict) -> None:
         widget = self.query_one("#timeline", PlotextPlot)
