@@ -446,16 +446,17 @@ async def test_overview_screen(engine):
         assert "no recommendations served over HTTP yet" in text(app.screen.query_one("#last-eval", Static))
 
 
-async def test_overview_shows_what_served_recommendations_did(engine):
+async def test_overview_shows_what_served_recommendations_did(shop_db, shop_env, tmp_path):
     """Impressions logged by the HTTP server appear on the Overview with the report's rates."""
-    engine.log_impressions(engine.recommend("user001", 5), "user001", "home")
-    report = engine.report("7d")
-    assert report["overall"]["impressions"] == 5
-    app = make_app(engine, "overview")
+    eng = Engine(copy_db(shop_db, tmp_path / "served.db"), registry=load_plugins())
+    eng.log_impressions(eng.recommend("user001", 5), "user001", "home")
+    assert eng.report("7d")["overall"]["impressions"] == 5
+    app = make_app(eng, "overview")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         shown = text(app.screen.query_one("#last-eval", Static))
         assert "Online (7 days): 5 impressions" in shown and "CTR 0.0%" in shown
+    eng.close()
 
 
 async def test_evaluation_screen_compares_two_runs(engine):
