@@ -107,7 +107,10 @@ def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mappi
         in_pipeline = {name: recallers[name] for name in quotas}
         fit_recallers(split.visible, in_pipeline, progress, label="validate")
         progress("candidates", 0, len(split.queries), "recalling for validation users")
-        cands = Pipeline(in_pipeline, dict(quotas)).candidates(split.queries)
+        pipe, cands, batch = Pipeline(in_pipeline, dict(quotas)), [], 128
+        for start in range(0, len(split.queries), batch):  # in batches: progress, and a cancel lands
+            cands += pipe.candidates(split.queries[start:start + batch])
+            progress("candidates", len(cands), len(split.queries), "recalling for validation users")
         examples = [RankingExample(q, c, rel)
                     for q, c, rel in zip(split.queries, cands, split.relevant)]
         progress("candidates", len(examples), len(examples), f"{len(examples)} validation users")

@@ -474,3 +474,22 @@ def test_a_cancel_before_activation_keeps_the_models_and_after_it_is_too_late(tm
     assert {a["version"] for a in eng.store.active_artifacts()} != {a["version"] for a in before}
     assert report["versions"]
     eng.close()
+
+
+def test_a_cancel_while_recalling_validation_candidates_lands_at_once(tmp_path):
+    """The validation users are recalled in batches that report progress, so a cancel (or a
+    progress bar) does not wait for all of them."""
+    eng = Engine(tmp_path / "shop.db", registry=load_plugins(), settings=Settings())
+    fill(eng)
+    seen = []
+
+    def progress(stage, done, total, message=""):
+        if stage == "candidates":
+            seen.append(done)
+            if 0 < done < total:
+                raise Cancelled("cancelled while recalling")
+    with pytest.raises(Cancelled):
+        eng.train(progress=progress)
+    assert seen[0] == 0 and 0 < seen[-1], seen
+    assert eng.store.runs("train", 1)[0]["status"] == "failed"
+    eng.close()
