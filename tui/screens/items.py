@@ -9,7 +9,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 
-from engine import inspect
+from engine import EngineError, inspect
 
 from .. import format as fmt
 from .base import EngineScreen
@@ -25,7 +25,7 @@ def _item_page(engine, item_id: str, n: int = 10):
     try:
         page["similar"] = engine.similar(item_id, n)
         page["similar_error"] = ""
-    except Exception as exc:  # noqa: BLE001 - shown in its tab, the rest of the page still works
+    except EngineError as exc:  # e.g. no trained model: shown in its tab, the page still works
         page["similar"], page["similar_error"] = [], str(exc)
     return page
 
