@@ -236,8 +236,9 @@ class Engine:
         return {"diversity": ps.diversity, "new_slots": ps.new_item_slots, "new_position": ps.new_item_position}
 
     def _active_models(self) -> tuple:
+        """Which artifact versions are active (a rollback that swaps versions changes it too)."""
         return tuple(self.store.conn.execute(
-            "SELECT count(*), total(id) FROM artifacts WHERE active = 1").fetchone())
+            "SELECT group_concat(id) FROM (SELECT id FROM artifacts WHERE active = 1 ORDER BY id)").fetchone())
 
     def _data_marks(self) -> dict[str, Any]:
         q = self.store.conn.execute
