@@ -198,6 +198,22 @@ def test_cross_encoder_round_trip_gives_identical_scores():
     assert [c.score for c in ranker.rank(examples[3].query, examples[3].candidates)] != text_scores
 
 
+def test_reattaching_after_a_catalogue_change_forgets_item_texts():
+    """The engine re-attaches serving components when the catalogue changes; an edited
+    title must not be ranked by its old text and cached encoder states."""
+    from engine.components import Resources
+
+    examples, data = TestBertContract().examples()
+    ranker = BertRanker({**TINY, "feature_steps": 2, "max_steps": 2})
+    ranker.fit(examples, data)
+    ranker.net.use_text = True
+    ranker._prepare_serving()
+    ranker.rank(examples[0].query, examples[0].candidates)
+    assert ranker._texts and ranker._item_cache
+    ranker.attach(Resources())
+    assert not ranker._texts and not ranker._item_cache
+
+
 def test_bert_model_loads_without_pickle():
     for path in (ROOT / "plugins" / "bert").rglob("*.py"):
         text = path.read_text()

@@ -145,6 +145,13 @@ class BertRanker(Ranker):
         self._fit_stats: ItemStats | None = None
         self._lock = threading.Lock()
 
+    def attach(self, resources) -> None:
+        """The engine re-attaches serving components after catalogue changes: an item's
+        text (and so its cached encoder states) may have changed."""
+        super().attach(resources)
+        self._texts.clear()
+        self._item_cache.clear()
+
     # -- setup -------------------------------------------------------------------------
 
     def _torch(self):
