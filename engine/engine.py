@@ -245,10 +245,16 @@ class Engine:
         return {"catalogue": tuple(q("SELECT count(*), max(updated_at) FROM items").fetchone()),
                 "events": q("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]}
 
-    def _adopt(self) -> None:
-        """After our own writes: what is loaded and cached already reflects them."""
+    def _adopt(self, models: tuple | None = None) -> None:
+        """After our own writes: what is loaded and cached already reflects them. `models`:
+        the active set our own write produced (read inside its transaction). The active set
+        is never re-read here: models another connection activated in the meantime must
+        still be noticed by `sync` (adopting them unseen kept the old models serving and
+        skipped the fold-in of a retrain's events)."""
         if self._seen is not None:
-            self._seen.update(models=self._active_models(), **self._data_marks())
+            self._seen.update(**self._data_marks())
+            if models is not None:
+                self._seen["models"] = models
 
     def sync(self) -> None:
         """Notice what other connections (a background training, another process) changed,
@@ -424,7 +430,8 @@ class Engine:
                 return {}
             versions = self.store.save_artifacts(blobs)
             self.store.conn.execute(superseded, list(blobs))
-        self._adopt()
+            mine = self._active_models()
+        self._adopt(models=mine)
         return versions
 
     # -- training and evaluation -------------------------------------------------------

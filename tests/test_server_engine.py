@@ -131,3 +131,26 @@ def test_events_stored_during_a_retrain_are_folded_into_the_new_models(eng):
     assert eng.fold_in_since(trainer.dataset_events_upto) == 2
     assert together()[0] == "fresh-y"
     assert eng.fold_in_since(trainer.dataset_events_upto) == 0, "never twice"
+
+
+def test_models_activated_during_our_own_write_are_still_noticed(eng):
+    """The race seen once in the live retrain test: another connection activates new models
+    between our ingest's check and its bookkeeping. The serving engine must still notice
+    them (reload the models) rather than adopt them unseen and keep serving the old ones."""
+    eng.recommend("user001", 5)
+    old = {name: id(component) for name, component in eng._loaded.items()}
+    other = Engine(eng.db_path)
+    real_sync = eng.sync
+
+    def sync_then_another_connection_trains():
+        real_sync()
+        other.train()
+
+    eng.sync = sync_then_another_connection_trains
+    eng.ingest([Event("user001", "g1-i01", "view", LATER, event_id="race-1")])
+    eng.sync = real_sync
+    other.close()
+    eng.recommend("user001", 5)
+    assert {name: id(c) for name, c in eng._loaded.items()} != old, "the new models are loaded"
+    active = {a["name"]: a["version"] for a in eng.store.active_artifacts()}
+    assert all(getattr(c, "_fitted", True) for c in eng._loaded.values()) and active

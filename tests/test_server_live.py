@@ -81,8 +81,10 @@ def test_nothing_lost_while_a_retrain_runs(big_shop, tmp_path):
     assert status["training"]["error"] is None and status["training"]["stage"] == "done"
     assert during >= 3, f"only {during} batches arrived during the retrain; make the shop bigger"
     # Events of the retrain's window are folded into the new models (strictly tested at engine
-    # level in test_server_engine.py). Here it is timing-dependent: it was 0 in one of about ten
-    # runs of the whole suite, not yet explained, so the live test checks only that it ran.
+    # level in test_server_engine.py). Here it was 0 in one of about ten suite runs: a race in
+    # which the serving engine adopted the new models unseen (fixed and tested at engine level:
+    # test_models_activated_during_our_own_write_are_still_noticed). The count depends on
+    # timing, so the live test checks only that it is reported.
     assert status["training"]["folded_in"] >= 0, status["training"]
     assert accepted == len(sent), "every distinct event acknowledged exactly once"
     assert duplicates == sum(50 * (1 + (b % 3 == 0)) for b in range(batch_no)) - len(sent)
