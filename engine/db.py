@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
@@ -34,3 +35,24 @@ def open_db(path: str | Path, extra: Iterable[Migrations] = ()) -> sqlite_utils.
         names.add(m.name)
         m.apply(db)
     return db
+
+
+@contextlib.contextmanager
+def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """A transaction that takes SQLite's write lock at its start (BEGIN IMMEDIATE), waiting up
+    to the busy timeout. A plain BEGIN reads first and upgrades on its first write, which fails
+    at once ("database is locked") if another connection committed in between — as a retrain's
+    activation did while the server stored events. Inside a transaction: a savepoint."""
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+    else:
+        db.conn.execute("COMMIT")

@@ -19,7 +19,7 @@ from .components import (
 )
 from .config import Settings, load_settings
 from .dataset import Dataset
-from .db import open_db
+from .db import open_db, write_transaction
 from .errors import ArtifactError, EngineError, NotTrainedError, UnknownComponentError
 from .evaluation import holdout
 from .metrics import aggregate
@@ -354,7 +354,7 @@ class Engine:
         users = {e.user_id for e in events}
         histories = {u: self.store.history(u, self.settings.pipeline.history) for u in users}
         self.sync()
-        with self.db.atomic():
+        with write_transaction(self.db):
             added, duplicates, conflicts = self.store.add_events(events)
             if conflicts:
                 raise EngineError(
@@ -479,7 +479,7 @@ class Engine:
                 serving, losers, why = self.settings.pipeline.ranker, [], "named in shelfwise.toml"
             blobs = {f"recaller/{n}": dump_state(r.state()) for n, r in recallers.items()}
             blobs.update({f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name not in losers})
-            with self.db.atomic():
+            with write_transaction(self.db):
                 versions = self.store.save_artifacts(blobs)
                 if losers:
                     versions.update(self.store.save_artifacts(

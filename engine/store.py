@@ -17,6 +17,7 @@ import numpy as np
 import sqlite_utils
 
 from .dataset import DEFAULT_KIND_WEIGHTS, Dataset
+from .db import write_transaction
 from .errors import ArtifactError, ImportDataError
 from .types import Event, Interaction, Item, ItemEntity, Record, Triple, User
 
@@ -393,7 +394,7 @@ class Store:
         ones, all in one transaction. Returns name -> version."""
         versions = {}
         now = time.time()
-        with self.db.atomic():
+        with write_transaction(self.db):
             for name, (payload, fmt, meta) in blobs.items():
                 version = (self.conn.execute("SELECT max(version) FROM artifacts WHERE name = ?",
                                              [name]).fetchone()[0] or 0) + 1

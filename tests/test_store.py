@@ -308,3 +308,33 @@ def test_dataset_uses_the_given_kind_weights(store):
     data = store.dataset({"view": 1.0, "purchase": 3.0})
     assert data.matrix().toarray().tolist() == [[4.0]]
     assert np.allclose(store.dataset().matrix().toarray(), [[9.0]])  # defaults: 1 + 8
+
+
+def test_saving_artifacts_waits_for_another_writer_instead_of_failing(tmp_path):
+    """A plain BEGIN reads, then fails at its first write if another connection committed
+    meanwhile ("database is locked" at once). Saving artifacts takes the write lock first."""
+    import threading
+
+    from engine.db import open_db
+    from engine.store import Store
+
+    path = tmp_path / "shop.db"
+    b = Store(open_db(path))
+    b.save_artifacts({"ranker/x": (b"v1", "json", {})})
+    b.conn.execute("BEGIN IMMEDIATE")
+    b.conn.execute("INSERT INTO users (user_id, attrs) VALUES ('u1', '{}')")
+    result = {}
+
+    def save():  # a second connection, in its own thread
+        a = Store(open_db(path))
+        result.update(a.save_artifacts({"ranker/x": (b"v2", "json", {})}))
+        a.db.close()
+
+    saver = threading.Thread(target=save)
+    saver.start()
+    saver.join(0.3)
+    assert saver.is_alive(), "it waits for the other writer"
+    b.conn.execute("COMMIT")
+    saver.join(10)
+    assert result == {"ranker/x": 2}
+    assert b.load_artifact("ranker/x")[0] == b"v2"
