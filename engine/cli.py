@@ -370,25 +370,6 @@ def demo(obj, seed, users, items, run_eval):
     click.echo(f"Explore it in the terminal UI: shelfwise --db {engine.db_path} tui")
 
 
-@cli.command()
-@click.option("--screen", type=click.Choice(["overview", "users", "items", "search", "evaluation",
-                                             "train", "plugins"]), default="users", show_default=True,
-              help="The screen to open on.")
-@click.pass_obj
-def tui(obj, screen):
-    """Open the terminal UI on the database: users, items, search, evaluation, training.
-
-    \b
-    Keys: F1-F7 switch screens, / finds, Ctrl+P opens the command palette, Ctrl+Q quits.
-    """
-    from tui.app import ShelfwiseApp
-
-    if not Path(obj.db).exists():
-        raise click.ClickException(f"There is no database at {obj.db}. Create one with "
-                                   f"\"shelfwise --db {obj.db} demo\" or \"shelfwise import ...\".")
-    ShelfwiseApp(obj.engine(), mode=screen).run()
-
-
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 

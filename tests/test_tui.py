@@ -34,7 +34,7 @@ from .conftest import CORE_PLUGINS
 
 pytestmark = pytest.mark.anyio  # the pilot tests are coroutines
 
-PLUGINS = CORE_PLUGINS + ",search"
+PLUGINS = CORE_PLUGINS + ",search,tui"  # tui: the `shelfwise tui` command (tmux test)
 N_USERS = 90
 PINNED = shop.T0 + 40 * shop.DAY  # "now" for models and runs in the snapshots
 
@@ -243,7 +243,7 @@ def test_events_over_time_and_long_tail_add_up(engine):
 def test_compare_runs(engine):
     runs = inspect.evaluation_runs(engine)
     assert [r["recallers"] for r in runs][:2] == [["cooccurrence", "popular"],
-                                                  ["als", "cooccurrence", "popular", "search"]]
+                                                  ["als", "cooccurrence", "popular", "search", "sequence"]]
     new, old = runs[0]["id"], runs[1]["id"]
     report = inspect.compare_runs(engine, old, new)
     rows = {(r["name"], r["metric"]): r for r in report["rows"]}
@@ -326,6 +326,7 @@ async def test_users_screen_toggles_and_n_change_the_list_live(engine):
         recallers = screen.query_one("#recallers", SelectionList)
         recallers.deselect("als")
         recallers.deselect("search")
+        recallers.deselect("sequence")
         await settle(pilot)
         chosen = sorted(recallers.selected)
         assert chosen == ["cooccurrence", "popular"]
