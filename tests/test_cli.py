@@ -163,7 +163,7 @@ def test_evaluate_json(shop_db):
     report = json.loads(result.stdout)
     assert report["k"] == 5
     rows = {r["name"]: r for r in report["results"]}
-    assert set(rows) == {"popular", "als", "cooccurrence", "pipeline"}
+    assert set(rows) == {"popular", "als", "cooccurrence", "sequence", "pipeline"}
     assert rows["pipeline"]["kind"] == "pipeline"
     assert {r["kind"] for name, r in rows.items() if name != "pipeline"} == {"recaller"}
     for r in rows.values():
@@ -192,7 +192,7 @@ def test_plugins(shop_db):
     assert plugins["fusion"]["components"] == {"rankers": ["fusion"]}
     assert "failures" in info
     trained = {c["name"] for c in info["components"]["recallers"] if c["trained"]}
-    assert trained == {"popular", "als", "cooccurrence"}
+    assert trained == {"popular", "als", "cooccurrence", "sequence"}
 
 
 # -- errors ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from engine.plugins import load_plugins
 
 from . import shop
 
-DEFAULT_RECALLERS = {"popular", "als", "cooccurrence"}
+DEFAULT_RECALLERS = {"popular", "als", "cooccurrence", "sequence"}
 METRIC_KEYS = {f"{m}@5" for m in ("ndcg", "recall", "hit", "mrr", "precision", "coverage")}
 
 
@@ -235,7 +235,7 @@ def test_similar_items(trained):
     recs = trained.similar(item, n=5)
     assert len(recs) == 5
     assert item not in {r.item_id for r in recs}
-    assert {r.source for r in recs} <= {"als", "cooccurrence"}
+    assert {r.source for r in recs} <= {"als", "cooccurrence", "sequence"}
     assert sum(r.category == "cat1" for r in recs) >= 4
     assert shop.OUT_OF_STOCK not in {r.item_id for r in trained.similar(shop.item_id(0, 1), 20)}
     with pytest.raises(EngineError, match="Unknown item 'no-such-item'"):

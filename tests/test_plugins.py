@@ -18,7 +18,7 @@ T0 = 1_700_000_000.0
 BUILT_INS = {
     "popular": {"recallers": ["popular"]},
     "als": {"recallers": ["als"]},
-    "cooccurrence": {"recallers": ["cooccurrence"]},
+    "cooccurrence": {"recallers": ["cooccurrence", "sequence"]},
     "fusion": {"rankers": ["fusion"]},
 }
 

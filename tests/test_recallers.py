@@ -13,6 +13,7 @@ from engine.testing import RankerContract, RecallerContract, checkerboard, query
 from plugins.als import AlsRecaller
 from plugins.als._kernels import confidence, fold_in, fold_in_reference
 from plugins.cooccurrence import CooccurrenceRecaller
+from plugins.cooccurrence.sequence import SequenceRecaller
 from plugins.cooccurrence._kernels import (
     distinct_interactions, pair_counts, pair_counts_reference,
 )
@@ -45,6 +46,11 @@ class TestCooccurrenceContract(RecallerContract):
         return CooccurrenceRecaller()
 
 
+class TestSequenceContract(RecallerContract):
+    def make(self):
+        return SequenceRecaller()
+
+
 class TestFusionContract(RankerContract):
     def make(self):
         return FusionRanker()
@@ -63,6 +69,18 @@ def test_fusion_keeps_the_order_of_recallers_it_tuned_to_zero():
 
 
 # -- ALS ------------------------------------------------------------------------------
+
+
+def test_als_never_recalls_items_nobody_interacted_with():
+    base = checkerboard()
+    data = Dataset.from_arrays(base.user_ids[base.users], base.item_ids[base.items],
+                               [base.kind_names[k] for k in base.kinds], base.ts,
+                               catalogue=list(base.item_ids) + ["untouched"])
+    recaller = AlsRecaller(ALS)
+    recaller.fit(data)
+    user = str(data.user_ids[0])
+    recalled = [c.item_id for c in recaller.recall([query_for(data, user)], data.n_items)[0]]
+    assert recalled and "untouched" not in recalled  # its factor is zero: no evidence either way
 
 
 def test_fold_in_matches_the_reference():
@@ -294,6 +312,40 @@ def test_cooccurrence_says_viewed_or_bought_together():
                recaller.recall([Query(item_id="shoe", exclude=frozenset(["shoe"]))], 5)[0]}
     assert by_item["sock"] == f"bought together with {mention('shoe')}"
     assert by_item["hat"] == f"viewed together with {mention('shoe')}"
+
+
+# -- sequence -------------------------------------------------------------------------
+
+
+def test_sequence_recalls_what_shoppers_chose_next_not_before():
+    # Everyone goes tent -> stove -> mug; u4 has only just bought the tent.
+    users, items = [], []
+    for u in ("u1", "u2", "u3"):
+        users += [u] * 3
+        items += ["tent", "stove", "mug"]
+    users += ["u4"]
+    items += ["tent"]
+    data = Dataset.from_arrays(users, items, ["purchase"] * len(users), T0 + np.arange(len(users)) * 60.0)
+    recaller = SequenceRecaller()
+    recaller.fit(data)
+    after_tent = recaller.recall([query_for(data, "u4")], 5)[0]
+    assert [c.item_id for c in after_tent] == ["stove", "mug"]  # the next step first, then the one after
+    assert after_tent[0].reason == f"often chosen next after {mention('tent')}"
+    # Directed: nobody went from the mug back to the tent or the stove.
+    assert recaller.recall([Query(item_id="mug", exclude=frozenset(["mug"]))], 5)[0] == []
+    assert [c.item_id for c in recaller.recall([Query(item_id="stove")], 5)[0]] == ["mug"]
+
+
+def test_sequence_weighs_the_newest_items_most():
+    # a is followed by x, b by y; a shopper who met a, then b, hears y first.
+    users = ["p", "p", "q", "q", "s", "s"]
+    items = ["a", "x", "b", "y", "a", "b"]
+    data = Dataset.from_arrays(users, items, ["view"] * 6, T0 + np.arange(6) * 60.0)
+    recaller = SequenceRecaller({"window": 1})
+    recaller.fit(data)
+    ranked = recaller.recall([query_for(data, "s")], 5)[0]
+    assert [c.item_id for c in ranked] == ["y", "x"]
+    assert ranked[0].score > ranked[1].score
 
 
 # -- popular --------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def test_nothing_lost_while_a_retrain_runs(big_shop, tmp_path):
 
 
 # click probability per recaller on the home page; every item on the cart page: CART_CTR
-P_CLICK = {"cooccurrence": 0.35, "als": 0.2, "popular": 0.08}
+P_CLICK = {"cooccurrence": 0.35, "sequence": 0.25, "als": 0.2, "popular": 0.08}
 CART_CTR = 0.12
 P_CART, P_BUY = 0.5, 0.6
 

@@ -67,6 +67,8 @@ class AlsRecaller(Recaller):
         self.gram = (factors.astype(np.float64).T @ factors.astype(np.float64))
         norms = np.linalg.norm(factors, axis=1)
         self.unit = factors / np.maximum(norms, 1e-9)[:, None]
+        # an item nobody interacted with keeps a zero factor: ALS has nothing to say about it
+        self.recallable = self.known & (norms > 0)
         self._fitted = True
 
     def state(self) -> ModelState:
@@ -105,7 +107,7 @@ class AlsRecaller(Recaller):
             if len(items) == 0:
                 out.append([])
                 continue
-            banned = ~self.known.copy()
+            banned = ~self.recallable
             for item in q.exclude:
                 i = self.index.get(item)
                 if i is not None:

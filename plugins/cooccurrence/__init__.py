@@ -1,4 +1,5 @@
-"""`cooccurrence`: "bought together" and "viewed together" item-to-item recall.
+"""`cooccurrence`: "bought together" and "viewed together" item-to-item recall (and, in
+`sequence.py`, `sequence`: what shoppers went on to next).
 
 Counts how often two items are among a shopper's nearby interactions, normalises by item
 popularity and shrinks small counts. New events are folded into the counts as they
@@ -216,4 +217,7 @@ class CooccurrenceRecaller(Recaller):
 
 @hookimpl
 def register_recallers(register):
+    from .sequence import SequenceRecaller
+
     register(CooccurrenceRecaller)
+    register(SequenceRecaller)

@@ -1,0 +1,108 @@
+"""`sequence`: what shoppers went on to next after the items this shopper met last.
+
+Co-occurrence is symmetric and spans a long window ("bought together"); this counts
+directed steps: item b follows item a when b is one of the next `window` distinct items a
+shopper met after a, weighted 1/distance. At request time the shopper's few most recent
+items, newest weighted most, vote for what tends to come after them. Counts are refreshed
+at `train` (not incremental: the shopper's latest items are read at request time, so a
+new step is used as an anchor at once)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from engine import Dataset, ModelState, Query, Recaller, mention, top_n
+
+from ._kernels import distinct_interactions, summed_csr
+
+
+class SequenceConfig(BaseModel):
+    window: int = Field(5, ge=1, description="an item counts as following the previous this many distinct items")
+    history: int = Field(5, ge=1, description="most recent distinct items used as anchors at request time")
+    decay: float = Field(0.6, gt=0, le=1, description="weight factor per step back in the history")
+    shrinkage: float = Field(5.0, ge=0, description="pseudo-count that damps anchors with few followers")
+
+
+class SequenceRecaller(Recaller):
+    name = "sequence"
+    description = "What shoppers went on to next after the same recent items (directed steps)"
+    Config = SequenceConfig
+    default_quota = 100
+
+    def fit(self, data: Dataset, progress=None) -> None:
+        cfg = self.config
+        users, items, _ = distinct_interactions(data.users, data.items,
+                                                np.ones(data.n_events), data.n_items)
+        rows, cols, vals = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+        for d in range(1, cfg.window + 1):
+            same = users[d:] == users[:-d]
+            rows.append(items[:-d][same])
+            cols.append(items[d:][same])
+            vals.append(np.full(int(same.sum()), 1.0 / d))
+        r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+        indptr, indices, (weights,) = summed_csr(r, c, [v], data.n_items)
+        out_degree = np.bincount(r, weights=v, minlength=data.n_items)
+        known = data.known if data.known is not None else np.ones(data.n_items, bool)
+        self._set(data.item_ids, known, indptr, indices, weights, out_degree)
+        if progress:
+            progress("sequence", 1, 1, f"{len(indices):,} steps between items")
+
+    def _set(self, item_ids, known, indptr, indices, weights, out_degree) -> None:
+        self.item_ids = np.asarray(item_ids, dtype=str)
+        self.ids = self.item_ids.tolist()
+        self.index = {item: i for i, item in enumerate(self.ids)}
+        self.known = np.asarray(known, dtype=bool)
+        self.indptr, self.indices = np.asarray(indptr, np.int64), np.asarray(indices, np.int32)
+        self.weights = np.asarray(weights, np.float32)
+        self.out_degree = np.asarray(out_degree, np.float64)
+        self._fitted = True
+
+    def state(self) -> ModelState:
+        return ModelState(arrays={"item_ids": self.item_ids, "known": self.known,
+                                  "indptr": self.indptr, "indices": self.indices,
+                                  "weights": self.weights, "out_degree": self.out_degree})
+
+    def load(self, state: ModelState) -> None:
+        a = state.arrays
+        self._set(a["item_ids"], a["known"], a["indptr"], a["indices"], a["weights"], a["out_degree"])
+
+    def _anchors(self, q: Query) -> list[tuple[int, float]]:
+        if q.item_id is not None:
+            a = self.index.get(q.item_id)
+            return [] if a is None else [(a, 1.0)]
+        anchors = []
+        for pos, item in enumerate(q.history_items[: self.config.history]):
+            a = self.index.get(item)
+            if a is not None:
+                anchors.append((a, self.config.decay ** pos))
+        return anchors
+
+    def recall(self, queries: Sequence[Query], n: int):
+        out = []
+        size = len(self.ids)
+        for q in queries:
+            anchors = self._anchors(q)
+            score, best = np.zeros(size), np.zeros(size)
+            best_anchor = np.full(size, -1, dtype=np.int64)
+            for a, wa in anchors:
+                lo, hi = self.indptr[a], self.indptr[a + 1]
+                idx = self.indices[lo:hi]
+                contrib = wa * self.weights[lo:hi] / (self.out_degree[a] + self.config.shrinkage)
+                score[idx] += contrib
+                better = contrib > best[idx]
+                best[idx[better]] = contrib[better]
+                best_anchor[idx[better]] = a
+            banned = ~self.known | (score <= 0)
+            for item in q.exclude:
+                i = self.index.get(item)
+                if i is not None:
+                    banned[i] = True
+            for a, _ in anchors:
+                banned[a] = True
+            picked = [(self.ids[i], float(score[i]), f"often chosen next after {mention(self.ids[best_anchor[i]])}")
+                      for i in top_n(score, n, banned).tolist()]
+            out.append(self.candidates(picked))
+        return out
