@@ -3,7 +3,7 @@ and the latency of re-ranking 100 candidates for one user (fp32 vs int8).
 
     python benchmarks/bench_bert.py --db ml100k.db --name ml100k
     python benchmarks/bench_bert.py --db demo.db --name demo --config '{"max_minutes": 5}'
-    python benchmarks/bench_bert.py --show benchmarks/results/bert-ml100k.json
+    python benchmarks/bench_bert.py --show benchmarks/results/bert-demo.json
 
 What it does, with the database read only:
 
@@ -20,8 +20,8 @@ What it does, with the database read only:
             correlation. The text path is timed even when training did not keep it.
   lengths   latency of the text path by context length (user_tokens 24 / 48 / 96).
 
-The end-to-end test-split numbers of the README come from `shelfwise evaluate --ranker
-bert` and `--ranker fusion`; this script is for the ranker-level comparison and speed.
+The test-split quality of the README comes from `bench_bert_test.py`; this script is for
+speed, size and int8 (its quality rows are the held-back validation users of one cut).
 """
 
 from __future__ import annotations
@@ -135,8 +135,15 @@ def main() -> None:
         [[c.item_id for c in bert.rank(ex.query, ex.candidates)] for ex in check], check, data.n_items)
     print(json.dumps(result["quality"], indent=1), flush=True)
 
-    # Latency: the text path (forced on if training did not keep it), fp32 and int8.
+    # Latency: the features-only path (what serves when training did not keep the text) and
+    # the text path (forced on if training did not keep it), fp32 and int8.
     text_kept = bert.net.use_text
+    plain = BertRanker(json.loads(args.config))
+    plain.attach(resources)
+    plain.load(load_state(*dump_state(bert.state())))
+    plain.net.use_text = False
+    plain._prepare_serving()
+    features_only = timed_rank({"features": plain}, check)["features"]
     bert.net.use_text = True
     bert._prepare_serving()
     state = bert.state()
@@ -148,6 +155,7 @@ def main() -> None:
     warm = timed_rank(both, check)
     cold = timed_rank(both, check, cold=True, limit=60)
     lat = {label: {"warm": warm[label], "cold": cold[label]} for label in both}
+    lat["features_only"] = features_only
     print(lat, flush=True)
     a = [np.array([c.score for c in bert.rank(ex.query, ex.candidates[:100])]) for ex in check[:100]]
     b = [np.array([c.score for c in int8.rank(ex.query, ex.candidates[:100])]) for ex in check[:100]]
@@ -180,6 +188,8 @@ def main() -> None:
         w, c = lat[label]["warm"], lat[label]["cold"]
         print(f"re-rank 100 candidates, {label}: warm p50 {w['p50_ms']} ms p99 {w['p99_ms']} ms; "
               f"cold p50 {c['p50_ms']} ms p99 {c['p99_ms']} ms")
+    print(f"re-rank 100 candidates, recall features only: p50 {features_only['p50_ms']} ms "
+          f"p99 {features_only['p99_ms']} ms")
     print(f"int8 vs fp32 score correlation {corr:.4f}; by user_tokens: {lengths}")
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"bert-{args.name}.json")
     out.write_text(json.dumps(result, indent=1))

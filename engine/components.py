@@ -198,6 +198,7 @@ class RankingExample:
     query: Query
     candidates: list[Candidate]
     relevant: frozenset[str]
+    known: "Dataset | None" = None  # the events visible at this moment (for item statistics)
 
 
 class Ranker(Component):
@@ -211,12 +212,21 @@ class Ranker(Component):
     @abstractmethod
     def fit(self, examples: Sequence[RankingExample], data: "Dataset",
             progress: ProgressCallback | None = None) -> dict[str, float]:
-        """Learn from examples; return validation metrics (at least "ndcg@10")."""
+        """Learn from examples; return validation metrics (at least "ndcg@10").
+
+        `data` holds the events visible at the latest of the examples' moments; an example
+        cut earlier carries its own view in `example.known` (count item statistics from
+        that, never from later events)."""
 
     @abstractmethod
     def rank(self, query: Query, candidates: Sequence[Candidate]) -> list[Candidate]:
         """Return the candidates re-scored, best first. Keep `source`, `reason`,
         `scores` and `ranks`; set `score` to this ranker's score."""
+
+    def observe(self, data: "Dataset") -> None:
+        """Called after `fit`, once the recallers are fitted again on `data`: the events
+        serving will see. `fit` learned from an earlier split; a ranker that reads item
+        statistics (popularity, recency) takes them from here. Default: nothing."""
 
     def is_fitted(self) -> bool:
         return getattr(self, "_fitted", False)

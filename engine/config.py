@@ -39,6 +39,8 @@ class PipelineSettings(BaseModel):
     history: int = Field(200, ge=1, description="most recent events of a user passed to recallers")
     validation_share: float = Field(0.1, gt=0, lt=0.5, description="share of each user's newest items held out for tuning")
     validation_users: int = Field(3000, ge=10, description="at most this many users tune the ranker")
+    validation_windows: int = Field(3, ge=1, le=10, description="validation cuts per user: each "
+                                    "earlier cut adds a moment per user (recallers fitted again)")
     min_interactions: int = Field(5, ge=2, description="users with fewer distinct items are never held out")
     diversity: float = Field(0.0, ge=0, description="after ranking, penalise repeating a category already shown (0: off)")
     new_item_slots: int = Field(1, ge=0, description="places in each list kept for products nobody has interacted with yet, if a recaller proposed one (demo shop: NDCG@10 -3%, cold-start Recall@10 0 -> 0.026)")

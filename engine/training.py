@@ -92,34 +92,59 @@ def fit_recallers(data: Dataset, recallers: Mapping[str, Recaller],
     return seconds
 
 
+def validation_examples(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mapping[str, int],
+                        settings: PipelineSettings, progress: ProgressCallback = no_progress
+                        ) -> tuple[list[RankingExample], list[RankingExample]]:
+    """The moments rankers learn from, built time-correctly: each user's newest items are
+    held out, the recallers are fitted on what came before, and the candidates they recall
+    are paired with the items the user met next. With `validation_windows` > 1 the same is
+    done again on the part before each cut (an earlier moment of the same users, recallers
+    fitted again). Returns (moments of the latest cut, moments of the earlier cuts)."""
+    latest: list[RankingExample] = []
+    earlier: list[RankingExample] = []
+    visible = data
+    for window in range(settings.validation_windows):
+        split = holdout(visible, settings.validation_share, settings.min_interactions,
+                        history=settings.history, max_users=settings.validation_users,
+                        seed=settings.seed + window)
+        if not split.queries:
+            break
+        label = "validate" if window == 0 else f"validate (cut {window + 1})"
+        fit_recallers(split.visible, recallers, progress, label=label)
+        progress("candidates", 0, len(split.queries), f"recalling for validation users ({label})")
+        pipe, cands, batch = Pipeline(dict(recallers), dict(quotas)), [], 128
+        for start in range(0, len(split.queries), batch):  # in batches: progress, and a cancel lands
+            cands += pipe.candidates(split.queries[start:start + batch])
+            progress("candidates", len(cands), len(split.queries), f"recalling for validation users ({label})")
+        moments = [RankingExample(q, c, rel, split.visible)
+                   for q, c, rel in zip(split.queries, cands, split.relevant)]
+        (latest if window == 0 else earlier).extend(moments)
+        visible = split.visible
+    return latest, earlier
+
+
 def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mapping[str, int],
                  rankers: Sequence[Ranker], settings: PipelineSettings,
                  progress: ProgressCallback = no_progress) -> dict:
-    """Fit everything on `data`: the recallers on a validation split first, so that each
+    """Fit everything on `data`: the recallers on validation splits first, so that each
     ranker learns from candidates of recallers that did not see the held-out items; then
     the recallers again on all of `data`. Only recallers in `quotas` feed the rankers.
     Returns timings, each ranker's validation metrics and the candidates' hit rate."""
     report: dict = {"seconds": {}, "rankers": {}}
     if rankers:
-        split = holdout(data, settings.validation_share, settings.min_interactions,
-                        history=settings.history, max_users=settings.validation_users,
-                        seed=settings.seed)
         in_pipeline = {name: recallers[name] for name in quotas}
-        fit_recallers(split.visible, in_pipeline, progress, label="validate")
-        progress("candidates", 0, len(split.queries), "recalling for validation users")
-        pipe, cands, batch = Pipeline(in_pipeline, dict(quotas)), [], 128
-        for start in range(0, len(split.queries), batch):  # in batches: progress, and a cancel lands
-            cands += pipe.candidates(split.queries[start:start + batch])
-            progress("candidates", len(cands), len(split.queries), "recalling for validation users")
-        examples = [RankingExample(q, c, rel)
-                    for q, c, rel in zip(split.queries, cands, split.relevant)]
-        progress("candidates", len(examples), len(examples), f"{len(examples)} validation users")
-        fit_examples, check = check_split(examples, settings.seed)
+        latest, earlier = validation_examples(data, in_pipeline, quotas, settings, progress)
+        examples = latest + earlier
+        progress("candidates", len(examples), len(examples), f"{len(examples)} validation moments")
+        # the rankers are compared on users of the latest cut that none of them learned from
+        fit_examples, check = check_split(latest, settings.seed)
+        fit_examples += earlier
+        visible = latest[0].known if latest else data
         for ranker in rankers:
             stage = f"fit {ranker.name}"
             started = time.perf_counter()
             report["rankers"][ranker.name] = ranker.fit(
-                fit_examples, split.visible,
+                fit_examples, visible,
                 progress=lambda _s, done, total, msg="", st=stage: progress(st, done, total, msg))
             report["seconds"][ranker.name] = time.perf_counter() - started
         if check:
@@ -132,11 +157,14 @@ def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mappi
             for ranker in rankers:
                 if report["seconds"][ranker.name] < QUICK_REFIT_SECONDS:
                     report["rankers"][ranker.name].update(
-                        {f"{key}_all": value for key, value in ranker.fit(examples, split.visible).items()
+                        {f"{key}_all": value for key, value in ranker.fit(examples, visible).items()
                          if key.startswith("ndcg")})
         report["check_examples"] = len(check)
-        hits = sum(bool({c.item_id for c in cs} & ex.relevant) for cs, ex in zip(cands, examples))
-        report["candidate_hit_rate"] = hits / max(len(examples), 1)
-        del cands, examples, split  # free the validation candidates before the final fit
+        hits = sum(bool({c.item_id for c in ex.candidates} & ex.relevant) for ex in latest)
+        report["candidate_hit_rate"] = hits / max(len(latest), 1)
+        report["validation_moments"] = len(examples)
+        del examples, latest, earlier, fit_examples, check, visible  # free the candidates before the final fit
     report["seconds"].update(fit_recallers(data, recallers, progress))
+    for ranker in rankers:
+        ranker.observe(data)
     return report

@@ -86,7 +86,7 @@ def test_train_fits_bert_and_compares_it_with_fusion_on_the_same_users(trained_d
     for metrics in (bert, fusion):
         assert 0.0 <= metrics[f"check_ndcg@{CHECK_K}"] <= 1.0
     assert bert["steps"] > 0 and bert["train_examples"] > 0 and bert["val_examples"] > 0
-    assert set(bert["recallers"]) == {"popular", "als", "cooccurrence"}
+    assert set(bert["recallers"]) == {"popular", "als", "cooccurrence", "sequence"}
     serving = report["ranker"]["serving"]
     assert serving in ("bert", "fusion") and report["ranker"]["why"]
     beat = round(bert[f"check_ndcg@{CHECK_K}"], 6) >= round(fusion[f"check_ndcg@{CHECK_K}"], 6)
@@ -106,6 +106,11 @@ def test_bert_artifact_is_safetensors_with_fp16_weights(trained_db, monkeypatch,
     assert uses_text == meta["config"]["text"]  # stored only when the text earned its place
     assert meta["features"] == feature_names(meta["recallers"])
     assert len(meta["base_sha256"]) == 64
+    # it learned from validation cuts but serves with the item statistics of all the events
+    newest = eng.store.conn.execute("SELECT MAX(ts) FROM events").fetchone()[0]
+    assert meta["stats_now"] == pytest.approx(newest)
+    assert int(arrays["stats.ptr"][-1]) == eng.store.conn.execute(
+        "SELECT COUNT(*) FROM (SELECT DISTINCT user_id, item_id FROM events)").fetchone()[0]
     eng.close()
 
 
@@ -261,12 +266,18 @@ def test_check_split_is_seeded_and_disjoint():
 
 
 def test_recall_features_describe_each_recaller_and_new_items():
-    stats = ItemStats.from_rows([("a", 10, 100.0, 900.0, 3, "shoes"), ("b", 1, 50.0, 60.0, 0, "hats")],
-                                now=1000.0)
+    from engine import Dataset
+
+    day = 86400.0
+    # a: three shoppers (u1 twice), two of them this week; b: one, four weeks ago
+    data = Dataset.from_arrays(["u1", "u1", "u2", "u3", "u4"], ["a", "a", "b", "a", "a"], ["view"] * 5,
+                               [0.0, 1 * day, 2 * day, 28 * day, 29 * day], catalogue=["a", "b", "new"],
+                               categories=np.array(["shoes", "hats", "shoes"]))
+    stats = ItemStats.from_dataset(data)
     cands = [Candidate("a", 1.0, "als", "r", {"als": 2.0, "pop": 5.0}, {"als": 1, "pop": 2}, {}),
              Candidate("b", 0.5, "als", "r", {"als": 1.0}, {"als": 4}, {}),
              Candidate("new", 0.1, "pop", "r", {"pop": 1.0}, {"pop": 9}, {})]
-    f = candidate_features(cands, ["a", "b", "a"], 1000.0, ["als", "pop"], stats)
+    f = candidate_features(cands, ["a", "b", "a"], 30 * day, ["als", "pop"], stats)
     names = feature_names(["als", "pop"])
     col = {n: j for j, n in enumerate(names)}
     assert f.shape == (3, len(names)) and f.dtype == np.float32
@@ -275,9 +286,19 @@ def test_recall_features_describe_each_recaller_and_new_items():
     assert f[0, col["als.score"]] == 1.0 and f[1, col["als.score"]] == 0.0  # min-max per request
     assert f[0, col["agree"]] == 1.0 and f[1, col["agree"]] == 0.5
     assert f[2, col["new_item"]] == 1.0 and f[0, col["new_item"]] == 0.0
-    assert f[0, col["log_pop"]] == pytest.approx(1.0)  # the most popular item
+    assert f[0, col["log_pop"]] == pytest.approx(np.log1p(3) / 10)  # distinct shoppers, not events
+    assert f[0, col["log_trend"]] == pytest.approx(np.log1p(2) / 10) and f[1, col["log_trend"]] == 0
+    assert f[0, col["log_idle"]] == 0  # "now" is never later than the newest event known
     assert f[0, col["category_share"]] == pytest.approx(2 / 3)
     assert len(GLOBAL) == len(names) - 2 * 4
+    # As of earlier moments (training moments are cut before the data ends): on day 1.5 a has
+    # one shopper so far and b none yet (new); on day 28.5 a's latest shopper came half a day ago.
+    early = candidate_features(cands, ["a"], 1.5 * day, ["als", "pop"], stats)
+    assert early[0, col["log_pop"]] == pytest.approx(np.log1p(1) / 10)
+    assert early[1, col["new_item"]] == 1.0 and early[1, col["log_pop"]] == 0
+    later = candidate_features(cands, ["a"], 28.5 * day, ["als", "pop"], stats)
+    assert later[0, col["log_pop"]] == pytest.approx(np.log1p(2) / 10)
+    assert later[0, col["log_idle"]] == pytest.approx(np.log1p(0.5) / 8)
 
 
 # -- the contract every ranker keeps ----------------------------------------------------

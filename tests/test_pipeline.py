@@ -493,3 +493,37 @@ def test_a_cancel_while_recalling_validation_candidates_lands_at_once(tmp_path):
     assert seen[0] == 0 and 0 < seen[-1], seen
     assert eng.store.runs("train", 1)[0]["status"] == "failed"
     eng.close()
+
+
+def test_validation_moments_of_earlier_cuts_never_see_their_future():
+    """Each earlier cut holds out the newest items of what the later cut left visible; the
+    recallers of a cut are fitted on its visible part only, which every moment carries."""
+    from engine.config import PipelineSettings
+    from engine.training import validation_examples
+    from plugins.popular import PopularRecaller
+
+    from engine import Dataset
+
+    evs = shop.events(n_users=60, per_user=25)
+    data = Dataset.from_arrays([e.user_id for e in evs], [e.item_id for e in evs],
+                               [e.kind for e in evs], [e.ts for e in evs])
+    settings = PipelineSettings(validation_windows=3)
+    latest, earlier = validation_examples(data, {"popular": PopularRecaller()}, {"popular": 20}, settings)
+    assert latest and earlier
+    assert {ex.known.n_events for ex in latest} == {latest[0].known.n_events}  # one view per cut
+    views = sorted({id(ex.known): ex.known.n_events for ex in latest + earlier}.values(), reverse=True)
+    assert len(views) == 3 and views[0] < data.n_events and views[0] > views[1] > views[2]
+    by_user: dict[str, list] = {}
+    for ex in latest + earlier:
+        known = ex.known
+        u = known.user_index[ex.query.user_id]
+        seen = {str(known.item_ids[i]) for i in known.items[known.user_events(u)]}
+        assert not (ex.relevant & seen), "what the user met next is not in the cut's view"
+        assert known.ts.max() <= data.ts.max()
+        assert max((s.ts for s in ex.query.history), default=0) <= ex.query.now
+        by_user.setdefault(ex.query.user_id, []).append(ex)
+    twice = [exs for exs in by_user.values() if len(exs) > 1]
+    assert twice, "earlier cuts add moments of the same shoppers"
+    for exs in twice:  # latest first: each earlier cut lies before the later one
+        cuts = [ex.query.now for ex in exs]
+        assert cuts == sorted(cuts, reverse=True) and len(set(cuts)) == len(cuts)

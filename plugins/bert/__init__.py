@@ -50,7 +50,7 @@ class BertConfig(BaseModel):
                                                        "features alone (cheap)")
     max_steps: int = Field(200, ge=0, description="steps of stage 2 at most: the text joins and "
                                                    "the top layer is fine-tuned")
-    max_minutes: float = Field(2.5, gt=0, description="wall-clock training budget")
+    max_minutes: float = Field(4.0, gt=0, description="wall-clock training budget")
     max_epochs: float = Field(10.0, gt=0, description="passes over the training moments per "
                                                       "stage at most (small shops train briefly)")
     batch_examples: int = Field(8, ge=1, description="validation moments per step")
@@ -136,13 +136,11 @@ class BertRanker(Ranker):
         super().__init__(config)
         self.recallers: list[str] = []
         self.net = None
-        self._stats: ItemStats | None = None
-        self._stats_at = 0.0
         self._texts: dict[str, str] = {}
         self._item_cache: dict[str, tuple] = {}
         self._serving = None  # the module used by rank (quantised copy or net itself)
         self._fit_store = None
-        self._fit_stats: ItemStats | None = None
+        self._item_stats: ItemStats | None = None
         self._lock = threading.Lock()
 
     def attach(self, resources) -> None:
@@ -271,11 +269,16 @@ class BertRanker(Ranker):
 
     # -- item stats --------------------------------------------------------------------
 
+    def observe(self, data) -> None:
+        """Serve with the item evidence of the data the recallers were last fitted on (the
+        whole history at `train`, the visible part in `evaluate`), not that of the earlier
+        validation split the model learned from: items that became popular, or appeared,
+        since that split would otherwise look stale or new. Never read from the store at
+        request time: in `evaluate` the store holds the held-out future."""
+        self._item_stats = ItemStats.from_dataset(data)
+
     def _serving_stats(self) -> ItemStats:
-        """Item evidence as of training time (what the model learned with). Not read from
-        the store at request time: in `evaluate` the store holds the held-out future, and
-        popularity counted over it would leak the answers into the features."""
-        return self._fit_stats or ItemStats({}, np.zeros(0), np.zeros(0), np.zeros(0), [])
+        return self._item_stats or ItemStats.empty()
 
     # -- training ----------------------------------------------------------------------
 
@@ -286,7 +289,7 @@ class BertRanker(Ranker):
         say = progress or (lambda *a: None)
         self.recallers = sorted({r for ex in examples for c in ex.candidates for r in c.ranks})
         stats = ItemStats.from_dataset(data)
-        self._fit_stats, self._stats, self._stats_at = stats, None, 0.0
+        self._item_stats = stats  # until `observe` gives the statistics of the serving data
         self._fit_store = data.store
         usable = [ex for ex in examples if ex.candidates and ex.relevant]
         rng = np.random.default_rng(cfg.seed)
@@ -304,9 +307,19 @@ class BertRanker(Ranker):
         catalogue = [str(i) for i in data.item_ids[data.known]] if data.known is not None \
             else [str(i) for i in data.item_ids]
 
+        views = {id(data): stats}
+        position = feature_names(self.recallers).index("position")
+
+        def stats_of(ex: RankingExample) -> ItemStats:
+            """Item statistics as of the example's cut (an earlier cut has its own view)."""
+            known = ex.known if ex.known is not None else data
+            if id(known) not in views:
+                views[id(known)] = ItemStats.from_dataset(known)
+            return views[id(known)]
+
         def prepare(ex: RankingExample):
             feats = candidate_features(ex.candidates, ex.query.history_items, ex.query.now,
-                                       self.recallers, stats)
+                                       self.recallers, stats_of(ex))
             labels = np.array([c.item_id in ex.relevant for c in ex.candidates])
             return feats, labels
 
@@ -358,6 +371,7 @@ class BertRanker(Ranker):
         best_step, step, best_stage = 0, 0, "untrained"
         deadline = started + cfg.max_minutes * 60
         losses: list[float] = []
+        curve: list[tuple[str, int, float]] = []  # (stage, step, validation NDCG@10)
 
         def optimizer(use_text: bool):
             head = [p for k, p in params.items() if not k.startswith("top.")]
@@ -392,10 +406,12 @@ class BertRanker(Ranker):
                     f, labels = train_f[e]
                     pos = np.flatnonzero(labels)
                     neg = np.flatnonzero(~labels)
-                    if len(pos) > cfg.max_positives:
+                    if self.net.use_text and len(pos) > cfg.max_positives:
                         pos = rng.choice(pos, cfg.max_positives, replace=False)
-                    hard = neg[:cfg.hard_negatives]
-                    rest = neg[cfg.hard_negatives:]
+                    # without the text a whole list costs little: the softmax over every candidate;
+                    # with it, the hardest negatives and a sample of the rest
+                    hard = neg[:cfg.hard_negatives] if self.net.use_text else neg
+                    rest = neg[len(hard):]
                     n_rand = max(0, cfg.list_size - len(pos) - len(hard) - cfg.catalogue_negatives)
                     rand = rng.choice(rest, min(n_rand, len(rest)), replace=False) if len(rest) else rest
                     chosen = np.concatenate([pos, hard, rand]).astype(int)
@@ -415,8 +431,8 @@ class BertRanker(Ranker):
                         if picks:
                             extra = [Candidate(p, 0.0, "", "") for p in picks]
                             ef = candidate_features(extra, ex.query.history_items, ex.query.now,
-                                                    self.recallers, stats)
-                            ef[:, len(self.recallers) * 4 + 1] = 1.0  # after every recalled item
+                                                    self.recallers, stats_of(ex))
+                            ef[:, position] = 1.0  # after every recalled item
                             rows = np.vstack([rows, ef])
                             cands = cands + extra
                             tgt = np.concatenate([tgt, np.zeros(len(extra), np.float32)])
@@ -449,6 +465,7 @@ class BertRanker(Ranker):
                 say("bert", step, total_steps, f"{stage}: loss {np.mean(losses[-25:]):.3f}, best NDCG@10 {best:.4f}")
                 if step % cfg.eval_every == 0:
                     score = val_ndcg()
+                    curve.append((stage, step, round(score, 4)))
                     if score > best + 1e-6:
                         best, best_step, checks_without, best_stage = score, step, 0, stage
                         best_state = {k: p.detach().clone() for k, p in params.items()}
@@ -458,6 +475,7 @@ class BertRanker(Ranker):
                             break
             if train and step % cfg.eval_every:
                 score = val_ndcg()
+                curve.append((stage, step, round(score, 4)))
                 if score > best + 1e-6:
                     best, best_step, best_stage = score, step, stage
                     best_state = {k: p.detach().clone() for k, p in params.items()}
@@ -474,7 +492,7 @@ class BertRanker(Ranker):
         say("bert", total_steps, total_steps, f"NDCG@10 {stored_ndcg:.4f} after {best_step} steps")
         return {"ndcg@10": stored_ndcg, "ndcg@10_untrained": start_ndcg, "best_step": best_step,
                 "best_stage": best_stage, "uses_text": self.net.use_text,
-                "steps": step, "examples": len(train) + len(val), "train_examples": len(train),
+                "steps": step, "curve": curve, "examples": len(train) + len(val), "train_examples": len(train),
                 "val_examples": len(val),
                 "seconds": seconds, "recallers": list(self.recallers)}
 
@@ -523,11 +541,10 @@ class BertRanker(Ranker):
     def state(self) -> ModelState:
         params = self.net.trainable()
         arrays = {k: p.detach().cpu().numpy().astype(np.float16) for k, p in params.items()}
-        st = self._fit_stats
-        if st is not None:  # the evidence of training time, for serving without a store
+        st = self._item_stats
+        if st is not None:  # item statistics of the data the recallers were fitted on (observe)
             order = sorted(st.index, key=st.index.get)
-            arrays.update({"stats.users": st.users, "stats.first_ts": st.first_ts,
-                           "stats.last_ts": st.last_ts, "stats.week": st.week})
+            arrays.update({"stats.ptr": st.ptr, "stats.times": st.times})
         meta = {"stats_items": order if st is not None else [],
                 "stats_categories": list(st.category) if st is not None else [],
                 "stats_now": st.now if st is not None else 0.0,
@@ -552,14 +569,11 @@ class BertRanker(Ranker):
             if key in saved and saved[key] != getattr(self.config, key):
                 self.config = self.config.model_copy(update={key: saved[key]})
         self.recallers = list(meta["recallers"])
-        if "stats.users" in state.arrays:
+        if "stats.ptr" in state.arrays:
             ids = list(meta.get("stats_items", []))
-            self._fit_stats = ItemStats(
-                {i: j for j, i in enumerate(ids)}, state.arrays["stats.users"],
-                state.arrays["stats.first_ts"], state.arrays["stats.last_ts"],
-                list(meta.get("stats_categories", [""] * len(ids))), state.arrays["stats.week"],
-                float(meta.get("stats_now", 0.0)))
-        self._stats, self._stats_at = None, 0.0
+            self._item_stats = ItemStats(
+                {i: j for j, i in enumerate(ids)}, list(meta.get("stats_categories", [""] * len(ids))),
+                state.arrays["stats.ptr"], state.arrays["stats.times"], float(meta.get("stats_now", 0.0)))
         self.net = self._build(len(feature_names(self.recallers)))
         params = self.net.trainable()
         missing = sorted(set(params) - set(state.arrays))
