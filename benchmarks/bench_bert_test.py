@@ -74,8 +74,7 @@ def main() -> None:
     in_pipe = {n: recallers[n] for n in quotas}
     t0 = time.perf_counter()
     latest, earlier = validation_examples(split.visible, in_pipe, quotas, ps, quiet)
-    fit_ex, check = check_split(latest, ps.seed)
-    fit_ex += earlier
+    fit_ex, check = check_split(latest, ps.seed, earlier)
     examples = latest + earlier
     visible = latest[0].known
     console.print(f"validation moments {len(examples)} ({len(fit_ex)} fit, {len(check)} check) "

@@ -27,18 +27,24 @@ CHECK_K = 10
 QUICK_REFIT_SECONDS = 30.0
 
 
-def check_split(examples: Sequence[RankingExample], seed: int = 0
-                ) -> tuple[list[RankingExample], list[RankingExample]]:
-    """Hold back a seeded share of the validation examples so that rankers can be compared
-    on the same candidates that none of them learned from."""
+def check_split(examples: Sequence[RankingExample], seed: int = 0,
+                earlier: Sequence[RankingExample] = ()) -> tuple[list[RankingExample], list[RankingExample]]:
+    """Hold back a seeded share of the users of the latest cut's examples so that rankers
+    can be compared on the same candidates that none of them learned from; the moments of
+    those users at `earlier` cuts are held back with them (more moments, a less noisy
+    comparison). Returns (examples to learn from, held-back examples)."""
     scored = [j for j, ex in enumerate(examples) if ex.relevant]
     if len(scored) < CHECK_MIN:
-        return list(examples), []
+        return list(examples) + list(earlier), []
     n = min(max(1, round(CHECK_SHARE * len(scored))), CHECK_MAX)
     chosen = np.random.default_rng(seed).permutation(scored)[:n]
     held = set(chosen.tolist())
-    return ([ex for j, ex in enumerate(examples) if j not in held],
-            [ex for j, ex in enumerate(examples) if j in held])
+    users = {examples[j].query.user_id for j in held}
+    fit = [ex for j, ex in enumerate(examples) if j not in held]
+    check = [ex for j, ex in enumerate(examples) if j in held]
+    fit += [ex for ex in earlier if ex.query.user_id not in users]
+    check += [ex for ex in earlier if ex.query.user_id in users and ex.relevant]
+    return fit, check
 
 
 def check_ndcg(ranker: Ranker, check: Sequence[RankingExample], k: int = CHECK_K) -> float:
@@ -67,14 +73,14 @@ def choose_ranker(report: Mapping, rankers: Sequence[Ranker]) -> tuple[str | Non
     if losers:
         why = "; ".join(f"{name} NDCG@{CHECK_K} {scores[name]:.4f}" for name in losers)
         return winner.name, losers, (f"{winner.name} keeps serving: on {n} held-back validation "
-                                     f"users it scored NDCG@{CHECK_K} {scores[winner.name]:.4f} "
+                                     f"moments it scored NDCG@{CHECK_K} {scores[winner.name]:.4f} "
                                      f"and {why} did not beat it, so "
                                      f"{', '.join(losers)} was not activated")
     others = [r for r in rankers if r is not winner]
     if others:
         best = max(others, key=lambda r: scores[r.name])
         return winner.name, [], (f"{winner.name} serves: NDCG@{CHECK_K} {scores[winner.name]:.4f} "
-                                 f"on {n} held-back validation users vs {best.name} "
+                                 f"on {n} held-back validation moments vs {best.name} "
                                  f"{scores[best.name]:.4f}")
     return winner.name, [], f"{winner.name} serves (NDCG@{CHECK_K} {scores[winner.name]:.4f})"
 
@@ -137,8 +143,7 @@ def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mappi
         examples = latest + earlier
         progress("candidates", len(examples), len(examples), f"{len(examples)} validation moments")
         # the rankers are compared on users of the latest cut that none of them learned from
-        fit_examples, check = check_split(latest, settings.seed)
-        fit_examples += earlier
+        fit_examples, check = check_split(latest, settings.seed, earlier)
         visible = latest[0].known if latest else data
         for ranker in rankers:
             stage = f"fit {ranker.name}"
@@ -148,7 +153,7 @@ def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mappi
                 progress=lambda _s, done, total, msg="", st=stage: progress(st, done, total, msg))
             report["seconds"][ranker.name] = time.perf_counter() - started
         if check:
-            progress("check", 0, len(rankers), f"{len(check)} held-back validation users")
+            progress("check", 0, len(rankers), f"{len(check)} held-back validation moments")
             for j, ranker in enumerate(rankers, start=1):
                 report["rankers"][ranker.name][f"check_ndcg@{CHECK_K}"] = check_ndcg(ranker, check)
                 progress("check", j, len(rankers), ranker.name)

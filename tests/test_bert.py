@@ -263,6 +263,12 @@ def test_check_split_is_seeded_and_disjoint():
     assert not {e.query.user_id for e in fit} & {e.query.user_id for e in check}
     assert [e.query.user_id for e in check_split(exs, seed=3)[1]] == [e.query.user_id for e in check]
     assert check_split(exs[:5])[1] == []  # too few to compare
+    # the held-back users' moments at earlier cuts are held back too, the others learned from
+    before = [RankingExample(Query(user_id=f"u{i}"), [], frozenset({"b"})) for i in range(50)]
+    fit2, check2 = check_split(exs, seed=3, earlier=before)
+    held = {e.query.user_id for e in check}
+    assert len(check2) == 20 and {e.query.user_id for e in check2} == held
+    assert len(fit2) == 80 and not held & {e.query.user_id for e in fit2}
 
 
 def test_recall_features_describe_each_recaller_and_new_items():
