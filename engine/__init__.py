@@ -2,7 +2,7 @@
 
 from .components import (
     Component, DataSource, Encoder, ModelState, NoConfig, ProgressCallback, Ranker,
-    RankingExample, Recaller, Resources, mention, no_progress, top_n,
+    RankingExample, Recaller, Resources, banned_items, mention, no_progress, top_n,
 )
 from .dataset import DEFAULT_KIND_WEIGHTS, Dataset
 from .engine import Engine
@@ -22,5 +22,5 @@ __all__ = [
     "Interaction", "Item", "ItemEntity", "ModelState", "NoConfig", "NotTrainedError",
     "PluginError", "ProgressCallback", "Query", "Ranker", "RankingExample", "Recaller",
     "Recommendation", "Record", "Resources", "detect_encoding", "Triple", "UnknownComponentError", "User", "hookimpl",
-    "mention", "no_progress", "top_n",
+    "banned_items", "mention", "no_progress", "top_n",
 ]

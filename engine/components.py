@@ -11,7 +11,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -52,6 +52,16 @@ def top_n(scores: np.ndarray, n: int, banned: np.ndarray | None = None) -> np.nd
         return np.zeros(0, dtype=np.int64)
     part = np.argpartition(-s, n - 1)[:n]
     return part[np.argsort(-s[part], kind="stable")]
+
+
+def banned_items(recallable: np.ndarray, index: Mapping[str, int], exclude: Iterable[str],
+                 also: Iterable[int] = ()) -> np.ndarray:
+    """The mask `top_n` skips: items that may not be recalled (~recallable), the query's
+    excluded items (ids unknown to `index` ignored) and the indices in `also` (the anchors)."""
+    banned = ~np.asarray(recallable, dtype=bool)
+    rows = [i for i in (index.get(item) for item in exclude) if i is not None] + list(also)
+    banned[rows] = True
+    return banned
 
 
 def mention(item_id: str) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
-from engine import Dataset, ModelState, Query, Recaller, hookimpl, mention, top_n
+from engine import Dataset, ModelState, Query, Recaller, banned_items, hookimpl, mention, top_n
 from engine.relations import LINK, readable_relation  # noqa: F401 (readable_relation: re-exported)
 
 
@@ -256,13 +256,7 @@ class KnowledgeGraphRecaller(Recaller):
             if not anc:
                 continue
             s = scores[qi]
-            banned = ~self.known | (s <= 0)
-            for item in q.exclude:
-                i = self.index.get(item)
-                if i is not None:
-                    banned[i] = True
-            for a, _ in anc:
-                banned[a] = True
+            banned = banned_items(self.known & (s > 0), self.index, q.exclude, [a for a, _ in anc])
             picked = top_n(s, n, banned).tolist()
             if picked:
                 explain = self._explainer(anc, ent, qi, two_hop[qi], walked[qi])

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from engine import Dataset, ModelState, Query, Recaller, hookimpl, mention, top_n
+from engine import Dataset, ModelState, Query, Recaller, banned_items, hookimpl, mention, top_n
 
 from ._kernels import confidence, fold_in
 
@@ -107,13 +107,8 @@ class AlsRecaller(Recaller):
             if len(items) == 0:
                 out.append([])
                 continue
-            banned = ~self.recallable
-            for item in q.exclude:
-                i = self.index.get(item)
-                if i is not None:
-                    banned[i] = True
-            if q.item_id is not None and q.item_id in self.index:
-                banned[self.index[q.item_id]] = True
+            banned = banned_items(self.recallable, self.index,
+                                  [*q.exclude, *([q.item_id] if q.item_id is not None else [])])
             best = top_n(s, n, banned)
             out.append(self.candidates(self._explain(q, items, conf, best, s)))
         return out

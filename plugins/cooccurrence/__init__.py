@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from engine import (
-    Dataset, Event, Interaction, ModelState, Query, Recaller, hookimpl, mention, top_n,
+    Dataset, Event, Interaction, ModelState, Query, Recaller, banned_items, hookimpl, mention, top_n,
 )
 
 from ._kernels import distinct_interactions, pair_counts, similarity, summed_csr
@@ -156,13 +156,7 @@ class CooccurrenceRecaller(Recaller):
                 best[idx[better]] = contrib[better]
                 best_anchor[idx[better]] = a
                 best_strong[idx[better]] = strong[better]
-            banned = ~self.known | (score <= 0)
-            for item in q.exclude:
-                i = self.index.get(item)
-                if i is not None:
-                    banned[i] = True
-            for a, _ in anchors:
-                banned[a] = True
+            banned = banned_items(self.known & (score > 0), self.index, q.exclude, [a for a, _ in anchors])
             picked = []
             ids = self.ids
             for i in top_n(score, n, banned).tolist():

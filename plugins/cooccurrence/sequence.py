@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from engine import Dataset, ModelState, Query, Recaller, mention, top_n
+from engine import Dataset, ModelState, Query, Recaller, banned_items, mention, top_n
 
 from ._kernels import distinct_interactions, summed_csr
 
@@ -95,13 +95,7 @@ class SequenceRecaller(Recaller):
                 better = contrib > best[idx]
                 best[idx[better]] = contrib[better]
                 best_anchor[idx[better]] = a
-            banned = ~self.known | (score <= 0)
-            for item in q.exclude:
-                i = self.index.get(item)
-                if i is not None:
-                    banned[i] = True
-            for a, _ in anchors:
-                banned[a] = True
+            banned = banned_items(self.known & (score > 0), self.index, q.exclude, [a for a, _ in anchors])
             picked = [(self.ids[i], float(score[i]), f"often chosen next after {mention(self.ids[best_anchor[i]])}")
                       for i in top_n(score, n, banned).tolist()]
             out.append(self.candidates(picked))
