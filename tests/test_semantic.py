@@ -107,7 +107,9 @@ def test_retrain_encodes_only_what_changed(trained):
 
 
 def test_content_recommends_similar_text(trained):
-    recs = trained.recommend(None, 5, recallers=["content"], items=["espresso"])
+    # fusion keeps content's order; which ranker serves this 90-shopper shop depends on the
+    # held-back check (bert, when it wins, re-orders by its learned popularity features)
+    recs = trained.recommend(None, 5, recallers=["content"], ranker="fusion", items=["espresso"])
     assert recs, "an anonymous visitor who viewed an item gets content neighbours"
     assert recs[0].source == "content"
     assert {ITEM_GROUP[r.item_id] for r in recs[:3]} == {"coffee"}
@@ -141,7 +143,8 @@ def test_user_without_history_gets_popular_items(trained):
 
 
 def test_visitor_with_a_text_query_gets_content_results(trained):
-    recs = trained.recommend(None, 5, recallers=["content"], text="shoes for running in the mud")
+    recs = trained.recommend(None, 5, recallers=["content"], ranker="fusion",  # content's order
+                             text="shoes for running in the mud")
     assert recs[0].item_id == "shoe-trail"
     assert recs[0].reason == "close in meaning to “shoes for running in the mud”"
 
