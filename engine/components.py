@@ -115,6 +115,14 @@ class Component(ABC):
     def is_fitted(self) -> bool:
         return True
 
+    def warm(self, limit: int) -> int:
+        """Precompute, in a small step of about `limit` units (items), what the first
+        requests would otherwise compute (per-item caches), so that they are as fast as
+        later ones. Returns the work still left (0: warm). Long-running servers call it
+        between requests until it returns 0, and again after a model or catalogue change.
+        Default: nothing to warm."""
+        return 0
+
 
 class DataSource(Component):
     """Reads records from somewhere (files, a generator, an export)."""

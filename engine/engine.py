@@ -314,6 +314,17 @@ class Engine:
         return Pipeline(fitted, {k: v for k, v in quotas.items() if k in fitted}, ranker_obj,
                         available=available, categories=categories, new_items=untouched, **self._rules())
 
+    def warm(self, limit: int = 64) -> int:
+        """One small step of precomputing the serving components' caches (`Component.warm`);
+        returns the work left. The server calls it between requests until it returns 0, and
+        again later: a new model or catalogue starts cold."""
+        try:
+            pipe = self.pipeline()
+        except NotTrainedError:
+            return 0
+        parts = [*pipe.recallers.values(), *([pipe.ranker] if pipe.ranker else [])]
+        return sum(part.warm(limit) for part in parts)
+
     # -- data --------------------------------------------------------------------------
 
     def import_data(self, source: str, location: str | None = None,

@@ -219,6 +219,41 @@ def test_reattaching_after_a_catalogue_change_forgets_item_texts():
     assert not ranker._texts and not ranker._item_cache
 
 
+def test_warming_caches_the_catalogue_so_requests_encode_no_item(trained_db, monkeypatch, tmp_path):
+    """A server warms the ranker between requests (`Engine.warm`, in small steps): every
+    in-stock item gets its encoder states, popular ones first, new ones too, so a request's
+    100 candidates cost no item encoding; the scores are those a cold ranker gives."""
+    eng = open_trained(trained_db, monkeypatch, tmp_path)
+    activate_bert(eng)
+    ranker = eng.pipeline().ranker
+    ranker.net.use_text = True  # serve with the text whether or not it won on this toy data
+    ranker._prepare_serving()
+    cold = eng.recommend("user011", n=8, ranker="bert")
+    eng.recommendation_cache.clear()
+    ranker._item_cache.clear()
+    for_sale = {r[0] for r in eng.store.conn.execute("SELECT item_id FROM items WHERE in_stock")}
+    steps, left = [], None
+    while left != 0:
+        left = eng.warm(limit=16)
+        steps.append(left)
+    assert len(steps) > 2 and steps == sorted(steps, reverse=True)
+    assert for_sale <= set(ranker._item_cache)
+    popular = ranker._popular_first()
+    counts = np.diff(ranker._serving_stats().ptr)
+    index = ranker._serving_stats().index
+    touched = [counts[index[i]] for i in popular if i in index]
+    assert touched == sorted(touched, reverse=True) and set(popular) == for_sale
+    encoded = len(ranker._item_cache)
+    warm = eng.recommend("user011", n=8, ranker="bert")
+    assert len(ranker._item_cache) == encoded
+    assert [r.item_id for r in warm] == [r.item_id for r in cold]
+    assert np.allclose([r.score for r in warm], [r.score for r in cold], atol=1e-5)
+    ranker.net.use_text = False
+    ranker._prepare_serving()
+    assert eng.warm(limit=16) == 0  # without the text there is nothing to warm
+    eng.close()
+
+
 def test_bert_model_loads_without_pickle():
     for path in (ROOT / "plugins" / "bert").rglob("*.py"):
         text = path.read_text()

@@ -82,6 +82,32 @@ def test_recommend_answers_what_the_engine_answers_with_positions_and_reasons(cl
     assert shop.OUT_OF_STOCK not in expected
 
 
+def test_the_server_warms_the_serving_caches_between_requests(db_path, monkeypatch):
+    """After start (and again later: a new model starts cold) the server asks the engine to
+    precompute its caches in small steps, on the engine thread, between requests, until
+    there is nothing left; those steps are not requests (the queue depth stays 0)."""
+    import engine.server.app as server_app
+
+    calls, work = [], iter([3, 2, 1, 0])
+    real = Engine.warm
+
+    def spy(self, limit=64):
+        calls.append((limit, real(self, limit)))  # the real step (core plugins: nothing to do)
+        return next(work, 0)
+
+    monkeypatch.setattr(Engine, "warm", spy)
+    monkeypatch.setattr(server_app, "WARM_RECHECK", 0.05)
+    with TestClient(create_app(db_path)) as c:
+        deadline = time.monotonic() + 10
+        while len(calls) < 6 and time.monotonic() < deadline:
+            assert c.get("/recommend/user004", params={"n": 3}).status_code == 200
+            time.sleep(0.02)
+        assert c.get("/healthz").status_code == 200
+    assert len(calls) >= 6, calls
+    assert {limit for limit, _ in calls} == {server_app.WARM_STEP}
+    assert all(done == 0 for _, done in calls)
+
+
 def test_unknown_user_gets_the_cold_start_fallback_not_an_error(client):
     unknown = ids(client.get("/recommend/never-seen-before?n=5"))
     assert len(unknown) == 5

@@ -5,6 +5,7 @@ logic, caching, attribution and erasure all live in the engine."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -55,6 +56,27 @@ def _answer(engine, recs: list[Recommendation], user_id: str | None, placement: 
                    items=[RecItem.of(r) for r in recs])
 
 
+WARM_STEP = 64         # items whose caches one step between requests computes (~0.2 s for bert)
+WARM_RECHECK = 2.0     # seconds between looks once warm: a new model or catalogue starts cold
+
+
+async def keep_warm(engine: EngineThread) -> None:
+    """Between requests, precompute the serving caches in small steps (`Engine.warm`), so
+    that the first requests after start or after a model change are as fast as the rest;
+    a request waits for at most one step."""
+    while True:
+        if engine.pending:
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            left = await engine.background(lambda e: e.warm(WARM_STEP))
+        except Exception:  # serving goes on cold; the error is in the log
+            problems.log.exception("warming the serving caches failed")
+            left = 0
+            await asyncio.sleep(60)
+        await asyncio.sleep(0 if left else WARM_RECHECK)
+
+
 def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = None,
                cors_origins: list[str] | None = None, rate_limits: dict[str, int] | None = None,
                max_body: int = MAX_BODY, incremental_save_interval: float = 30.0,
@@ -87,9 +109,11 @@ def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = N
             engine.incremental_save_interval = incremental_save_interval
             engine.sync()
         await app.state.engine.run(warm)
+        warmer = asyncio.create_task(keep_warm(app.state.engine))
         try:
             yield
         finally:
+            warmer.cancel()
             app.state.trainer.stop()
             app.state.engine.close()
             app.state.keys.close()

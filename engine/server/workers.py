@@ -50,6 +50,10 @@ class EngineThread:
             self.pending -= 1
             self.served += 1
 
+    async def background(self, fn: Callable[..., T], *args: Any) -> T:
+        """Like `run`, for the server's own work between requests (not counted as a request)."""
+        return await asyncio.wrap_future(self._executor.submit(self._call, fn, args))
+
     def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         """Run fn(engine, *args) on the engine thread from another (non-async) thread."""
         return self._executor.submit(self._call, fn, args).result(timeout)
