@@ -56,7 +56,7 @@ def _answer(engine, recs: list[Recommendation], user_id: str | None, placement: 
                    items=[RecItem.of(r) for r in recs])
 
 
-WARM_STEP = 64         # items whose caches one step between requests computes (~0.2 s for bert)
+WARM_STEP = 64         # items whose caches one step between requests computes (a fraction of a second)
 WARM_RECHECK = 2.0     # seconds between looks once warm: a new model or catalogue starts cold
 
 
@@ -70,10 +70,10 @@ async def keep_warm(engine: EngineThread) -> None:
             continue
         try:
             left = await engine.background(lambda e: e.warm(WARM_STEP))
-        except Exception:  # serving goes on cold; the error is in the log
+        except Exception:  # serving goes on cold; the error is in the log; try again later
             problems.log.exception("warming the serving caches failed")
-            left = 0
             await asyncio.sleep(60)
+            continue
         await asyncio.sleep(0 if left else WARM_RECHECK)
 
 

@@ -149,8 +149,7 @@ class BertRanker(Ranker):
         text (and so its cached encoder states) may have changed."""
         super().attach(resources)
         self._texts.clear()
-        self._item_cache.clear()
-        self._warm_order = None
+        self._forget_item_states()
 
     # -- setup -------------------------------------------------------------------------
 
@@ -250,12 +249,17 @@ class BertRanker(Ranker):
         return self.net.lower(enc["input_ids"], enc["attention_mask"], token_type=0), \
             enc["attention_mask"]
 
+    def _forget_item_states(self) -> None:
+        """Drop the cached encoder states (a new model, or texts that may have changed);
+        the warm-up order is worked out again."""
+        self._item_cache.clear()
+        self._warm_order = None
+
     def warm(self, limit: int) -> int:
         """Compute the encoder states of up to `limit` more catalogue items, those with the
         most shoppers first, then the in-stock items nobody has met yet; returns how many
-        are left. A warmed server re-ranks with every candidate's states cached (p99 34 ms
-        for 100 candidates instead of 357 ms cold). Up to 3/4 of `cache_items` are warmed,
-        leaving room for the rest."""
+        are left. A warmed server re-ranks with every candidate's states cached (README:
+        "Warm-up"). Up to 3/4 of `cache_items` are warmed, leaving room for the rest."""
         if self.net is None or self._serving is None or not self._serving.use_text:
             return 0
         if self._warm_order is None:
@@ -330,7 +334,7 @@ class BertRanker(Ranker):
         train = [usable[i] for i in sorted(order[n_val:])]
         train = [ex for ex in train if any(c.item_id in ex.relevant for c in ex.candidates)]
         self.net = self._build(len(feature_names(self.recallers)))
-        self._item_cache.clear()
+        self._forget_item_states()
         self._serving = None
 
         say("bert", 0, None, "features and cached encoder states")
@@ -515,8 +519,7 @@ class BertRanker(Ranker):
                 p.copy_(best_state[k].half().float())
         self.net.eval()
         stored_ndcg = val_ndcg()
-        self._item_cache.clear()
-        self._warm_order = None
+        self._forget_item_states()
         self._prepare_serving()
         self._fitted = True
         seconds = time.perf_counter() - started
@@ -616,8 +619,7 @@ class BertRanker(Ranker):
                 if tuple(arr.shape) != tuple(p.shape):
                     raise ValueError(f"weight {k} has shape {arr.shape}, expected {tuple(p.shape)}")
                 p.copy_(torch.from_numpy(arr.astype(np.float32)))
-        self._item_cache.clear()
-        self._warm_order = None
+        self._forget_item_states()
         self._prepare_serving()
         self._fitted = True
 
