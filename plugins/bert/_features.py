@@ -8,22 +8,108 @@ position, popularity as of the request's moment (shoppers so far, new shoppers i
 7 and 30 days), the item's age and the time since a shopper last arrived ("new item" when
 none has yet), whether the item's category is one the shopper keeps coming back to, and
 how the item's popularity and age compare with those of the shopper's recent items (some
-shoppers follow the crowd or the new arrivals, others do not).
+shoppers follow the crowd or the new arrivals, others do not). Then what the catalogue
+and the ratings say: how much the item's tags (and category) overlap those of the
+shopper's recent items (mean Jaccard), the item's rating as of the moment (a Bayesian
+mean of its shoppers' ratings, relative to the shop's mean) and the shopper's own mean
+rating of their recent items — zero where a shop has no tags or no ratings. Last, who
+the item's shoppers are: for each attribute the shop knows of its customers (a segment, a
+country, an age band), how much more (or less) often than the shop as a whole the item's
+shoppers so far belonged to this shopper's group (a smoothed log lift; the mean and the
+largest over the attributes) — zero for shoppers without attributes.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 DAY = 86400.0
 POP_SCALE = 10.0  # log1p of shopper counts divided by this: about 1 at 22,000 shoppers
 PER_RECALLER = ("present", "inv_rank", "log_rank", "score")
 GLOBAL = ("agree", "position", "log_pop", "log_trend", "log_month", "log_age", "log_idle",
-          "new_item", "category_share", "log_history", "taste_pop", "taste_age", "pop_gap", "age_gap")
+          "new_item", "category_share", "log_history", "taste_pop", "taste_age", "pop_gap", "age_gap",
+          "tag_overlap", "item_rating", "shopper_rating", "group_lift", "group_lift_max")
+RATING_PRIOR = 10.0  # ratings a Bayesian mean gives the shop's mean rating
+RECENT = 20          # the shopper's newest items that describe their taste
+MAX_GROUPS = 32      # an attribute with more values (an id, a zip code) groups nobody...
+BANDS = (0.2, 0.4, 0.6, 0.8)  # ...unless it is a number: then quintiles (an age band)
+GROUP_PRIOR = 20.0   # shoppers a group's share of an item is smoothed with
+
+
+def _number(value: Any) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+@dataclass
+class Grouping:
+    """How shoppers fall into groups by the attributes imported with them. An attribute
+    that most shoppers have is used as it is when it has 2 to MAX_GROUPS values (a
+    segment, a country, a gender), cut into quintiles when all its many values are
+    numbers (an age), and ignored otherwise (an id, a zip code)."""
+
+    names: list[str]
+    values: list[list[str]]    # per attribute: its values (categorical) or [] (numeric)
+    edges: list[list[float]]   # per attribute: quintile edges (numeric) or []
+
+    def __post_init__(self) -> None:
+        self._codes = [{v: j for j, v in enumerate(vals)} for vals in self.values]
+        self.sizes = [len(v) if v else len(e) + 1 for v, e in zip(self.values, self.edges)]
+
+    @classmethod
+    def learn(cls, attrs: Iterable[Mapping[str, Any]]) -> "Grouping | None":
+        rows = list(attrs)
+        seen: dict[str, list] = {}
+        for a in rows:
+            for key, value in a.items():
+                if value is not None and not isinstance(value, (dict, list)):
+                    seen.setdefault(key, []).append(value)
+        names, values, edges = [], [], []
+        for key in sorted(seen):
+            vals = seen[key]
+            distinct = sorted({str(v) for v in vals})
+            if len(vals) * 2 < len(rows) or len(distinct) < 2:
+                continue
+            nums = [_number(v) for v in vals]
+            if len(distinct) <= MAX_GROUPS:
+                cut = []
+            elif all(x is not None for x in nums):
+                cut, distinct = sorted(set(np.quantile(nums, BANDS).tolist())), []
+            else:
+                continue
+            names.append(key)
+            values.append(distinct)
+            edges.append(cut)
+        return cls(names, values, edges) if names else None
+
+    def codes(self, attrs: Mapping[str, Any]) -> np.ndarray:
+        """The shopper's group for each attribute (-1: unknown)."""
+        out = np.full(len(self.names), -1, np.int16)
+        for j, key in enumerate(self.names):
+            value = attrs.get(key)
+            if value is None:
+                continue
+            if self.values[j]:
+                out[j] = self._codes[j].get(str(value), -1)
+            elif (x := _number(value)) is not None:
+                out[j] = int(np.searchsorted(self.edges[j], x, side="right"))
+        return out
+
+    def to_meta(self) -> dict:
+        return {"names": self.names, "values": self.values, "edges": self.edges}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping | None) -> "Grouping | None":
+        return cls(list(meta["names"]), [list(v) for v in meta["values"]],
+                   [list(e) for e in meta["edges"]]) if meta else None
 
 
 def feature_names(recallers: Sequence[str]) -> list[str]:
@@ -41,6 +127,10 @@ class ItemStats:
     ptr: np.ndarray     # (n_items + 1,) item k's times are times[ptr[k]:ptr[k + 1]]
     times: np.ndarray   # float64, ascending within each item
     now: float = 0.0    # the newest event counted
+    ratings: np.ndarray | None = None  # float32 beside `times`: that shopper's rating, nan if none
+    tags: sp.csr_matrix | None = None  # (n_items, n_tags) 0/1: each item's tags and category
+    groups: np.ndarray | None = None   # int16 (len(times), n_attributes): that shopper's groups
+    grouping: Grouping | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ptr) - 1
@@ -49,6 +139,18 @@ class ItemStats:
         self._span = (float(self.times.max()) - self._base if len(self.times) else 0.0) + 2 * DAY
         owner = np.repeat(np.arange(max(n, 0)), counts)
         self._keys = owner * self._span + (self.times - self._base)  # ascending: one search for all
+        r = self.ratings if self.ratings is not None else np.full(len(self.times), np.nan)
+        rated = ~np.isnan(r)
+        self._rating_sum = np.concatenate([[0.0], np.cumsum(np.where(rated, r, 0.0))])
+        self._rating_count = np.concatenate([[0], np.cumsum(rated)])
+        self.rating_mean = float(r[rated].mean()) if rated.any() else 0.0
+        self.rating_scale = float(r[rated].std()) if rated.sum() > 1 and r[rated].std() > 0 else 1.0
+        if self.tags is not None:
+            self.tags = sp.csr_matrix(self.tags, dtype=np.float32)
+            self._tag_count = np.asarray(self.tags.sum(axis=1)).ravel()
+        if self.grouping is None or self.groups is None or not len(self.times):
+            self.groups = self.grouping = None
+        self._group_runs: dict[tuple[int, int], np.ndarray] = {}
 
     @classmethod
     def empty(cls) -> "ItemStats":
@@ -57,24 +159,101 @@ class ItemStats:
     @classmethod
     def from_dataset(cls, data) -> "ItemStats":
         n = data.n_items
+        rating = data.kind_names.index("rating") if "rating" in data.kind_names else -1
         if data.n_events:
             order = np.lexsort((data.ts, data.users, data.items))
             items, users, ts = data.items[order], data.users[order], data.ts[order]
             first = np.ones(len(order), bool)
             first[1:] = (items[1:] != items[:-1]) | (users[1:] != users[:-1])
-            items, ts = items[first], ts[first]
+            # the pair's first rating (nan: none), counted from the pair's first event
+            values = np.where(data.kinds[order] == rating, data.values[order], np.nan)
+            starts = np.flatnonzero(first)
+            at = np.where(np.isnan(values), len(values), np.arange(len(values)))
+            first_rated = np.minimum.reduceat(at, starts) if len(starts) else at[:0]
+            ratings = np.append(values, np.nan)[first_rated]
+            items, users, ts = items[first], users[first], ts[first]
             by_time = np.lexsort((ts, items))
-            items, ts = items[by_time], ts[by_time]
+            items, users, ts, ratings = items[by_time], users[by_time], ts[by_time], ratings[by_time]
         else:
-            items, ts = np.zeros(0, np.int64), np.zeros(0)
+            items, users, ts, ratings = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
         ptr = np.concatenate([[0], np.cumsum(np.bincount(items, minlength=n))]).astype(np.int64)
         cats = list(data.categories) if data.categories is not None else [""] * n
-        return cls(data.item_index, [str(c) for c in cats], ptr, ts.astype(np.float64), data.now)
+        grouping, groups = shopper_groups(data, users)
+        return cls(data.item_index, [str(c) for c in cats], ptr, ts.astype(np.float64), data.now,
+                   ratings.astype(np.float32), item_tags(data, [str(c) for c in cats]), groups, grouping)
 
     def _count(self, k: np.ndarray, t: float) -> np.ndarray:
         """Shoppers of items k whose first event was at or before t."""
         rel = min(max(t - self._base, -DAY), self._span - DAY)
         return np.searchsorted(self._keys, k * self._span + rel, side="right") - self.ptr[k]
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """What a stored model keeps (numeric arrays and JSON), for `from_arrays`."""
+        arrays = {"stats.ptr": self.ptr, "stats.times": self.times}
+        if self.ratings is not None:
+            arrays["stats.ratings"] = np.asarray(self.ratings, np.float32)
+        if self.tags is not None:
+            arrays["stats.tag_ptr"] = self.tags.indptr.astype(np.int64)
+            arrays["stats.tag_cols"] = self.tags.indices.astype(np.int32)
+        if self.groups is not None:
+            arrays["stats.groups"] = self.groups
+        meta = {"stats_items": sorted(self.index, key=self.index.get), "stats_categories": list(self.category),
+                "stats_now": self.now, "stats_tags": self.tags.shape[1] if self.tags is not None else 0,
+                "stats_grouping": self.grouping.to_meta() if self.grouping is not None else None}
+        return arrays, meta
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], meta: Mapping) -> "ItemStats":
+        ids = list(meta.get("stats_items", []))
+        tags = None
+        if "stats.tag_ptr" in arrays:
+            cols = arrays["stats.tag_cols"]
+            tags = sp.csr_matrix((np.ones(len(cols), np.float32), cols, arrays["stats.tag_ptr"]),
+                                 shape=(len(ids), int(meta["stats_tags"])))
+        return cls({i: j for j, i in enumerate(ids)}, list(meta.get("stats_categories", [""] * len(ids))),
+                   arrays["stats.ptr"], arrays["stats.times"], float(meta.get("stats_now", 0.0)),
+                   arrays.get("stats.ratings"), tags, arrays.get("stats.groups"),
+                   Grouping.from_meta(meta.get("stats_grouping")))
+
+    def group_lift(self, k: np.ndarray, users: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """(len(k), n_attributes): for items k over their first `users` shoppers (those as of
+        the moment), log of how much more often than among all shoppers they were in the
+        shopper's group of each attribute (`codes`, -1 unknown: 0), smoothed towards 0 for
+        items with few shoppers."""
+        out = np.zeros((len(k), len(codes)))
+        if self.groups is None:
+            return out
+        start, end = self.ptr[k], self.ptr[k] + users
+        for a, g in enumerate(codes.tolist()):
+            if g < 0:
+                continue
+            run = self._group_runs.get((a, g))
+            if run is None:  # members of group g among the first j shoppers, over all items
+                run = np.concatenate([[0], np.cumsum(self.groups[:, a] == g)]).astype(np.int64)
+                self._group_runs[(a, g)] = run
+            share = run[-1] / len(self.groups)
+            if share <= 0:
+                continue
+            n_g = run[end] - run[start]
+            out[:, a] = np.log((n_g + GROUP_PRIOR * share) / (users + GROUP_PRIOR) / share)
+        return out
+
+    def rating(self, k: np.ndarray, users: np.ndarray) -> np.ndarray:
+        """Items k's Bayesian mean rating over their first `users` shoppers (those as of
+        the moment), relative to the shop's mean, in standard deviations (0: no ratings)."""
+        start, end = self.ptr[k], self.ptr[k] + users
+        total = self._rating_sum[end] - self._rating_sum[start]
+        count = self._rating_count[end] - self._rating_count[start]
+        mean = (total + RATING_PRIOR * self.rating_mean) / (count + RATING_PRIOR)
+        return (mean - self.rating_mean) / self.rating_scale
+
+    def tag_overlap(self, k: np.ndarray, past: np.ndarray) -> np.ndarray:
+        """Mean Jaccard similarity of each item k's tags with those of the items `past`."""
+        if self.tags is None or not len(past) or not len(k):
+            return np.zeros(len(k))
+        inter = (self.tags[k] @ self.tags[past].T).toarray()
+        union = self._tag_count[k][:, None] + self._tag_count[past][None, :] - inter
+        return np.where(union > 0, inter / np.maximum(union, 1), 0.0).mean(axis=1)
 
     def at(self, k: np.ndarray, now: float) -> tuple[np.ndarray, ...]:
         """For items k as of `now`: shoppers so far, new shoppers in the last 7 and 30 days,
@@ -90,9 +269,51 @@ class ItemStats:
         return users, week, month, first, last
 
 
+def item_tags(data, categories: Sequence[str]) -> sp.csr_matrix | None:
+    """(n_items, n_tags) 0/1 matrix of each item's tags and category (from the store's
+    catalogue, when the dataset has one), or None when no item has any."""
+    found = data.store.items(data.item_ids.tolist()) if data.store is not None else {}
+    vocab: dict[str, int] = {}
+    rows, cols = [], []
+    for k, item_id in enumerate(data.item_ids.tolist()):
+        item = found.get(item_id)
+        words = set(item.tags) if item is not None else set()
+        if categories[k]:
+            words.add(categories[k])
+        for w in words:
+            rows.append(k)
+            cols.append(vocab.setdefault(w, len(vocab)))
+    if not vocab:
+        return None
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(data.n_items, len(vocab)))
+
+
+def shopper_groups(data, users: np.ndarray) -> tuple[Grouping | None, np.ndarray | None]:
+    """The grouping of the dataset's shoppers by their attributes (from the store), and the
+    groups of the shopper of each (item, shopper) pair `users` (int16, -1 unknown)."""
+    if data.store is None:
+        return None, None
+    attrs = data.store.user_attrs([str(u) for u in data.user_ids])
+    grouping = Grouping.learn(attrs.values())
+    if grouping is None:
+        return None, None
+    unknown = np.full(len(grouping.names), -1, np.int16)
+    per_user = np.stack([grouping.codes(attrs[str(u)]) if str(u) in attrs else unknown
+                         for u in data.user_ids]) if len(data.user_ids) else unknown[None, :0]
+    return grouping, per_user[users] if len(users) else np.zeros((0, len(grouping.names)), np.int16)
+
+
+def shopper_ratings(history: Sequence) -> list[float]:
+    """The ratings among a shopper's newest steps (`Query.history`, oldest first)."""
+    return [s.value for s in list(history)[-RECENT:] if s.kind == "rating" and s.value is not None]
+
+
 def candidate_features(candidates: Sequence, history_items: Sequence[str], now: float | None,
-                       recallers: Sequence[str], stats: ItemStats) -> np.ndarray:
-    """Feature matrix (len(candidates), len(feature_names(recallers))), float32."""
+                       recallers: Sequence[str], stats: ItemStats,
+                       ratings: Sequence[float] = (), groups: np.ndarray | None = None) -> np.ndarray:
+    """Feature matrix (len(candidates), len(feature_names(recallers))), float32. `ratings`:
+    the shopper's recent ratings (`shopper_ratings(query.history)`); `groups`: the shopper's
+    groups (`stats.grouping.codes(attrs)`)."""
     n, r_count = len(candidates), len(recallers)
     out = np.zeros((n, r_count * len(PER_RECALLER) + len(GLOBAL)), dtype=np.float32)
     if n == 0:
@@ -115,7 +336,7 @@ def candidate_features(candidates: Sequence, history_items: Sequence[str], now: 
         out[present, base + 3] = (vals - lo) / (hi - lo) if hi > lo else 1.0
     g = r_count * len(PER_RECALLER)
     cats: dict[str, int] = {}
-    recent = list(history_items)[:20]
+    recent = list(history_items)[:RECENT]
     for item in recent:
         k = stats.index.get(item)
         if k is not None and stats.category[k]:
@@ -155,4 +376,13 @@ def candidate_features(candidates: Sequence, history_items: Sequence[str], now: 
         out[:, g + 11] = taste_age
         out[:, g + 12] = np.abs(out[:, g + 2] - taste_pop)
         out[touched, g + 13] = np.abs(out[touched, g + 5] - taste_age)
+    if len(known):
+        out[known, g + 14] = stats.tag_overlap(index[known], past)
+        out[known, g + 15] = stats.rating(index[known], users[known].astype(np.int64))
+        if groups is not None and len(groups) and (groups >= 0).any():
+            lift = stats.group_lift(index[known], users[known].astype(np.int64), groups)[:, groups >= 0]
+            out[known, g + 17] = lift.mean(axis=1) / 2.0
+            out[known, g + 18] = lift.max(axis=1) / 2.0
+    if len(ratings):
+        out[:, g + 16] = (float(np.mean(ratings)) - stats.rating_mean) / stats.rating_scale
     return out
