@@ -373,6 +373,10 @@ def test_recall_features_describe_each_recaller_and_new_items():
     # tags: here only the categories; recent items a, b, a -> Jaccard 1, 0, 1 for a shoe
     assert f[0, col["tag_overlap"]] == pytest.approx(2 / 3) and f[1, col["tag_overlap"]] == pytest.approx(1 / 3)
     assert f[0, col["item_rating"]] == 0 and f[0, col["shopper_rating"]] == 0  # no ratings
+    arrays, meta = stats.to_arrays()
+    assert "stats.ratings" not in arrays  # nothing stored for a shop without ratings
+    again = ItemStats.from_arrays(arrays, json.loads(json.dumps(meta)))
+    assert np.array_equal(candidate_features(cands, ["a", "b", "a"], 30 * day, ["als", "pop"], again), f)
 
 
 def test_rating_features_count_only_the_ratings_given_by_that_moment():

@@ -190,7 +190,7 @@ class ItemStats:
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """What a stored model keeps (numeric arrays and JSON), for `from_arrays`."""
         arrays = {"stats.ptr": self.ptr, "stats.times": self.times}
-        if self.ratings is not None:
+        if self.ratings is not None and not np.isnan(self.ratings).all():  # a shop with ratings
             arrays["stats.ratings"] = np.asarray(self.ratings, np.float32)
         if self.tags is not None:
             arrays["stats.tag_ptr"] = self.tags.indptr.astype(np.int64)
