@@ -229,16 +229,17 @@ class Store:
                 conflicts.append(e)
         return added, duplicates, conflicts
 
-    def _stored_events(self, ids: list[str]) -> dict[str, tuple]:
-        stored: dict[str, tuple] = {}
+    def _rows_in(self, sql: str, ids: Sequence[str]) -> Iterator[tuple]:
+        """Rows of `sql`, whose "{marks}" is filled with placeholders for ids, 500 at a time
+        (SQLite limits the parameters of one statement)."""
         for start in range(0, len(ids), 500):
-            part = ids[start:start + 500]
-            marks = ",".join("?" * len(part))
-            for row in self.conn.execute(
-                    f"SELECT event_id, user_id, item_id, kind, value, ts FROM events "
-                    f"WHERE event_id IN ({marks})", part):
-                stored[row[0]] = row
-        return stored
+            part = list(ids[start:start + 500])
+            yield from self.conn.execute(sql.replace("{marks}", ",".join("?" * len(part))), part)
+
+    def _stored_events(self, ids: list[str]) -> dict[str, tuple]:
+        return {row[0]: row for row in self._rows_in(
+            "SELECT event_id, user_id, item_id, kind, value, ts FROM events WHERE event_id IN ({marks})",
+            ids)}
 
     def consumed(self, user_id: str, kinds: Sequence[str]) -> set[str]:
         """Items the user did one of `kinds` to (by default: bought or rated)."""
@@ -311,14 +312,8 @@ class Store:
         """The attributes imported with the users (segment, country, age, …): of `ids`, or of
         every user; users without any are left out."""
         sql = "SELECT user_id, attrs FROM users WHERE attrs != '{}'"
-        if ids is None:
-            rows = self.conn.execute(sql).fetchall()
-        else:
-            wanted, rows = list(ids), []
-            for start in range(0, len(wanted), 500):
-                part = wanted[start:start + 500]
-                rows += self.conn.execute(f"{sql} AND user_id IN ({','.join('?' * len(part))})",
-                                          part).fetchall()
+        rows = self.conn.execute(sql) if ids is None else \
+            self._rows_in(sql + " AND user_id IN ({marks})", list(ids))
         return {r[0]: json.loads(r[1]) for r in rows}
 
     def history(self, user_id: str, limit: int | None = None) -> tuple[Interaction, ...]:

@@ -62,7 +62,6 @@ class Grouping:
 
     def __post_init__(self) -> None:
         self._codes = [{v: j for j, v in enumerate(vals)} for vals in self.values]
-        self.sizes = [len(v) if v else len(e) + 1 for v, e in zip(self.values, self.edges)]
 
     @classmethod
     def learn(cls, attrs: Iterable[Mapping[str, Any]]) -> "Grouping | None":
