@@ -5,7 +5,6 @@ from .components import (
     RankingExample, Recaller, Resources, banned_items, mention, no_progress, top_n,
 )
 from .dataset import DEFAULT_KIND_WEIGHTS, Dataset
-from .engine import Engine
 from .errors import (
     ArtifactError, ConfigError, EngineError, ImportDataError, NotTrainedError, PluginError,
     UnknownComponentError,
@@ -24,3 +23,15 @@ __all__ = [
     "Recommendation", "Record", "Resources", "detect_encoding", "Triple", "UnknownComponentError", "User", "hookimpl",
     "banned_items", "mention", "no_progress", "top_n",
 ]
+
+
+def __getattr__(name: str):
+    # `Engine` pulls in the store, the pipeline and sqlite-utils: loaded when first asked
+    # for, so that `shelfwise --help` and plugin imports (`from engine import hookimpl`) stay
+    # light (tests/test_architecture.py measures what `import engine` loads).
+    if name == "Engine":
+        from .engine import Engine
+
+        return Engine
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+

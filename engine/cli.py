@@ -6,16 +6,14 @@ import json
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
 
 import click
 from click_default_group import DefaultGroup
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .cli_progress import progress_for
 from .errors import EngineError
 
 console = Console(stderr=True)
@@ -60,23 +58,9 @@ class ShelfwiseGroup(DefaultGroup):
             raise click.ClickException(str(exc)) from exc
 
 
-@contextmanager
-def rich_progress(enabled: bool = True) -> Iterator:
-    """A progress callback rendered with rich: one bar per stage."""
-    if not enabled:
-        yield lambda *a, **k: None
-        return
-    with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[stage]:<22}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[message]}"), console=console, transient=False) as bar:
-        tasks: dict[str, Any] = {}
-
-        def callback(stage: str, done: int, total: int | None, message: str = "") -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, stage=stage, message="", total=total)
-            bar.update(tasks[stage], completed=done, total=total, message=message)
-
-        yield callback
+def rich_progress(enabled: bool = True):
+    """The progress callback of a long job: rich bars in a terminal, plain lines in a log."""
+    return progress_for(console, enabled)
 
 
 def _print_recs(recs, as_json: bool) -> None:
@@ -241,12 +225,13 @@ def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, ite
             raise click.UsageError("Give either USER or --all, not both.")
         if fmt == "tsv":
             click.echo("user_id\titem_id\trank\tscore")
-        for user_id, recs in engine.recommend_all(n):
-            for r in recs:
-                if fmt == "tsv":
-                    click.echo(f"{user_id}\t{r.item_id}\t{r.rank}\t{r.score:.6f}")
-                else:
-                    click.echo(json.dumps({"user_id": user_id, **r.to_dict()}))
+        with rich_progress() as progress:  # on stderr: stdout is the campaign file
+            for user_id, recs in engine.recommend_all(n, progress=progress):
+                for r in recs:
+                    if fmt == "tsv":
+                        click.echo(f"{user_id}\t{r.item_id}\t{r.rank}\t{r.score:.6f}")
+                    else:
+                        click.echo(json.dumps({"user_id": user_id, **r.to_dict()}))
         return
     if not user and not items and not text:
         raise click.UsageError("Missing USER (or --item / --text for a visitor, or --all).")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:  # scipy costs 0.1 s to import; `shelfwise --help` should not pay it
+    import scipy.sparse as sp
 
 from .types import Interaction
 
@@ -71,6 +73,8 @@ class Dataset:
 
     def matrix(self, weights: np.ndarray | None = None) -> sp.csr_matrix:
         """Users x items, summed event weights (duplicates added)."""
+        import scipy.sparse as sp
+
         w = self.event_weights() if weights is None else weights
         m = sp.csr_matrix((w.astype(np.float32), (self.users, self.items)),
                           shape=(self.n_users, self.n_items), dtype=np.float32)

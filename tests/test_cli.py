@@ -135,6 +135,25 @@ def test_recommend_all_tsv(shop_db):
     assert all([rank for rank, _ in recs] == [1, 2] for recs in per_user.values())
 
 
+def test_recommend_all_reports_progress_as_lines_when_logged(shop_db):
+    """Redirected to a file (not a terminal), the campaign export says how far it is on
+    stderr, in plain lines; stdout stays the campaign file."""
+    db, _ = shop_db
+    result = run(db, "recommend", "--all", "-n", "1")
+    assert result.exit_code == 0, result.output
+    assert f"recommend: {N_USERS:,}/{N_USERS:,} (100%) done" in result.stderr
+    assert "recommend:" not in result.stdout
+
+
+def test_train_progress_in_a_log_is_line_based(shop_db):
+    """`train` run from cron or CI writes readable progress lines, one per stage at least."""
+    _, results = shop_db
+    lines = [line for line in results["train"].stderr.splitlines() if line.startswith("[")]
+    stages = {line.split("] ", 1)[1].split(":")[0] for line in lines}
+    assert "popular" in " ".join(stages) and len(stages) >= 3, lines
+    assert all("\x1b" not in line for line in lines), "terminal escapes in a log"
+
+
 def test_recommend_all_jsonl(shop_db):
     db, _ = shop_db
     result = run(db, "recommend", "--all", "-n", "1", "--format", "jsonl")
