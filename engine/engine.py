@@ -309,10 +309,23 @@ class Engine:
         if ranker_name is not None:
             ranker_obj = self._fitted("rankers", ranker_name)
             if ranker_obj is None and ranker:
-                raise NotTrainedError(f"Ranker {ranker_name!r} has not been trained. Run \"shelfwise train\".")
+                raise NotTrainedError(self._not_serving(ranker_name))
         available, categories, untouched = self._catalogue_view()
         return Pipeline(fitted, {k: v for k, v in quotas.items() if k in fitted}, ranker_obj,
                         available=available, categories=categories, new_items=untouched, **self._rules())
+
+    def _not_serving(self, ranker: str) -> str:
+        """Why a ranker asked for by name has no active model, and what to do about it."""
+        stored = self.store.latest_artifact(f"ranker/{ranker}")
+        if stored is None:
+            return f"Ranker {ranker!r} has not been trained. Run \"shelfwise train\"."
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(stored["created_at"]))
+        runs = [r for r in self.store.runs("train", 5) if r["status"] == "ok"]
+        why = ((runs[0]["metrics"].get("ranker") or {}).get("why") if runs else "") or \
+            "another ranker was chosen"
+        return (f"Ranker {ranker!r} was trained ({when}) but is not serving: {why}. To serve it "
+                f"anyway, put ranker = \"{ranker}\" under [pipeline] in shelfwise.toml and run "
+                f"\"shelfwise train\" (a ranker named there is activated whatever the check says).")
 
     def warm(self, limit: int = 64) -> int:
         """One small step of precomputing the serving components' caches (`Component.warm`);

@@ -443,6 +443,13 @@ class Store:
             "SELECT name, version, format, sha256, size, meta, created_at FROM artifacts "
             "WHERE active = 1 AND name LIKE ? ORDER BY name", [prefix + "%"])]
 
+    def latest_artifact(self, name: str) -> dict[str, Any] | None:
+        """Metadata (no bytes) of the newest stored version, active or not."""
+        rows = list(self.db.query(
+            "SELECT name, version, active, size, created_at FROM artifacts WHERE name = ? "
+            "ORDER BY version DESC LIMIT 1", [name]))
+        return rows[0] if rows else None
+
     def load_artifact(self, name: str, version: int | None = None) -> tuple[bytes, str, dict] | None:
         """The active (or given) version's bytes, format and meta, checked against its sha256."""
         if version is None:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import CORE_PLUGINS
 
-from engine import ArtifactError, Candidate, Query
+from engine import ArtifactError, Candidate, NotTrainedError, Query
 from engine.artifacts import dump_state, load_state
 from engine.config import Settings
 from engine.engine import Engine
@@ -170,6 +170,11 @@ def test_train_keeps_the_old_ranker_when_bert_does_not_win(tmp_path, monkeypatch
     assert "ranker/fusion" in active and "ranker/bert" not in active
     assert "ranker/bert" in report["versions"]  # kept, inactive, for inspection
     assert eng.recommend("user004", n=3)[0].ranker == "fusion"
+    with pytest.raises(NotTrainedError) as info:  # asked for by name: says what happened
+        eng.recommend("user004", n=3, ranker="bert")
+    message = str(info.value)
+    assert "'bert' was trained" in message and "bert was not activated" in message
+    assert 'ranker = "bert" under [pipeline] in shelfwise.toml' in message
     eng.close()
 
 
