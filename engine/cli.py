@@ -6,7 +6,6 @@ import json
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import click
 from click_default_group import DefaultGroup

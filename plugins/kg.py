@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import scipy.sparse as sp
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:  # scipy is imported where it is used: `shelfwise --help` loads every plugin
+    import scipy.sparse as sp
 
 from engine import Dataset, ModelState, Query, Recaller, banned_items, hookimpl, mention, top_n
 from engine.relations import LINK, readable_relation  # noqa: F401 (readable_relation: re-exported)
@@ -102,6 +104,8 @@ def _derived_graph(items, item_index: dict[str, int], skip: set[int], bands: int
 
 
 def _row_normalised(m: sp.csr_matrix) -> sp.csr_matrix:
+    import scipy.sparse as sp
+
     sums = np.asarray(m.sum(axis=1)).ravel()
     return (sp.diags(np.divide(1.0, sums, out=np.zeros_like(sums, dtype=np.float64), where=sums > 0)) @ m).tocsr()
 
@@ -116,6 +120,8 @@ class KnowledgeGraphRecaller(Recaller):
     similar_items = True
 
     def fit(self, data: Dataset, progress=None) -> None:
+        import scipy.sparse as sp
+
         cfg = self.config
         if progress:
             progress("kg", 0, 1, "building the item graph")
@@ -195,6 +201,8 @@ class KnowledgeGraphRecaller(Recaller):
                   "shape": list(self.w.shape)})
 
     def load(self, state: ModelState) -> None:
+        import scipy.sparse as sp
+
         a, m = state.arrays, state.meta
         w = sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=tuple(m["shape"]))
         self._set(a["item_ids"], a["known"], w, a["entity_ids"], a["entity_relation"],
@@ -233,6 +241,8 @@ class KnowledgeGraphRecaller(Recaller):
         return x
 
     def recall(self, queries: Sequence[Query], n: int):
+        import scipy.sparse as sp
+
         out: list[list] = [[] for _ in queries]
         if not getattr(self, "_fitted", False) or self.w.nnz == 0 or n <= 0:
             return out

@@ -17,6 +17,22 @@ def test_import_engine_loads_no_heavy_library():
     assert out.stdout.strip() == ""
 
 
+HEAVY = ("torch", "transformers", "sentence_transformers", "textual", "fastapi", "uvicorn",
+         "implicit", "hnswlib", "scipy", "sqlite_utils")
+
+
+def test_the_cli_starts_without_heavy_libraries():
+    """`shelfwise --help` (every plugin loaded, its commands registered) imports none of the
+    libraries that cost seconds: each is imported where it is used."""
+    code = ("import sys; from engine.cli import cli, load_plugin_commands; load_plugin_commands(cli); "
+            "from click.testing import CliRunner; r = CliRunner().invoke(cli, ['--help']); "
+            "assert r.exit_code == 0 and 'recommend' in r.output, r.output; "
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == ""
+
+
 def test_import_contracts_hold():
     lint = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
     if not Path(lint).exists():

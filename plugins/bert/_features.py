@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:  # scipy is imported where it is used: `shelfwise --help` loads every plugin
+    import scipy.sparse as sp
 
 DAY = 86400.0
 POP_SCALE = 10.0  # log1p of shopper counts divided by this: about 1 at 22,000 shoppers
@@ -132,6 +134,8 @@ class ItemStats:
     grouping: Grouping | None = None
 
     def __post_init__(self) -> None:
+        import scipy.sparse as sp
+
         n = len(self.ptr) - 1
         counts = np.diff(self.ptr)
         self._base = float(self.times.min()) if len(self.times) else 0.0
@@ -203,6 +207,8 @@ class ItemStats:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], meta: Mapping) -> "ItemStats":
+        import scipy.sparse as sp
+
         ids = list(meta.get("stats_items", []))
         tags = None
         if "stats.tag_ptr" in arrays:
@@ -271,6 +277,8 @@ class ItemStats:
 def item_tags(data, categories: Sequence[str]) -> sp.csr_matrix | None:
     """(n_items, n_tags) 0/1 matrix of each item's tags and category (from the store's
     catalogue, when the dataset has one), or None when no item has any."""
+    import scipy.sparse as sp
+
     found = data.store.items(data.item_ids.tolist()) if data.store is not None else {}
     vocab: dict[str, int] = {}
     rows, cols = [], []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 
 def distinct_interactions(users, items, weights, n_items):
@@ -48,6 +47,8 @@ def summed_csr(rows, cols, values, n):
     """CSR structure (indptr, indices) of the distinct (row, col) pairs and, for each array in
     `values`, its sums aligned with that structure. All arrays share one sparsity pattern
     (scipy keeps explicit zeros when it sums duplicates, so the patterns are identical)."""
+    import scipy.sparse as sp  # here, not at the top: `shelfwise --help` loads every plugin
+
     indptr = indices = None
     sums = []
     for v in values:
