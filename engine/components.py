@@ -241,6 +241,13 @@ class Ranker(Component):
         """Return the candidates re-scored, best first. Keep `source`, `reason`,
         `scores` and `ranks`; set `score` to this ranker's score."""
 
+    def rank_many(self, queries: Sequence[Query],
+                  candidates: Sequence[Sequence[Candidate]]) -> list[list[Candidate]]:
+        """`rank` for several queries at once (the pipeline and `recommend --all` call
+        this). The default ranks one query at a time; a ranker that scores with a matrix
+        product overrides it to score the whole batch in one."""
+        return [self.rank(q, c) for q, c in zip(queries, candidates)]
+
     def observe(self, data: "Dataset") -> None:
         """Called after `fit`, once the recallers are fitted again on `data`: the events
         serving will see. `fit` learned from an earlier split; a ranker that reads item

@@ -97,11 +97,9 @@ class Pipeline:
     def run(self, queries: Sequence[Query], n: int,
             recalled: list[dict[str, list[Candidate]]] | None = None) -> list[list[Candidate]]:
         """Top n per query. `recalled`: the output of `recall(queries)`, if already at hand."""
-        out = []
-        for q, cands in zip(queries, self.candidates(queries, recalled)):
-            ranked = self.ranker.rank(q, cands) if self.ranker is not None else cands
-            out.append(self.rerank(ranked, n))
-        return out
+        merged = self.candidates(queries, recalled)
+        ranked = self.ranker.rank_many(queries, merged) if self.ranker is not None else merged
+        return [self.rerank(r, n) for r in ranked]
 
     def rerank(self, ranked: Sequence[Candidate], n: int) -> list[Candidate]:
         """The top n of a ranked list after the diversity and new-arrival rules."""

@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import CORE_PLUGINS
 
 from engine import (
-    Candidate, EngineError, Event, NotTrainedError, Query, Recaller, UnknownComponentError,
+    Candidate, EngineError, Event, NotTrainedError, Query, Ranker, Recaller, UnknownComponentError,
     hookimpl,
 )
 from engine.config import Settings
@@ -87,8 +87,11 @@ def test_pipeline_filters_excluded_unavailable_and_other_categories():
 
 
 def test_pipeline_applies_the_ranker_after_filtering():
-    class Reverse:
+    class Reverse(Ranker):
         name = "reverse"
+
+        def fit(self, examples, data, progress=None):
+            return {}
 
         def rank(self, query, candidates):
             assert "a" not in [c.item_id for c in candidates], "filters run before the ranker"

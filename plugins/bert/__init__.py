@@ -605,13 +605,28 @@ class BertRanker(Ranker):
     def rank(self, query: Query, candidates: Sequence[Candidate]) -> list[Candidate]:
         if not candidates:
             return []
+        return self.rank_many([query], [candidates])[0]
+
+    def rank_many(self, queries: Sequence[Query],
+                  candidates: Sequence[Sequence[Candidate]]) -> list[list[Candidate]]:
+        """Without the text, one head evaluation scores the whole batch's candidates."""
         if self._serving is None:
             raise ArtifactError("The bert ranker has no model; run \"shelfwise train\".")
-        feats = self._features(candidates, query, self._serving_stats())
-        if not self._serving.use_text:
-            scores = self._serving.score(feats).astype(np.float64)
-        else:
-            scores = self._text_scores(query, candidates, feats)
+        stats = self._serving_stats()
+        feats = [self._features(c, q, stats) if c else None for q, c in zip(queries, candidates)]
+        if self._serving.use_text:
+            return [self._ordered(c, self._text_scores(q, c, f)) if c else []
+                    for q, c, f in zip(queries, candidates, feats)]
+        filled = [f for f in feats if f is not None]
+        scores = self._serving.score(np.vstack(filled)).astype(np.float64) if filled else None
+        out, at = [], 0
+        for cands in candidates:
+            out.append(self._ordered(cands, scores[at:at + len(cands)]) if cands else [])
+            at += len(cands)
+        return out
+
+    @staticmethod
+    def _ordered(candidates: Sequence[Candidate], scores: np.ndarray) -> list[Candidate]:
         out = []
         for cand, score in zip(candidates, scores):
             lead = min(cand.ranks, key=cand.ranks.get) if cand.ranks else cand.source
