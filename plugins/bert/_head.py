@@ -38,11 +38,17 @@ class FeatureHead:
                        (np.ascontiguousarray(w["mlp.2.weight"].T), w["mlp.2.bias"]),
                        (np.ascontiguousarray(w["mlp.4.weight"].T), w["mlp.4.bias"])]
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Scores (b,) of b candidates from their recall features (b, n_features)."""
-        h = np.asarray(features, dtype=np.float32)
-        for j, (weight, bias) in enumerate(self.layers):
-            h = h @ weight + bias
-            if j < len(self.layers) - 1:
-                h = gelu(h)
-        return h[:, 0]
+    def score(self, features: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        """Scores (b,) of b candidates from their recall features (b, n_features), in
+        chunks of rows whose activations stay in the CPU's cache (a `recommend --all` batch
+        has a few hundred thousand rows)."""
+        x = np.asarray(features, dtype=np.float32)
+        out = np.empty(len(x), np.float32)
+        for start in range(0, len(x), chunk):
+            h = x[start:start + chunk]
+            for j, (weight, bias) in enumerate(self.layers):
+                h = h @ weight + bias
+                if j < len(self.layers) - 1:
+                    h = gelu(h)
+            out[start:start + chunk] = h[:, 0]
+        return out
