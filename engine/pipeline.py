@@ -11,25 +11,48 @@ from .components import Ranker, Recaller
 from .types import Candidate, Query
 
 
+_blas = None
+
+
+def one_blas_thread():
+    """Requests multiply small matrices: a second BLAS thread only spins, and on a busy
+    machine it made `recommend --all` 40% slower (46 vs 70 users/s on the demo shop). The
+    controller is made once (threadpoolctl looks the libraries up: 1 ms), after the
+    components have loaded theirs."""
+    global _blas
+    from threadpoolctl import ThreadpoolController
+
+    if _blas is None:
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")
+
+
 def merge(lists: Mapping[str, Sequence[Candidate]]) -> list[Candidate]:
     """Union of the recallers' lists for one query. Each item keeps every recaller's score,
     rank and reason; its `source` is the recaller that ranked it best (earlier recallers win
     ties). Ordered by reciprocal-rank sum, so the merge is useful even without a ranker."""
-    merged: dict[str, Candidate] = {}
-    for name, cands in lists.items():
+    merged: dict[str, Candidate | list] = {}  # an item met twice: its fields, being merged
+    for cands in lists.values():
         for cand in cands:
             old = merged.get(cand.item_id)
             if old is None:
                 merged[cand.item_id] = cand
                 continue
-            best_old = min(old.ranks.values(), default=10**9)
-            lead = cand if min(cand.ranks.values(), default=10**9) < best_old else old
-            merged[cand.item_id] = Candidate(
-                cand.item_id, max(old.score, cand.score), lead.source, lead.reason,
-                {**old.scores, **cand.scores}, {**old.ranks, **cand.ranks},
-                {**old.reasons, **cand.reasons})
-    rrf = {item: sum(1.0 / (20 + r) for r in c.ranks.values()) for item, c in merged.items()}
-    return sorted(merged.values(), key=lambda c: -rrf[c.item_id])
+            if type(old) is not list:
+                old = merged[cand.item_id] = [old.score, old.source, old.reason, dict(old.scores),
+                                              dict(old.ranks), dict(old.reasons),
+                                              min(old.ranks.values(), default=10**9)]
+            best = min(cand.ranks.values(), default=10**9)
+            if best < old[6]:
+                old[1], old[2], old[6] = cand.source, cand.reason, best
+            old[0] = max(old[0], cand.score)
+            old[3].update(cand.scores)
+            old[4].update(cand.ranks)
+            old[5].update(cand.reasons)
+    out = [c if type(c) is not list else Candidate(item, c[0], c[1], c[2], c[3], c[4], c[5])
+           for item, c in merged.items()]
+    rrf = [sum(1.0 / (20 + r) for r in c.ranks.values()) for c in out]
+    return [out[j] for j in sorted(range(len(out)), key=lambda j: -rrf[j])]
 
 
 def interleave(lists: Mapping[str, Sequence[Candidate]]) -> list[Candidate]:
@@ -97,9 +120,10 @@ class Pipeline:
     def run(self, queries: Sequence[Query], n: int,
             recalled: list[dict[str, list[Candidate]]] | None = None) -> list[list[Candidate]]:
         """Top n per query. `recalled`: the output of `recall(queries)`, if already at hand."""
-        merged = self.candidates(queries, recalled)
-        ranked = self.ranker.rank_many(queries, merged) if self.ranker is not None else merged
-        return [self.rerank(r, n) for r in ranked]
+        with one_blas_thread():
+            merged = self.candidates(queries, recalled)
+            ranked = self.ranker.rank_many(queries, merged) if self.ranker is not None else merged
+            return [self.rerank(r, n) for r in ranked]
 
     def rerank(self, ranked: Sequence[Candidate], n: int) -> list[Candidate]:
         """The top n of a ranked list after the diversity and new-arrival rules."""
