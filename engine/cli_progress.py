@@ -57,7 +57,7 @@ class LineProgress:
                 text = _fraction(done, total) + (f" {message}" if message else "")
                 if finished:
                     self._finished.add(stage)
-                    text += " done"
+                    text += "" if "done" in message else " done"
                 self._write(stage, text)
 
     def beat(self) -> None:
