@@ -18,6 +18,7 @@ from .dataset import Dataset
 from .evaluation import holdout
 from .metrics import user_metrics
 from .pipeline import Pipeline
+from .types import Candidate
 
 
 CHECK_SHARE = 0.2   # validation users no ranker learns from: the rankers are compared on them
@@ -98,6 +99,12 @@ def fit_recallers(data: Dataset, recallers: Mapping[str, Recaller],
     return seconds
 
 
+def _unexplained(cand: Candidate) -> Candidate:
+    """A validation candidate without its reasons: rankers learn from scores and ranks, and
+    the reason texts of ~3 million candidates were a third of `train`'s memory."""
+    return Candidate(cand.item_id, cand.score, cand.source, "", cand.scores, cand.ranks, {})
+
+
 def validation_examples(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mapping[str, int],
                         settings: PipelineSettings, progress: ProgressCallback = no_progress
                         ) -> tuple[list[RankingExample], list[RankingExample]]:
@@ -120,7 +127,8 @@ def validation_examples(data: Dataset, recallers: Mapping[str, Recaller], quotas
         progress("candidates", 0, len(split.queries), f"recalling for validation users ({label})")
         pipe, cands, batch = Pipeline(dict(recallers), dict(quotas)), [], 128
         for start in range(0, len(split.queries), batch):  # in batches: progress, and a cancel lands
-            cands += pipe.candidates(split.queries[start:start + batch])
+            cands += [[_unexplained(c) for c in lst]
+                      for lst in pipe.candidates(split.queries[start:start + batch])]
             progress("candidates", len(cands), len(split.queries), f"recalling for validation users ({label})")
         moments = [RankingExample(q, c, rel, split.visible)
                    for q, c, rel in zip(split.queries, cands, split.relevant)]

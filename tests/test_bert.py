@@ -248,6 +248,21 @@ def test_a_model_without_the_text_serves_in_numpy_with_the_torch_scores(tmp_path
     assert out.stdout.strip() == ""
 
 
+def test_a_spent_budget_still_trains_the_minimum_and_says_the_text_was_skipped():
+    """The budget counts training steps, not preparation; on a machine too slow for it the
+    feature stage still takes its minimum steps, and the text stage is skipped with a reason
+    (never "NDCG@10 0.0056 after 0 steps")."""
+    examples, data = TestBertContract().examples()
+    said = []
+    ranker = BertRanker({**TINY, "max_minutes": 1e-9, "feature_steps": 50, "max_steps": 20,
+                         "min_feature_steps": 12, "eval_every": 4, "feature_batch": 2})
+    report = ranker.fit(examples, data, progress=lambda *a: said.append(a))
+    assert report["steps"] >= 12 and report["best_stage"] in ("features", "untrained")
+    assert "feature stage" in report["text_skipped"] and not report["uses_text"]
+    last = said[-1][3]
+    assert "text stage skipped" in last and "after 0 steps" not in last, last
+
+
 def test_the_text_is_kept_only_when_it_beats_the_features_beyond_chance():
     """Stage 2 must beat stage 1 on the early-stopping moments by `text_evidence` standard
     errors of the paired difference; otherwise bert serves stage 1's model unchanged."""

@@ -56,7 +56,12 @@ class BertConfig(BaseModel):
                                                        "features alone (cheap)")
     max_steps: int = Field(200, ge=0, description="steps of stage 2 at most: the text joins and "
                                                    "the top layer is fine-tuned")
-    max_minutes: float = Field(4.0, gt=0, description="wall-clock training budget")
+    max_minutes: float = Field(4.0, gt=0, description="wall-clock budget of the training steps "
+                                                    "(preparing features and encoding texts "
+                                                    "is not counted)")
+    min_feature_steps: int = Field(40, ge=0, description="steps of stage 1 taken even when the "
+                                                         "budget is spent (a slow machine still "
+                                                         "trains the head)")
     max_epochs: float = Field(10.0, gt=0, description="passes over the training moments per "
                                                       "stage at most (small shops train briefly)")
     batch_examples: int = Field(8, ge=1, description="validation moments per step of the text stage")
@@ -254,13 +259,21 @@ class BertRanker(Ranker):
         return [self._item_cache[i] for i in ids]
 
     def _encode_contexts(self, texts: Sequence[str]):
-        """Lower-layer states and masks of contexts (padded batch)."""
+        """Lower-layer states and masks of contexts (one padded batch), computed 256 at a
+        time: the frozen layers' activations of 7,000 contexts at once took 3 GB."""
         torch = self._torch()
         tok = tokenizer()
-        enc = tok(list(texts), truncation=True, max_length=self.config.user_tokens,
-                  padding=True, return_tensors="pt")
-        return self.net.lower(enc["input_ids"], enc["attention_mask"], token_type=0), \
-            enc["attention_mask"]
+        texts = list(texts)
+        width = max((len(ids) for ids in tok(texts, truncation=True,
+                                             max_length=self.config.user_tokens)["input_ids"]),
+                    default=1)
+        states, masks = [], []
+        for start in range(0, len(texts), 256):
+            enc = tok(texts[start:start + 256], truncation=True, max_length=width,
+                      padding="max_length", return_tensors="pt")
+            states.append(self.net.lower(enc["input_ids"], enc["attention_mask"], token_type=0))
+            masks.append(enc["attention_mask"])
+        return torch.cat(states), torch.cat(masks)
 
     def _forget_item_states(self) -> None:
         """Drop the cached encoder states (a new model, or texts that may have changed);
@@ -397,10 +410,23 @@ class BertRanker(Ranker):
             ctx_val = [self.context_text(ex.query) for ex in val]
             if len(catalogue) > 4000:  # random negatives from a sample of a big catalogue
                 catalogue = [catalogue[j] for j in rng.choice(len(catalogue), 4000, replace=False)]
-            ids = {c.item_id for ex in usable for c in ex.candidates} | set(catalogue)
-            self._encode_items(sorted(ids), with_kv=False)
+            text_ids = sorted({c.item_id for ex in usable for c in ex.candidates} | set(catalogue))
+        u_train = u_val = None
+        cached_ids: list[str] = []
+
+        def encode_texts() -> float:
+            """The frozen layers' states of every item and context, computed when the text
+            stage starts: a shop whose budget ends with stage 1 never pays for them (and the
+            contexts go through in chunks: in one batch they took gigabytes). Seconds taken."""
+            nonlocal u_train, u_val, cached_ids
+            began = time.perf_counter()
+            say("bert", step, total_steps, f"encoding {len(text_ids):,} items and "
+                                           f"{len(ctx_train) + len(ctx_val):,} shopper contexts")
+            self._encode_items(text_ids, with_kv=False)
             u_train = self._encode_contexts(ctx_train) if train else None
             u_val = self._encode_contexts(ctx_val) if val else None
+            cached_ids = sorted(self._item_cache)
+            return time.perf_counter() - began
 
         def val_ndcg() -> np.ndarray:
             """NDCG@10 of each early-stopping moment (a paired comparison needs them all)."""
@@ -430,7 +456,6 @@ class BertRanker(Ranker):
                     out[e] = ndcg_at(s.numpy(), labels, len(ex.relevant))
             return out
 
-        cached_ids = sorted(self._item_cache)
         params = self.net.trainable()
         self.net.use_text = False
         best_per = val_ndcg()
@@ -438,7 +463,7 @@ class BertRanker(Ranker):
         best_state = {k: p.detach().clone() for k, p in params.items()}
         text_test: dict = {}
         best_step, step, best_stage = 0, 0, "untrained"
-        deadline = started + cfg.max_minutes * 60
+        deadline = time.perf_counter() + cfg.max_minutes * 60  # counts training steps only
         losses: list[float] = []
         curve: list[tuple[str, int, float]] = []  # (stage, step, validation NDCG@10)
 
@@ -471,10 +496,16 @@ class BertRanker(Ranker):
                         p.copy_(best_state[k])
             if use_text:  # what the text must beat
                 before = (best, best_per, best_state, best_step, best_stage)
+                if time.perf_counter() >= deadline:
+                    text_test = {"text_skipped": f"the {cfg.max_minutes:g}-minute budget was spent "
+                                                 f"by the feature stage"}
+                    break
+                deadline += encode_texts()
             self.net.use_text = use_text
             opt = optimizer(use_text)
             stage_end, checks_without = step + n_steps, 0
-            while train and step < stage_end and time.perf_counter() < deadline:
+            floor = step + (0 if use_text else min(cfg.min_feature_steps, n_steps))
+            while train and step < stage_end and (time.perf_counter() < deadline or step < floor):
                 self.net.train()
                 size = cfg.batch_examples if use_text else cfg.feature_batch
                 batch = rng.choice(len(train), size=min(size, len(train)), replace=False)
@@ -577,7 +608,16 @@ class BertRanker(Ranker):
         self._prepare_serving()
         self._fitted = True
         seconds = time.perf_counter() - started
-        say("bert", total_steps, total_steps, f"NDCG@10 {stored_ndcg:.4f} after {best_step} steps")
+        if not train:
+            summary = "not trained: no validation moment has a recalled item the shopper met next"
+        elif best_step == 0:
+            summary = (f"NDCG@10 {stored_ndcg:.4f}: {step} training steps did not beat the "
+                       f"untrained head")
+        else:
+            summary = f"NDCG@10 {stored_ndcg:.4f}, best after {best_step} of {step} steps ({best_stage})"
+        if "text_skipped" in text_test:
+            summary += f"; text stage skipped: {text_test['text_skipped']}"
+        say("bert", total_steps, total_steps, summary)
         return {"ndcg@10": stored_ndcg, "ndcg@10_untrained": start_ndcg, "best_step": best_step,
                 "best_stage": best_stage, "uses_text": self.net.use_text, **text_test,
                 "steps": step, "curve": curve, "examples": len(train) + len(val), "train_examples": len(train),
