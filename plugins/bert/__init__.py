@@ -258,15 +258,19 @@ class BertRanker(Ranker):
                         at += n
         return [self._item_cache[i] for i in ids]
 
-    def _encode_contexts(self, texts: Sequence[str]):
-        """Lower-layer states and masks of contexts (one padded batch), computed 256 at a
-        time: the frozen layers' activations of 7,000 contexts at once took 3 GB."""
+    def _context_width(self, texts: Sequence[str]) -> int:
+        """Word pieces of the longest of these contexts (at most `user_tokens`)."""
+        ids = tokenizer()(list(texts), truncation=True, max_length=self.config.user_tokens)["input_ids"]
+        return max((len(i) for i in ids), default=1)
+
+    def _encode_contexts(self, texts: Sequence[str], width: int | None = None):
+        """Lower-layer states and masks of contexts (one batch padded to `width`, default
+        the longest), computed 256 at a time: the frozen layers' activations of 7,000
+        contexts at once took 3 GB."""
         torch = self._torch()
         tok = tokenizer()
         texts = list(texts)
-        width = max((len(ids) for ids in tok(texts, truncation=True,
-                                             max_length=self.config.user_tokens)["input_ids"]),
-                    default=1)
+        width = width or self._context_width(texts)
         states, masks = [], []
         for start in range(0, len(texts), 256):
             enc = tok(texts[start:start + 256], truncation=True, max_length=width,
@@ -398,8 +402,9 @@ class BertRanker(Ranker):
             return self._features(cands, ex.query, stats_of(ex), attrs.get(ex.query.user_id, {}))
 
         def prepare(ex: RankingExample):
-            feats = features(ex.candidates, ex)
-            labels = np.array([c.item_id in ex.relevant for c in ex.candidates])
+            cands = list(ex.candidates)  # read once: the engine may keep them as arrays
+            feats = features(cands, ex)
+            labels = np.array([c.item_id in ex.relevant for c in cands])
             return feats, labels
 
         train_f = [prepare(ex) for ex in train]
@@ -408,22 +413,23 @@ class BertRanker(Ranker):
         if text:
             ctx_train = [self.context_text(ex.query) for ex in train]
             ctx_val = [self.context_text(ex.query) for ex in val]
+            ctx_width = self._context_width(ctx_train)
             if len(catalogue) > 4000:  # random negatives from a sample of a big catalogue
                 catalogue = [catalogue[j] for j in rng.choice(len(catalogue), 4000, replace=False)]
             text_ids = sorted({c.item_id for ex in usable for c in ex.candidates} | set(catalogue))
-        u_train = u_val = None
+        u_val = None
+        u_train: dict[int, tuple] = {}  # moment -> (states, mask), encoded when first drawn
         cached_ids: list[str] = []
 
         def encode_texts() -> float:
             """The frozen layers' states of every item and context, computed when the text
             stage starts: a shop whose budget ends with stage 1 never pays for them (and the
             contexts go through in chunks: in one batch they took gigabytes). Seconds taken."""
-            nonlocal u_train, u_val, cached_ids
+            nonlocal u_val, cached_ids
             began = time.perf_counter()
             say("bert", step, total_steps, f"encoding {len(text_ids):,} items and "
-                                           f"{len(ctx_train) + len(ctx_val):,} shopper contexts")
+                                           f"{len(ctx_val):,} early-stopping contexts")
             self._encode_items(text_ids, with_kv=False)
-            u_train = self._encode_contexts(ctx_train) if train else None
             u_val = self._encode_contexts(ctx_val) if val else None
             cached_ids = sorted(self._item_cache)
             return time.perf_counter() - began
@@ -524,7 +530,8 @@ class BertRanker(Ranker):
                     n_rand = max(0, cfg.list_size - len(pos) - len(hard) - cfg.catalogue_negatives)
                     rand = rng.choice(rest, min(n_rand, len(rest)), replace=False) if len(rest) else rest
                     chosen = np.concatenate([pos, hard, rand]).astype(int)
-                    cands = [ex.candidates[j] for j in chosen]
+                    # the feature stage needs only the rows; the text stage also the items
+                    ids = [ex.candidates[j].item_id for j in chosen] if self.net.use_text else []
                     rows = f[chosen]
                     tgt = labels[chosen].astype(np.float32)
                     # sampled softmax: a random negative stands for len(rest)/len(rand) of them,
@@ -542,17 +549,21 @@ class BertRanker(Ranker):
                             ef = features(extra, ex)
                             ef[:, position] = 1.0  # after every recalled item
                             rows = np.vstack([rows, ef])
-                            cands = cands + extra
+                            ids = ids + picks
                             tgt = np.concatenate([tgt, np.zeros(len(extra), np.float32)])
                             off = np.concatenate([off, np.zeros(len(extra), np.float32)])
                     feats.append(rows)
-                    owners += [b] * len(cands)
-                    items += [c.item_id for c in cands]
+                    owners += [b] * len(ids)
+                    items += ids
                     targets.append((tgt, off))
                 x = torch.from_numpy(np.vstack(feats))
                 if self.net.use_text:
-                    sel = torch.as_tensor(batch)
-                    us, um = u_train[0][sel], u_train[1][sel]
+                    todo = [int(e) for e in batch if int(e) not in u_train]
+                    if todo:  # a training context is encoded when a step first draws it
+                        states, masks = self._encode_contexts([ctx_train[e] for e in todo], ctx_width)
+                        u_train.update({e: (states[j], masks[j]) for j, e in enumerate(todo)})
+                    us = torch.stack([u_train[int(e)][0] for e in batch])
+                    um = torch.stack([u_train[int(e)][1] for e in batch])
                     ikv, im = self._pad_items(torch, [self._item_cache[i] for i in items], False, self.net)
                     s = self.net.score(x, us[:, 0], self.net.key_values(us), um, ikv, im,
                                        torch.as_tensor(owners))
