@@ -56,7 +56,7 @@ class BertConfig(BaseModel):
                                                        "features alone (cheap)")
     max_steps: int = Field(200, ge=0, description="steps of stage 2 at most: the text joins and "
                                                    "the top layer is fine-tuned")
-    max_minutes: float = Field(4.0, gt=0, description="wall-clock budget of the training steps "
+    max_minutes: float = Field(2.0, gt=0, description="wall-clock budget of the training steps "
                                                     "(preparing features and encoding texts "
                                                     "is not counted)")
     min_feature_steps: int = Field(40, ge=0, description="steps of stage 1 taken even when the "
