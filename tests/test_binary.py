@@ -2,7 +2,7 @@
 without Python would run it: `env -i HOME=<fresh> PATH=/usr/bin:/bin`, from an empty folder.
 
 Skipped unless dist/shelfwise exists, or SHELFWISE_BUILD_BINARY=1 asks to build it first
-(about 7-10 minutes on 2 cores, plus the smoke test's 4-6). CI does neither: its suite would
+(4-7 minutes on 2 cores, plus the smoke test's 5-10). CI does neither: its suite would
 grow by a quarter of an hour, and it installs only the `test` extra; run
 `python benchmarks/bench_binary.py --build` instead (it also measures the start-up times).
 """
