@@ -239,6 +239,12 @@ def test_pair_counts_match_the_reference(window):
     np.testing.assert_allclose(C, C_ref, rtol=1e-6)
     np.testing.assert_allclose(S, S_ref)
     assert (np.diff(indptr) >= 0).all() and len(indices) == len(counts) == len(strong)
+    # counted a few rows at a time (bounded memory): the same structure and the same floats
+    for chunk in (1, 7, 40):
+        p2, i2, (c2, s2) = pair_counts(du, di, strength * 0.37, n_items, window, 4.0 * 0.37, chunk=chunk)
+        p1, i1, (c1, s1) = pair_counts(du, di, strength * 0.37, n_items, window, 4.0 * 0.37, chunk=10**9)
+        assert np.array_equal(p1, p2) and np.array_equal(i1, i2)
+        assert np.array_equal(c1, c2) and np.array_equal(s1, s2)
 
 
 def test_distinct_interactions_keep_first_order_and_strongest_kind():

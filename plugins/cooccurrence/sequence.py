@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from engine import Dataset, ModelState, Query, Recaller, banned_items, mention, top_n
 
-from ._kernels import distinct_interactions, summed_csr
+from ._kernels import blocked_csr, distinct_interactions
 
 
 class SequenceConfig(BaseModel):
@@ -36,15 +36,26 @@ class SequenceRecaller(Recaller):
         cfg = self.config
         users, items, _ = distinct_interactions(data.users, data.items,
                                                 np.ones(data.n_events), data.n_items)
-        rows, cols, vals = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+        n = data.n_items
+        out_degree, per_row = np.zeros(n), np.zeros(n, np.int64)
         for d in range(1, cfg.window + 1):
             same = users[d:] == users[:-d]
-            rows.append(items[:-d][same])
-            cols.append(items[d:][same])
-            vals.append(np.full(int(same.sum()), 1.0 / d))
-        r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
-        indptr, indices, (weights,) = summed_csr(r, c, [v], data.n_items)
-        out_degree = np.bincount(r, weights=v, minlength=data.n_items)
+            per_row += np.bincount(items[:-d][same], minlength=n)
+
+        def entries(lo, hi):  # the steps from items lo..hi-1, nearest first (blocked_csr)
+            rows, cols, vals = [], [], []
+            for d in range(1, cfg.window + 1):
+                same = users[d:] == users[:-d]
+                a, b = items[:-d][same], items[d:][same]
+                m = (a >= lo) & (a < hi)
+                rows.append(a[m])
+                cols.append(b[m])
+                vals.append(np.full(int(m.sum()), 1.0 / d))
+            r, v = np.concatenate(rows), np.concatenate(vals)
+            out_degree[lo:hi] = np.bincount(r - lo, weights=v, minlength=hi - lo)
+            return r, np.concatenate(cols), [v]
+
+        indptr, indices, (weights,) = blocked_csr(entries, per_row, 1, n)
         known = data.known if data.known is not None else np.ones(data.n_items, bool)
         self._set(data.item_ids, known, indptr, indices, weights, out_degree)
         if progress:
