@@ -29,6 +29,7 @@ class Holdout:
 def holdout(data: Dataset, share: float = 0.1, min_interactions: int = 5,
             history: int | None = None, max_users: int | None = None, seed: int = 0) -> Holdout:
     keep = np.ones(data.n_events, dtype=bool)
+    names = data.item_names
     users, relevant, cuts = [], [], []
     for u in range(data.n_users):
         idx = data.user_events(u)
@@ -42,7 +43,7 @@ def holdout(data: Dataset, share: float = 0.1, min_interactions: int = 5,
         n_hold = max(1, int(round(share * m)))
         cut = np.sort(first)[m - n_hold]
         before = set(seq[:cut].tolist())
-        rel = frozenset(str(data.item_ids[i]) for i in set(seq[cut:].tolist()) - before)
+        rel = frozenset(names[i] for i in set(seq[cut:].tolist()) - before)
         keep[idx[cut:]] = False
         users.append(u)
         relevant.append(rel)
@@ -54,7 +55,7 @@ def holdout(data: Dataset, share: float = 0.1, min_interactions: int = 5,
     queries = []
     for j in chosen:
         u = users[j]
-        seen = frozenset(str(visible.item_ids[i]) for i in visible.items[visible.user_events(u)])
+        seen = frozenset(names[i] for i in visible.items[visible.user_events(u)].tolist())
         queries.append(Query(user_id=str(data.user_ids[u]), history=visible.history(u, history),
                              exclude=seen, now=cuts[j]))
     return Holdout(visible, np.asarray(users)[chosen] if users else np.zeros(0, np.int64),

@@ -530,3 +530,35 @@ def test_validation_moments_of_earlier_cuts_never_see_their_future():
     for exs in twice:  # latest first: each earlier cut lies before the later one
         cuts = [ex.query.now for ex in exs]
         assert cuts == sorted(cuts, reverse=True) and len(set(cuts)) == len(cuts)
+
+
+def test_validation_candidates_are_stored_as_arrays_and_read_back_unchanged():
+    """Validation moments keep their candidates as arrays; read back, they are the merged
+    candidates in the same order with the same scores and ranks (dicts in the same order),
+    without the reason texts."""
+    from engine.training import ValidationCandidates, _Codes
+    from plugins.cooccurrence import CooccurrenceRecaller
+    from plugins.popular import PopularRecaller
+
+    from engine import Dataset
+
+    evs = shop.events(n_users=40, per_user=15)
+    data = Dataset.from_arrays([e.user_id for e in evs], [e.item_id for e in evs],
+                               [e.kind for e in evs], [e.ts for e in evs])
+    recallers = {"cooccurrence": CooccurrenceRecaller(), "popular": PopularRecaller()}
+    for r in recallers.values():
+        r.fit(data)
+    queries = [Query(user_id=str(u), history=data.history(j)) for j, u in enumerate(data.user_ids[:10])]
+    lists = Pipeline(recallers, {"cooccurrence": 30, "popular": 20}).candidates(queries)
+    codes = _Codes(data.item_ids.tolist())
+    assert any(len(c.ranks) > 1 for cands in lists for c in cands)
+    for cands in lists:
+        stored = ValidationCandidates(cands, codes)
+        assert len(stored) == len(cands) and stored.item_ids == [c.item_id for c in cands]
+        for got in (list(stored), [stored[j] for j in range(len(stored))], stored[:]):
+            for a, b in zip(got, cands):
+                assert (a.item_id, a.score, a.source, a.reason, a.reasons) == (b.item_id, b.score, b.source, "", {})
+                assert list(a.ranks.items()) == list(b.ranks.items())
+                assert list(a.scores.items()) == list(b.scores.items())
+        if cands:
+            assert stored[-1] == stored[len(cands) - 1]
