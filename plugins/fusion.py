@@ -27,19 +27,24 @@ class FusionConfig(BaseModel):
 
 def _example_arrays(examples: Sequence[RankingExample], names: list[str]):
     """All candidates of all examples as one matrix of ranks (inf: not recalled by r), the
-    example each belongs to and its place in that example's list."""
-    ranks, relevant, owner, place = [], [], [], []
-    for e, ex in enumerate(examples):
-        for j, cand in enumerate(ex.candidates):
-            ranks.append([cand.ranks.get(r, np.inf) for r in names])
-            relevant.append(cand.item_id in ex.relevant)
-            owner.append(e)
-            place.append(j)
-    ranks_arr = np.array(ranks, dtype=np.float64).reshape(-1, len(names))
-    owner_arr = np.array(owner, dtype=np.int64)
+    example each belongs to and its place in that example's list. Filled an example at a
+    time: a Python list per candidate first took 0.5 GB on the demo shop's 9,000 moments."""
+    sizes = np.array([len(ex.candidates) for ex in examples], dtype=np.int64)
+    total = int(sizes.sum())
+    ranks_arr = np.full((total, len(names)), np.inf)
+    relevant = np.zeros(total, bool)
+    at = 0
+    for ex in examples:
+        cands = list(ex.candidates)
+        if cands:
+            ranks_arr[at:at + len(cands)] = [[cand.ranks.get(r, np.inf) for r in names] for cand in cands]
+            relevant[at:at + len(cands)] = [cand.item_id in ex.relevant for cand in cands]
+        at += len(cands)
+    owner_arr = np.repeat(np.arange(len(examples), dtype=np.int64), sizes)
+    place = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     answered = np.zeros((len(examples), len(names)), bool)   # recaller gave this query anything
     np.logical_or.at(answered, owner_arr, np.isfinite(ranks_arr))
-    return ranks_arr, np.array(relevant, bool), owner_arr, answered[owner_arr], np.array(place, np.int64)
+    return ranks_arr, relevant, owner_arr, answered[owner_arr], place
 
 
 class FusionRanker(Ranker):
