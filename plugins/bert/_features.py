@@ -234,7 +234,9 @@ class ItemStats:
                 continue
             run = self._group_runs.get((a, g))
             if run is None:  # members of group g among the first j shoppers, over all items
-                run = np.concatenate([[0], np.cumsum(self.groups[:, a] == g)]).astype(np.int64)
+                # (int32: one such array per attribute value and per cut's statistics)
+                run = np.zeros(len(self.groups) + 1, np.int32)
+                np.cumsum(self.groups[:, a] == g, out=run[1:])
                 self._group_runs[(a, g)] = run
             share = run[-1] / len(self.groups)
             if share <= 0:
