@@ -20,7 +20,7 @@ from .components import (
 from .config import Settings, load_settings
 from .dataset import Dataset
 from .db import open_db, write_transaction
-from .errors import ArtifactError, EngineError, NotTrainedError, UnknownComponentError
+from .errors import ArtifactError, EngineError, NotTrainedError
 from .evaluation import holdout
 from .metrics import aggregate
 from .pipeline import Pipeline, interleave
