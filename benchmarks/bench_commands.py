@@ -112,8 +112,11 @@ def run(args) -> dict:
         for _ in range(max(1, args.repeat // 2)):  # the versions take turns here too
             for name, (tree, db) in variants.items():
                 script = RECOMMEND_ALL.replace("{user}", user)
-                out = subprocess.run([sys.executable, "-c", script, db, str(args.users)],
-                                     env=environment(tree), capture_output=True, text=True)
+                # not from this checkout's folder: `python -c` puts the working folder first
+                # on sys.path, and the old version would import this tree's engine
+                out = subprocess.run([sys.executable, "-c", script, str(Path(db).resolve()), str(args.users)],
+                                     env=environment(tree), capture_output=True, text=True,
+                                     cwd=tempfile.gettempdir())
                 if out.returncode != 0:
                     raise SystemExit(f"recommend_all ({name}) failed:\n{out.stderr[-2000:]}")
                 wall, cpu = (float(v) for v in out.stdout.split()[-2:])

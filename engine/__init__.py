@@ -1,5 +1,6 @@
 """Shelfwise engine: the public API for the CLI, the TUI, the HTTP server and plugins."""
 
+from .candidates import CandidateSet, Recalled, item_ids, recallers_of
 from .components import (
     Component, DataSource, Encoder, ModelState, NoConfig, ProgressCallback, Ranker,
     RankingExample, Recaller, Resources, banned_items, mention, no_progress, top_n,
@@ -17,12 +18,12 @@ from .types import (
 )
 
 __all__ = [
-    "ArtifactError", "Candidate", "Component", "ConfigError", "DEFAULT_KIND_WEIGHTS",
+    "ArtifactError", "Candidate", "CandidateSet", "Component", "ConfigError", "DEFAULT_KIND_WEIGHTS",
     "DataSource", "Dataset", "Encoder", "Engine", "EngineError", "Event", "ImportDataError",
     "Interaction", "Item", "ItemEntity", "ModelState", "NoConfig", "NotTrainedError",
-    "PluginError", "ProgressCallback", "Query", "Ranker", "RankingExample", "Recaller",
+    "PluginError", "ProgressCallback", "Query", "Ranker", "RankingExample", "Recalled", "Recaller",
     "Recommendation", "Record", "Resources", "detect_encoding", "Triple", "UnknownComponentError", "User", "hookimpl",
-    "banned_items", "erf", "gelu", "mention", "no_progress", "top_n",
+    "banned_items", "erf", "gelu", "item_ids", "recallers_of", "mention", "no_progress", "top_n",
 ]
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequenc
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from .candidates import Reasons, Recalled
 from .errors import ConfigError
 from .types import Candidate, Event, Interaction, Item, Query, Record
 
@@ -183,11 +184,12 @@ class Recaller(Component):
         """Learn from `data` (never from the store directly: evaluation passes a split)."""
 
     @abstractmethod
-    def recall(self, queries: Sequence[Query], n: int) -> list[list[Candidate]]:
+    def recall(self, queries: Sequence[Query], n: int) -> list[Sequence[Candidate]]:
         """For each query, up to `n` candidates, best first, none in `query.exclude`.
 
-        Every candidate has `source == self.name`, a readable `reason`, and
-        `scores[self.name]`/`ranks[self.name]` set (use `candidates()` to build them)."""
+        Return `self.recalled(items, scores, reasons)` per query (arrays; a reason made
+        only for the items that are shown) or `self.candidates([(item, score, reason)])`.
+        A list of `Candidate` objects with `source == self.name` is accepted too."""
 
     def is_fitted(self) -> bool:
         return getattr(self, "_fitted", False)
@@ -200,13 +202,18 @@ class Recaller(Component):
         Default: not incremental."""
         return False
 
-    def candidates(self, scored: Sequence[tuple[str, float, str]]) -> list[Candidate]:
-        """Build this recaller's candidates from (item_id, score, reason), best first."""
-        return [
-            Candidate(item_id, float(score), self.name, reason, scores={self.name: float(score)},
-                      ranks={self.name: rank}, reasons={self.name: reason})
-            for rank, (item_id, score, reason) in enumerate(scored, start=1)
-        ]
+    def recalled(self, items: Sequence[str], scores: Sequence[float] | np.ndarray,
+                 reasons: Reasons = "") -> Recalled:
+        """One query's answer, best first: item ids, their scores, and the reasons — one
+        text for all, one per item, or a function of the position (0 = best) called only
+        for the items a request shows. Reads as a list of `Candidate`s."""
+        return Recalled(self.name, items, scores, reasons)
+
+    def candidates(self, scored: Sequence[tuple[str, float, str]]) -> Recalled:
+        """This recaller's answer from (item_id, score, reason) triples, best first."""
+        return Recalled(self.name, [s[0] for s in scored],
+                        np.fromiter((s[1] for s in scored), np.float64, len(scored)),
+                        [s[2] for s in scored])
 
 
 @dataclass
@@ -237,12 +244,16 @@ class Ranker(Component):
         that, never from later events)."""
 
     @abstractmethod
-    def rank(self, query: Query, candidates: Sequence[Candidate]) -> list[Candidate]:
+    def rank(self, query: Query, candidates: Sequence[Candidate]) -> Sequence[Candidate]:
         """Return the candidates re-scored, best first. Keep `source`, `reason`,
-        `scores` and `ranks`; set `score` to this ranker's score."""
+        `scores` and `ranks`; set `score` to this ranker's score.
+
+        `candidates` is a `CandidateSet` in the pipeline (arrays: `items`, `names`,
+        `scores`, `ranks`; iterating it builds `Candidate` objects). A ranker that scores
+        from the arrays returns `candidates.ranked(scores, lead)` and no object is built."""
 
     def rank_many(self, queries: Sequence[Query],
-                  candidates: Sequence[Sequence[Candidate]]) -> list[list[Candidate]]:
+                  candidates: Sequence[Sequence[Candidate]]) -> list[Sequence[Candidate]]:
         """`rank` for several queries at once (the pipeline and `recommend --all` call
         this). The default ranks one query at a time; a ranker that scores with a matrix
         product overrides it to score the whole batch in one."""

@@ -644,8 +644,10 @@ class Engine:
         for start in range(0, len(users), batch):
             part = users[start:start + batch]
             queries = [self.query_for(u) for u in part]
-            for u, cands in zip(part, pipe.run(queries, n)):
-                yield u, self.render(cands, pipe.ranker)
+            shown = pipe.run(queries, n)
+            items = self._items_named(c for cands in shown for c in cands)  # one read a batch
+            for u, cands in zip(part, shown):
+                yield u, self.render(cands, pipe.ranker, items)
             progress("recommend", min(start + batch, len(users)), len(users), "")
 
     def similar(self, item_id: str, n: int = 10) -> list[Recommendation]:
@@ -657,10 +659,19 @@ class Engine:
         query = Query(item_id=item_id, exclude=frozenset([item_id]), now=time.time())
         return self.render(pipe.candidates([query], blend=interleave)[0][:n], None)
 
-    def render(self, cands: Sequence[Candidate], ranker: Ranker | None) -> list[Recommendation]:
-        """Candidates as the views show them: titles filled in, mentions named."""
-        mentioned = {m for c in cands for m in MENTION.findall(c.reason)}
-        items = self.store.items([c.item_id for c in cands] + sorted(mentioned))
+    def _items_named(self, cands: Iterable[Candidate]) -> dict[str, Item]:
+        """The catalogue entries of the candidates and of the items their reasons mention."""
+        wanted: dict[str, None] = {}
+        for c in cands:
+            wanted[c.item_id] = None
+            wanted.update(dict.fromkeys(MENTION.findall(c.reason)))
+        return self.store.items(list(wanted))
+
+    def render(self, cands: Sequence[Candidate], ranker: Ranker | None,
+               items: Mapping[str, Item] | None = None) -> list[Recommendation]:
+        """Candidates as the views show them: titles filled in, mentions named. `items`:
+        their catalogue entries, if already read (`_items_named`)."""
+        items = self._items_named(cands) if items is None else items
 
         def name(match: re.Match) -> str:
             it = items.get(match.group(1))

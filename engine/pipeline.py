@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from .candidates import CandidateSet, Recalled, interleave, item_ids, merge
 from .components import Ranker, Recaller
 from .types import Candidate, Query
+
+__all__ = ["Pipeline", "merge", "interleave", "one_blas_thread"]
 
 
 _blas = None
@@ -25,49 +28,6 @@ def one_blas_thread():
     if _blas is None:
         _blas = ThreadpoolController()
     return _blas.limit(limits=1, user_api="blas")
-
-
-def merge(lists: Mapping[str, Sequence[Candidate]]) -> list[Candidate]:
-    """Union of the recallers' lists for one query. Each item keeps every recaller's score,
-    rank and reason; its `source` is the recaller that ranked it best (earlier recallers win
-    ties). Ordered by reciprocal-rank sum, so the merge is useful even without a ranker."""
-    merged: dict[str, Candidate | list] = {}  # an item met twice: its fields, being merged
-    for cands in lists.values():
-        for cand in cands:
-            old = merged.get(cand.item_id)
-            if old is None:
-                merged[cand.item_id] = cand
-                continue
-            if type(old) is not list:
-                old = merged[cand.item_id] = [old.score, old.source, old.reason, dict(old.scores),
-                                              dict(old.ranks), dict(old.reasons),
-                                              min(old.ranks.values(), default=10**9)]
-            best = min(cand.ranks.values(), default=10**9)
-            if best < old[6]:
-                old[1], old[2], old[6] = cand.source, cand.reason, best
-            old[0] = max(old[0], cand.score)
-            old[3].update(cand.scores)
-            old[4].update(cand.ranks)
-            old[5].update(cand.reasons)
-    out = [c if type(c) is not list else Candidate(item, c[0], c[1], c[2], c[3], c[4], c[5])
-           for item, c in merged.items()]
-    rrf = [sum(1.0 / (20 + r) for r in c.ranks.values()) for c in out]
-    return [out[j] for j in sorted(range(len(out)), key=lambda j: -rrf[j])]
-
-
-def interleave(lists: Mapping[str, Sequence[Candidate]]) -> list[Candidate]:
-    """Blend by taking each recaller's next best in turn (deduplicated), so every recaller
-    is heard — a new item that only one recaller can know still reaches the top. The score
-    is 1 / (best rank any recaller gave the item): comparable across recallers."""
-    merged = {c.item_id: replace(c, score=1.0 / min(c.ranks.values())) for c in merge(lists)}
-    order: list[str] = []
-    seen: set[str] = set()
-    for rank in range(max((len(v) for v in lists.values()), default=0)):
-        for cands in lists.values():
-            if rank < len(cands) and cands[rank].item_id not in seen:
-                seen.add(cands[rank].item_id)
-                order.append(cands[rank].item_id)
-    return [merged[item] for item in order]
 
 
 @dataclass
@@ -95,30 +55,47 @@ class Pipeline:
     new_slots: int = 0
     new_position: int = 0
 
-    def recall(self, queries: Sequence[Query]) -> list[dict[str, list[Candidate]]]:
+    def recall(self, queries: Sequence[Query]) -> list[dict[str, Recalled]]:
         per_recaller = {name: r.recall(queries, self.quotas.get(name, 100))
                         for name, r in self.recallers.items()}
-        return [{name: lists[i] for name, lists in per_recaller.items()}
+        return [{name: Recalled.of(name, lists[i]) for name, lists in per_recaller.items()}
                 for i in range(len(queries))]
 
     def keep(self, query: Query, cand: Candidate) -> bool:
-        if cand.item_id in query.exclude:
+        return self._keeps(query, cand.item_id)
+
+    def _keeps(self, query: Query, item: str) -> bool:
+        if item in query.exclude:
             return False
-        if self.available is not None and cand.item_id not in self.available:
+        if self.available is not None and item not in self.available:
             return False
-        if query.category and self.categories.get(cand.item_id) != query.category:
+        if query.category and self.categories.get(item) != query.category:
             return False
         return True
 
+    def filtered(self, query: Query, merged: CandidateSet) -> CandidateSet:
+        """The rows of `merged` the query may show (not excluded, available, in the asked
+        category), in order."""
+        items = merged.items
+        present = set(items)
+        dropped = present & query.exclude
+        if self.available is not None:
+            dropped |= present - self.available
+        if query.category:
+            dropped |= {item for item in present if self.categories.get(item) != query.category}
+        if not dropped:
+            return merged
+        return merged.take([j for j, item in enumerate(items) if item not in dropped])
+
     def candidates(self, queries: Sequence[Query],
-                   recalled: list[dict[str, list[Candidate]]] | None = None,
-                   blend=merge) -> list[list[Candidate]]:
+                   recalled: list[dict[str, Recalled]] | None = None,
+                   blend=merge) -> list[CandidateSet]:
         """Merged, filtered candidates per query (what the ranker sees)."""
         recalled = self.recall(queries) if recalled is None else recalled
-        return [[c for c in blend(lists) if self.keep(q, c)] for q, lists in zip(queries, recalled)]
+        return [self.filtered(q, blend(lists)) for q, lists in zip(queries, recalled)]
 
     def run(self, queries: Sequence[Query], n: int,
-            recalled: list[dict[str, list[Candidate]]] | None = None) -> list[list[Candidate]]:
+            recalled: list[dict[str, Recalled]] | None = None) -> list[list[Candidate]]:
         """Top n per query. `recalled`: the output of `recall(queries)`, if already at hand."""
         with one_blas_thread():
             merged = self.candidates(queries, recalled)
@@ -131,14 +108,14 @@ class Pipeline:
         if self.new_slots > 0 and self.new_items and (self.new_position or n >= 5):
             shown = {c.item_id for c in top}
             missing = self.new_slots - sum(c.item_id in self.new_items for c in top)
-            fresh = [c for c in ranked if c.item_id in self.new_items and c.item_id not in shown]
-            fresh = fresh[:max(missing, 0)]
+            fresh = [j for j, item in enumerate(item_ids(ranked))
+                     if item in self.new_items and item not in shown][:max(missing, 0)]
             first = self.new_position - 1 if self.new_position else n - len(fresh)
-            for k, cand in enumerate(fresh):
+            for k, j in enumerate(fresh):
                 position = max(first, 0) + k
                 if position >= n:
                     break
-                top.insert(min(position, len(top)), cand)
+                top.insert(min(position, len(top)), ranked[j])
                 del top[n:]
         return top
 

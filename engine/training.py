@@ -17,8 +17,8 @@ from .config import PipelineSettings
 from .dataset import Dataset
 from .evaluation import holdout
 from .metrics import user_metrics
+from .candidates import item_ids
 from .pipeline import Pipeline
-from .types import Candidate
 
 
 CHECK_SHARE = 0.2   # validation users no ranker learns from: the rankers are compared on them
@@ -52,8 +52,8 @@ def check_ndcg(ranker: Ranker, check: Sequence[RankingExample], k: int = CHECK_K
     """Mean NDCG@k of the ranker's order of each held-back example's candidates."""
     total = 0.0
     for ex in check:
-        ranked = ranker.rank(ex.query, list(ex.candidates))
-        total += user_metrics([c.item_id for c in ranked], ex.relevant, k)["ndcg"]
+        ranked = ranker.rank(ex.query, ex.candidates)
+        total += user_metrics(item_ids(ranked), ex.relevant, k)["ndcg"]
     return total / max(len(check), 1)
 
 
@@ -99,93 +99,6 @@ def fit_recallers(data: Dataset, recallers: Mapping[str, Recaller],
     return seconds
 
 
-class _Codes:
-    """Strings stored once and named by number: the item ids, recaller names and sources of
-    every validation candidate."""
-
-    def __init__(self, strings: Sequence[str] = ()):
-        self.strings = list(strings)
-        self.index = {s: j for j, s in enumerate(self.strings)}
-
-    def code(self, s: str) -> int:
-        j = self.index.get(s)
-        if j is None:
-            j = self.index[s] = len(self.strings)
-            self.strings.append(s)
-        return j
-
-
-class ValidationCandidates(Sequence[Candidate]):
-    """One validation moment's merged candidates, kept as arrays (about 30 bytes a candidate
-    and recaller) and rebuilt as `Candidate`s, in the same order with the same scores and
-    ranks, when read. As objects, with a dict of scores and one of ranks each, the demo
-    shop's 9,000 moments x 450 candidates took 2.5 GB of `train`'s memory. The reason texts
-    are not kept: rankers learn from scores and ranks (a rebuilt candidate's reason is "")."""
-
-    __slots__ = ("_codes", "_item", "_score", "_source", "_ptr", "_rec", "_rank", "_rscore")
-
-    def __init__(self, candidates: Sequence[Candidate], codes: _Codes):
-        code = codes.code
-        n = len(candidates)
-        self._codes = codes
-        self._item = np.fromiter((code(c.item_id) for c in candidates), np.int32, n)
-        self._score = np.fromiter((c.score for c in candidates), np.float64, n)
-        self._source = np.fromiter((code(c.source) for c in candidates), np.int32, n)
-        self._ptr = np.zeros(n + 1, np.int32)
-        np.cumsum(np.fromiter((len(c.ranks) for c in candidates), np.int32, n), out=self._ptr[1:])
-        m = int(self._ptr[-1])
-        self._rec = np.fromiter((code(r) for c in candidates for r in c.ranks), np.int32, m)
-        self._rank = np.fromiter((k for c in candidates for k in c.ranks.values()), np.int64, m)
-        self._rscore = np.fromiter((c.scores[r] for c in candidates for r in c.ranks), np.float64, m)
-
-    @staticmethod
-    def fits(candidates: Sequence[Candidate]) -> bool:
-        """Whether every candidate has a score for exactly the recallers that ranked it (as
-        `Recaller.candidates` and `merge` make them), so that arrays can hold them."""
-        return all(c.scores.keys() == c.ranks.keys() for c in candidates)
-
-    def __len__(self) -> int:
-        return len(self._item)
-
-    def _build(self, strings, item, score, source, recs, ranks, rscores) -> Candidate:
-        names = [strings[r] for r in recs]
-        return Candidate(strings[item], score, strings[source], "", dict(zip(names, rscores)),
-                         dict(zip(names, ranks)), {})
-
-    def __getitem__(self, j):
-        if isinstance(j, slice):
-            return [self[k] for k in range(*j.indices(len(self)))]
-        j = range(len(self))[j]
-        lo, hi = self._ptr[j], self._ptr[j + 1]
-        return self._build(self._codes.strings, int(self._item[j]), float(self._score[j]),
-                           int(self._source[j]), self._rec[lo:hi].tolist(),
-                           self._rank[lo:hi].tolist(), self._rscore[lo:hi].tolist())
-
-    def __iter__(self):
-        strings, ptr = self._codes.strings, self._ptr.tolist()
-        recs, ranks, rscores = self._rec.tolist(), self._rank.tolist(), self._rscore.tolist()
-        for j, (item, score, source) in enumerate(zip(self._item.tolist(), self._score.tolist(),
-                                                      self._source.tolist())):
-            lo, hi = ptr[j], ptr[j + 1]
-            yield self._build(strings, item, score, source, recs[lo:hi], ranks[lo:hi], rscores[lo:hi])
-
-    @property
-    def item_ids(self) -> list[str]:
-        """The candidates' item ids, in order (without building the candidates)."""
-        strings = self._codes.strings
-        return [strings[i] for i in self._item.tolist()]
-
-
-def _item_ids(candidates: Sequence[Candidate]) -> list[str]:
-    ids = getattr(candidates, "item_ids", None)
-    return ids if ids is not None else [c.item_id for c in candidates]
-
-
-def _compact(candidates: list[Candidate], codes: _Codes) -> Sequence[Candidate]:
-    return ValidationCandidates(candidates, codes) if ValidationCandidates.fits(candidates) \
-        else [Candidate(c.item_id, c.score, c.source, "", c.scores, c.ranks, {}) for c in candidates]
-
-
 def validation_examples(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mapping[str, int],
                         settings: PipelineSettings, progress: ProgressCallback = no_progress
                         ) -> tuple[list[RankingExample], list[RankingExample]]:
@@ -197,7 +110,6 @@ def validation_examples(data: Dataset, recallers: Mapping[str, Recaller], quotas
     latest: list[RankingExample] = []
     earlier: list[RankingExample] = []
     visible = data
-    codes = _Codes(data.item_ids.tolist())
     for window in range(settings.validation_windows):
         split = holdout(visible, settings.validation_share, settings.min_interactions,
                         history=settings.history, max_users=settings.validation_users,
@@ -209,7 +121,7 @@ def validation_examples(data: Dataset, recallers: Mapping[str, Recaller], quotas
         progress("candidates", 0, len(split.queries), f"recalling for validation users ({label})")
         pipe, cands, batch = Pipeline(dict(recallers), dict(quotas)), [], 128
         for start in range(0, len(split.queries), batch):  # in batches: progress, and a cancel lands
-            cands += [_compact(lst, codes) for lst in pipe.candidates(split.queries[start:start + batch])]
+            cands += [found.compact() for found in pipe.candidates(split.queries[start:start + batch])]
             progress("candidates", len(cands), len(split.queries), f"recalling for validation users ({label})")
         moments = [RankingExample(q, c, rel, split.visible)
                    for q, c, rel in zip(split.queries, cands, split.relevant)]
@@ -254,7 +166,7 @@ def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mappi
                         {f"{key}_all": value for key, value in ranker.fit(examples, visible).items()
                          if key.startswith("ndcg")})
         report["check_examples"] = len(check)
-        hits = sum(bool(set(_item_ids(ex.candidates)) & ex.relevant) for ex in latest)
+        hits = sum(not ex.relevant.isdisjoint(item_ids(ex.candidates)) for ex in latest)
         report["candidate_hit_rate"] = hits / max(len(latest), 1)
         report["validation_moments"] = len(examples)
         del examples, latest, earlier, fit_examples, check, visible  # free the candidates before the final fit

@@ -99,25 +99,27 @@ class ContentRecaller(Recaller):
             skip = set(q.exclude) | {item for item, _, _ in anchors}
             nearest = self._nearest(index, profile.astype(np.float32), n, skip, fresh)
             hits = sorted(nearest.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-            picked = []
-            if hits:
-                cand_vecs = np.array([index.vector(item) for item, _ in hits])
-                sims = vecs @ cand_vecs.T if len(anchors) else None
-                for j, (item, score) in enumerate(hits):
-                    if sims is not None and (text_vec is None or sims[:, j].max() >= float(text_vec @ cand_vecs[j])):
-                        a = int(np.argmax(sims[:, j] * weights))
-                        anchor, _, kind = anchors[a]
-                        if q.item_id is not None:
-                            reason = f"described like {mention(anchor)}"
-                        else:
-                            reason = f"similar to {mention(anchor)}, which you {VERBS.get(kind, 'viewed')}"
-                    else:
-                        reason = f"close in meaning to “{q.text}”"
-                    if item not in self.seen:
-                        reason = f"new arrival, {reason}"
-                    picked.append((item, float(score), reason))
-            out.append(self.candidates(picked))
+            out.append(self.recalled([item for item, _ in hits], [score for _, score in hits],
+                                     self._explainer(q, index, anchors, vecs, weights, text_vec, hits)))
         return out
+
+    def _explainer(self, q: Query, index, anchors, vecs, weights, text_vec, hits):
+        """Reason for the j-th recalled item, made when it is shown: the history item it is
+        most like, or the query text when that is closer."""
+        def explain(j: int) -> str:
+            item = hits[j][0]
+            vec = index.vector(item)
+            sims = vecs @ vec if len(anchors) else None
+            if sims is not None and (text_vec is None or sims.max() >= float(text_vec @ vec)):
+                anchor, _, kind = anchors[int(np.argmax(sims * weights))]
+                if q.item_id is not None:
+                    reason = f"described like {mention(anchor)}"
+                else:
+                    reason = f"similar to {mention(anchor)}, which you {VERBS.get(kind, 'viewed')}"
+            else:
+                reason = f"close in meaning to “{q.text}”"
+            return f"new arrival, {reason}" if item not in self.seen else reason
+        return explain
 
 
 @hookimpl

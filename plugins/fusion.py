@@ -13,7 +13,9 @@ import numpy as np
 
 from pydantic import BaseModel, Field
 
-from engine import Candidate, ModelState, Query, Ranker, RankingExample, hookimpl
+from engine import (
+    Candidate, CandidateSet, ModelState, Query, Ranker, RankingExample, hookimpl, recallers_of,
+)
 
 GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 LONE_GRID = (0.0, 0.25, 0.5, 1.0)
@@ -35,10 +37,12 @@ def _example_arrays(examples: Sequence[RankingExample], names: list[str]):
     relevant = np.zeros(total, bool)
     at = 0
     for ex in examples:
-        cands = list(ex.candidates)
-        if cands:
-            ranks_arr[at:at + len(cands)] = [[cand.ranks.get(r, np.inf) for r in names] for cand in cands]
-            relevant[at:at + len(cands)] = [cand.item_id in ex.relevant for cand in cands]
+        cands = CandidateSet.of(ex.candidates)
+        if len(cands):
+            for j, name in enumerate(names):
+                ranks = cands.column(name)[1]
+                ranks_arr[at:at + len(cands), j] = np.where(ranks > 0, ranks, np.inf)
+            relevant[at:at + len(cands)] = [item in ex.relevant for item in cands.items]
         at += len(cands)
     owner_arr = np.repeat(np.arange(len(examples), dtype=np.int64), sizes)
     place = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
@@ -87,13 +91,22 @@ class FusionRanker(Ranker):
         table[owner, place] = score
         hits = np.zeros((self._n, width), bool)
         hits[owner, place] = relevant
-        top = np.argsort(-table, axis=1, kind="stable")[:, :k]
-        gains = np.take_along_axis(hits, top, axis=1) / np.log2(np.arange(2, top.shape[1] + 2))
-        return float((gains.sum(axis=1) / self._idcg).mean())
+        k = min(k, width)
+        # each row's k-th best score; only the entries at or above it (ties included) are
+        # sorted, by (row, score, place): the top k of a stable sort of every row
+        kth = -np.partition(-table, k - 1, axis=1)[:, k - 1]
+        rows, cols = np.nonzero(table >= kth[:, None])
+        order = np.lexsort((cols, -table[rows, cols], rows))
+        rows, cols = rows[order], cols[order]
+        pos = np.arange(len(rows)) - np.searchsorted(rows, rows)  # place within its row
+        top = pos < k
+        gains = hits[rows[top], cols[top]] / np.log2(pos[top] + 2)
+        dcg = np.bincount(rows[top], weights=gains, minlength=self._n)
+        return float((dcg / self._idcg).mean())
 
     def fit(self, examples, data, progress=None) -> dict[str, float]:
         examples = [ex for ex in examples if ex.relevant]
-        names = sorted({r for ex in examples for cand in ex.candidates for r in cand.ranks})
+        names = recallers_of(ex.candidates for ex in examples)
         arrays = _example_arrays(examples, names)
         k = self.config.k
         self._n = len(examples)
@@ -131,24 +144,27 @@ class FusionRanker(Ranker):
         return {f"ndcg@{k}": best, f"ndcg@{k}_equal_weights": start, "examples": len(examples),
                 "weights": dict(self.weights), "lone": lone}
 
-    def rank(self, query: Query, candidates: Sequence[Candidate]) -> list[Candidate]:
-        c = self.config.c
-        answered = {r for cand in candidates for r in cand.ranks}
-        weights = {r: self.weights.get(r, 1.0) for r in answered}
-        if not any(weights.values()):  # only recallers tuned to 0 were asked: keep their order
-            weights = dict.fromkeys(answered, 1.0)
-        out = []
-        for cand in candidates:
-            parts = {r: weights[r] / (c + rank) for r, rank in cand.ranks.items()}
-            lead = max(parts, key=parts.get) if parts else cand.source
-            score = sum(parts.values())
-            if self.lone and cand.ranks:
-                best = min(cand.ranks.values())
-                score += self.lone * sum(weights[r] / (c + best)
-                                         for r in answered - set(cand.ranks))
-            out.append(cand.led_by(lead, score))
-        out.sort(key=lambda cand: -cand.score)
-        return out
+    def rank(self, query: Query, candidates: Sequence[Candidate]) -> CandidateSet:
+        cands = CandidateSet.of(candidates)
+        if not len(cands):
+            return cands
+        c, ranks = self.config.c, cands.ranks
+        present = ranks > 0
+        answered = present.any(axis=0)
+        weights = np.array([self.weights.get(r, 1.0) if answered[j] else 0.0
+                            for j, r in enumerate(cands.names)])
+        if not weights.any():  # only recallers tuned to 0 were asked: keep their order
+            weights = answered.astype(np.float64)
+        parts = np.where(present, weights / (c + np.where(present, ranks, 0)), 0.0)
+        score = np.zeros(len(cands))
+        for j in range(parts.shape[1]):  # column by column: the sums of adding in turn
+            score += parts[:, j]
+        if self.lone:
+            best = np.where(present, ranks, np.iinfo(np.int32).max).min(axis=1)
+            missing = answered & ~present
+            score += self.lone * (missing * weights / (c + best[:, None])).sum(axis=1)
+        lead = np.where(present.any(axis=1), np.where(present, parts, -1.0).argmax(axis=1), cands.lead)
+        return cands.ranked(score, lead.astype(np.int32))
 
     def state(self) -> ModelState:
         return ModelState(meta={"weights": self.weights, "lone": self.lone})

@@ -267,11 +267,21 @@ class KnowledgeGraphRecaller(Recaller):
                 continue
             s = scores[qi]
             banned = banned_items(self.known & (s > 0), self.index, q.exclude, [a for a, _ in anc])
-            picked = top_n(s, n, banned).tolist()
-            if picked:
-                explain = self._explainer(anc, ent, qi, two_hop[qi], walked[qi])
-                out[qi] = self.candidates([(self.ids[i], float(s[i]), explain(i)) for i in picked])
+            picked = top_n(s, n, banned)
+            out[qi] = self.recalled([self.ids[i] for i in picked.tolist()], s[picked],
+                                    self._lazy(anc, ent, qi, two_hop[qi], walked[qi], picked))
         return out
+
+    def _lazy(self, anc, ent, qi: int, two_hop: np.ndarray, walked: np.ndarray, picked: np.ndarray):
+        """Reason for the j-th recalled item; the paths are worked out on the first call
+        (most recalled items are never shown)."""
+        made = []
+
+        def reason(j: int) -> str:
+            if not made:
+                made.append(self._explainer(anc, ent, qi, two_hop, walked))
+            return made[0](int(picked[j]))
+        return reason
 
     def _entities(self, i: int):
         lo, hi = self.w.indptr[i], self.w.indptr[i + 1]

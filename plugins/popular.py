@@ -83,10 +83,11 @@ class PopularRecaller(Recaller):
             for i, item in enumerate(self._ids):
                 if item in q.exclude or (q.category and self.categories[i] != q.category):
                     continue
-                picked.append((item, float(self.scores[i]), self._reason(i)))
+                picked.append(i)
                 if len(picked) >= n:
                     break
-            out.append(self.candidates(picked))
+            out.append(self.recalled([self._ids[i] for i in picked], self.scores[picked],
+                                     lambda j, picked=picked: self._reason(picked[j])))
         return out
 
 

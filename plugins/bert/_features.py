@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from engine import CandidateSet
+
 if TYPE_CHECKING:  # scipy is imported where it is used: `shelfwise --help` loads every plugin
     import scipy.sparse as sp
 
@@ -154,6 +156,16 @@ class ItemStats:
         if self.grouping is None or self.groups is None or not len(self.times):
             self.groups = self.grouping = None
         self._group_runs: dict[tuple[int, int], np.ndarray] = {}
+        names, codes = np.unique(np.asarray(self.category, dtype=str), return_inverse=True) \
+            if len(self.category) else (np.zeros(0, str), np.zeros(0, np.int64))
+        blank = np.flatnonzero(names == "")
+        # each item's category as a number (-1: none), for counting a shopper's categories
+        self.category_code = np.where(codes == (blank[0] if len(blank) else -1), -1, codes).astype(np.int64)
+        self.n_categories = len(names)
+        # a small catalogue's tags as a dense matrix: a product with it is 10x faster than
+        # indexing the sparse one per request
+        self._dense_tags = self.tags.toarray() if self.tags is not None \
+            and self.tags.shape[0] * self.tags.shape[1] <= 4_000_000 else None
 
     @classmethod
     def empty(cls) -> "ItemStats":
@@ -185,9 +197,9 @@ class ItemStats:
         return cls(data.item_index, [str(c) for c in cats], ptr, ts.astype(np.float64), data.now,
                    ratings.astype(np.float32), item_tags(data, [str(c) for c in cats]), groups, grouping)
 
-    def _count(self, k: np.ndarray, t: float) -> np.ndarray:
+    def _count(self, k: np.ndarray, t: float | np.ndarray) -> np.ndarray:
         """Shoppers of items k whose first event was at or before t."""
-        rel = min(max(t - self._base, -DAY), self._span - DAY)
+        rel = np.clip(t - self._base, -DAY, self._span - DAY)  # t: one time, or one per item
         return np.searchsorted(self._keys, k * self._span + rel, side="right") - self.ptr[k]
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -258,11 +270,14 @@ class ItemStats:
         """Mean Jaccard similarity of each item k's tags with those of the items `past`."""
         if self.tags is None or not len(past) or not len(k):
             return np.zeros(len(k))
-        inter = (self.tags[k] @ self.tags[past].T).toarray()
+        if self._dense_tags is not None:
+            inter = self._dense_tags[k] @ self._dense_tags[past].T
+        else:
+            inter = (self.tags[k] @ self.tags[past].T).toarray()
         union = self._tag_count[k][:, None] + self._tag_count[past][None, :] - inter
         return np.where(union > 0, inter / np.maximum(union, 1), 0.0).mean(axis=1)
 
-    def at(self, k: np.ndarray, now: float) -> tuple[np.ndarray, ...]:
+    def at(self, k: np.ndarray, now: float | np.ndarray) -> tuple[np.ndarray, ...]:
         """For items k as of `now`: shoppers so far, new shoppers in the last 7 and 30 days,
         first and latest time a shopper arrived (nan when none yet)."""
         users = self._count(k, now)
@@ -323,34 +338,95 @@ def candidate_features(candidates: Sequence, history_items: Sequence[str], now: 
     """Feature matrix (len(candidates), len(feature_names(recallers))), float32. `ratings`:
     the shopper's recent ratings (`shopper_ratings(query.history)`); `groups`: the shopper's
     groups (`stats.grouping.codes(attrs)`)."""
-    n, r_count = len(candidates), len(recallers)
-    out = np.zeros((n, r_count * len(PER_RECALLER) + len(GLOBAL)), dtype=np.float32)
-    if n == 0:
+    return batch_features([(candidates, history_items, now, ratings, groups)], recallers, stats)
+
+
+def batch_features(entries: Sequence[tuple], recallers: Sequence[str], stats: ItemStats) -> np.ndarray:
+    """`candidate_features` of several queries at once, their rows stacked in order: each
+    entry is (candidates, history_items, now, ratings, groups). The per-candidate features
+    are computed over all rows together (a request batch of 250 shoppers is one pass, not
+    250); the per-shopper ones (taste, categories, tags, groups) a shopper at a time."""
+    sets = [CandidateSet.of(e[0]) for e in entries]
+    sizes = np.array([len(c) for c in sets], dtype=np.int64)
+    total, r_count = int(sizes.sum()), len(recallers)
+    out = np.zeros((total, r_count * len(PER_RECALLER) + len(GLOBAL)), dtype=np.float32)
+    if total == 0:
         return out
+    starts = np.cumsum(sizes) - sizes
+    owner = np.repeat(np.arange(len(sets)), sizes)
+    filled = sizes > 0
     # "now" is never later than the newest event known: a shop whose data stopped last year
     # looks to the model as it did when the training moments were cut
-    now = stats.now if now is None else (min(now, stats.now) if stats.now else now)
+    nows = np.array([stats.now if e[2] is None else (min(e[2], stats.now) if stats.now else e[2])
+                     for e in entries], dtype=np.float64)
+    now = nows[owner]
+    answered = np.zeros(total)
     for j, name in enumerate(recallers):
-        scores = np.array([c.scores.get(name, np.nan) for c in candidates], dtype=np.float64)
-        present = ~np.isnan(scores)
+        scores, ranks = _stacked_column(sets, name, total)
+        present = ranks > 0
         if not present.any():
             continue
-        ranks = np.array([c.ranks.get(name, 1) for c in candidates], dtype=np.float64)[present]
-        vals = scores[present]
-        lo, hi = vals.min(), vals.max()
+        answered += present
+        vals = scores.astype(np.float64)
+        # each query's lowest and highest score of this recaller, over the items it proposed
+        lo = np.minimum.reduceat(np.where(present, vals, np.inf), starts[filled])
+        hi = np.maximum.reduceat(np.where(present, vals, -np.inf), starts[filled])
+        span = np.zeros(len(sets))
+        low = np.zeros(len(sets))
+        span[filled], low[filled] = hi - lo, lo
+        rows = np.flatnonzero(present)
+        r, v, q = ranks[rows].astype(np.float64), vals[rows], owner[rows]
         base = j * len(PER_RECALLER)
-        out[present, base] = 1.0
-        out[present, base + 1] = 1.0 / ranks
-        out[present, base + 2] = np.log1p(ranks) / 6.0
-        out[present, base + 3] = (vals - lo) / (hi - lo) if hi > lo else 1.0
+        out[rows, base] = 1.0
+        out[rows, base + 1] = 1.0 / r
+        out[rows, base + 2] = np.log1p(r) / 6.0
+        out[rows, base + 3] = np.where(span[q] > 0, (v - low[q]) / np.where(span[q] > 0, span[q], 1.0), 1.0)
     g = r_count * len(PER_RECALLER)
-    cats: dict[str, int] = {}
+    lookup = stats.index.get
+    index = np.fromiter((lookup(item, -1) for c in sets for item in c.items), np.int64, total)
+    known = np.flatnonzero(index >= 0)
+    users = np.zeros(total)
+    week, month, first, last = users.copy(), users.copy(), np.full(total, np.nan), np.full(total, np.nan)
+    if len(known):
+        users[known], week[known], month[known], first[known], last[known] = stats.at(index[known], now[known])
+    touched = users > 0
+    scale = POP_SCALE
+    out[:, g] = answered / max(r_count, 1)
+    out[:, g + 1] = (np.arange(total) - starts[owner]) / np.maximum(sizes[owner], 1)
+    out[:, g + 2] = np.log1p(users) / scale
+    out[:, g + 3] = np.log1p(week) / scale
+    out[:, g + 4] = np.log1p(month) / scale
+    out[touched, g + 5] = np.log1p(np.maximum(now[touched] - first[touched], 0) / DAY) / 8.0
+    out[touched, g + 6] = np.log1p(np.maximum(now[touched] - last[touched], 0) / DAY) / 8.0
+    out[~touched, g + 7] = 1.0  # nobody has touched it yet: a new item
+    if len(known):
+        out[known, g + 15] = stats.rating(index[known], users[known].astype(np.int64))
+    code = stats.category_code
+    for e, (entry, at, n) in enumerate(zip(entries, starts.tolist(), sizes.tolist())):
+        if n:
+            _shopper_features(out[at:at + n], g, entry, float(nows[e]), index[at:at + n],
+                              users[at:at + n], touched[at:at + n], code, stats)
+    return out
+
+
+def _stacked_column(sets: Sequence[CandidateSet], name: str, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """Recaller `name`'s (scores, ranks) over the rows of all sets, in order."""
+    if sets and all(c.names == sets[0].names for c in sets) and name in sets[0].names:
+        r = sets[0].names.index(name)  # one pipeline's sets share their columns
+        return (np.concatenate([c.scores[:, r] for c in sets]) if len(sets) > 1 else sets[0].scores[:, r],
+                np.concatenate([c.ranks[:, r] for c in sets]) if len(sets) > 1 else sets[0].ranks[:, r])
+    parts = [c.column(name) for c in sets]
+    if not parts:
+        return np.zeros(total), np.zeros(total, np.int32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _shopper_features(out: np.ndarray, g: int, entry: tuple, now: float, index: np.ndarray,
+                      users: np.ndarray, touched: np.ndarray, code: np.ndarray, stats: ItemStats) -> None:
+    """The features that depend on the shopper: their taste for popular and for new things,
+    their categories and tags, their ratings and their groups (rows of one query)."""
+    _, history_items, _, ratings, groups = entry
     recent = list(history_items)[:RECENT]
-    for item in recent:
-        k = stats.index.get(item)
-        if k is not None and stats.category[k]:
-            cats[stats.category[k]] = cats.get(stats.category[k], 0) + 1
-    log_history = math.log1p(len(history_items)) / 6.0
     # the shopper's taste for popular and for new things: their recent items as of now
     past = np.array([k for k in (stats.index.get(i, -1) for i in recent) if k >= 0], dtype=np.int64)
     taste_pop = taste_age = 0.0
@@ -360,38 +436,24 @@ def candidate_features(candidates: Sequence, history_items: Sequence[str], now: 
         if seen.any():
             taste_pop = float(np.mean(np.log1p(p_users[seen]))) / POP_SCALE
             taste_age = float(np.mean(np.log1p(np.maximum(now - p_first[seen], 0) / DAY))) / 8.0
-    index = np.array([stats.index.get(c.item_id, -1) for c in candidates])
-    known = np.flatnonzero(index >= 0)
-    users = np.zeros(n)
-    week, month, first, last = users.copy(), users.copy(), np.full(n, np.nan), np.full(n, np.nan)
-    if len(known):
-        users[known], week[known], month[known], first[known], last[known] = stats.at(index[known], now)
-    touched = users > 0
-    scale = POP_SCALE
-    out[:, g] = [sum(1 for r in recallers if r in c.ranks) / max(r_count, 1) for c in candidates]
-    out[:, g + 1] = np.arange(n) / max(n, 1)
-    out[:, g + 2] = np.log1p(users) / scale
-    out[:, g + 3] = np.log1p(week) / scale
-    out[:, g + 4] = np.log1p(month) / scale
-    out[touched, g + 5] = np.log1p(np.maximum(now - first[touched], 0) / DAY) / 8.0
-    out[touched, g + 6] = np.log1p(np.maximum(now - last[touched], 0) / DAY) / 8.0
-    out[~touched, g + 7] = 1.0  # nobody has touched it yet: a new item
-    if recent:
-        out[:, g + 8] = [cats.get(stats.category[k], 0) / len(recent) if k >= 0 and stats.category[k]
-                         else 0.0 for k in index]
-    out[:, g + 9] = log_history
+    if recent and stats.n_categories:
+        # the share of the shopper's recent items in the candidate's category
+        mine = code[past] if len(past) else past
+        per_category = np.bincount(mine[mine >= 0], minlength=stats.n_categories)
+        cand = np.where(index >= 0, code[np.maximum(index, 0)], -1)
+        out[:, g + 8] = np.where(cand >= 0, per_category[np.maximum(cand, 0)], 0) / len(recent)
+    out[:, g + 9] = math.log1p(len(history_items)) / 6.0
     if taste_pop or taste_age:
         out[:, g + 10] = taste_pop
         out[:, g + 11] = taste_age
         out[:, g + 12] = np.abs(out[:, g + 2] - taste_pop)
         out[touched, g + 13] = np.abs(out[touched, g + 5] - taste_age)
+    known = np.flatnonzero(index >= 0)
     if len(known):
         out[known, g + 14] = stats.tag_overlap(index[known], past)
-        out[known, g + 15] = stats.rating(index[known], users[known].astype(np.int64))
         if groups is not None and len(groups) and (groups >= 0).any():
             lift = stats.group_lift(index[known], users[known].astype(np.int64), groups)[:, groups >= 0]
             out[known, g + 17] = lift.mean(axis=1) / 2.0
             out[known, g + 18] = lift.max(axis=1) / 2.0
     if len(ratings):
         out[:, g + 16] = (float(np.mean(ratings)) - stats.rating_mean) / stats.rating_scale
-    return out

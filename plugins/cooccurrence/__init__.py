@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from engine import (
-    Dataset, Event, Interaction, ModelState, Query, Recaller, banned_items, hookimpl, mention, top_n,
+    Dataset, Event, Interaction, ModelState, Query, Recaller, hookimpl, mention, top_n,
 )
 
 from ._kernels import distinct_interactions, pair_counts, similarity, summed_csr
@@ -64,6 +64,7 @@ class CooccurrenceRecaller(Recaller):
         self.kind_weights = dict(kind_weights)
         self.phrase = phrase
         self.delta: dict[int, dict[int, list[float]]] = {}  # a -> b -> [count, strong]
+        self._similarity = None  # (anchor x item) similarities for batches, made when first asked
         self._fitted = True
 
     # -- persistence -------------------------------------------------------------------
@@ -82,6 +83,7 @@ class CooccurrenceRecaller(Recaller):
             [np.concatenate([self.counts, d_vals[:, 0]]), np.concatenate([self.strong, d_vals[:, 1]])], n)
         self.indptr, self.indices, self.counts, self.strong = indptr, indices, counts, strong
         self.delta = {}
+        self._similarity = None
 
     def state(self) -> ModelState:
         self._compact()
@@ -134,36 +136,98 @@ class CooccurrenceRecaller(Recaller):
         return anchors
 
     def recall(self, queries: Sequence[Query], n: int):
-        cfg = self.config
+        anchors = [self._anchors(q) for q in queries]
+        # a batch (recommend --all, validation) is one sparse product; a single request
+        # sums its anchors' rows unless the similarities are already at hand
+        batch = self._batch_scores(anchors) if len(queries) >= 32 or self._similarity is not None else None
         size = len(self.item_ids)
         out = []
-        for q in queries:
-            anchors = self._anchors(q)
-            if not anchors:
-                out.append([])
+        for qi, (q, anc) in enumerate(zip(queries, anchors)):
+            if not anc:
+                out.append(self.recalled([], []))
                 continue
-            score = np.zeros(size)
-            best = np.zeros(size)
-            best_anchor = np.full(size, -1, dtype=np.int64)
-            best_strong = np.zeros(size)
-            for a, wa in anchors:
-                idx, cnt, strong = self._row(a)
-                if not len(idx):
-                    continue
-                contrib = wa * similarity(cnt, self.degree[a], self.degree[idx], cfg.shrinkage)
-                score[idx] += contrib
-                better = contrib > best[idx]
-                best[idx[better]] = contrib[better]
-                best_anchor[idx[better]] = a
-                best_strong[idx[better]] = strong[better]
-            banned = banned_items(self.known & (score > 0), self.index, q.exclude, [a for a, _ in anchors])
-            picked = []
+            if batch is not None:
+                lo, hi = batch.indptr[qi], batch.indptr[qi + 1]
+                cols, vals = batch.indices[lo:hi].astype(np.int64), batch.data[lo:hi]
+            else:
+                idx, contrib, _, _ = self._entries(anc)
+                score = np.bincount(idx, weights=contrib, minlength=size)
+                cols = np.flatnonzero(score)
+                vals = score[cols]
+            banned = [i for i in (self.index.get(item) for item in q.exclude) if i is not None]
+            ok = self.known[cols] & (vals > 0) & ~np.isin(cols, banned + [a for a, _ in anc])
+            top = top_n(np.where(ok, vals, -np.inf), n)  # ties: the lower item index first
             ids = self.ids
-            for i in top_n(score, n, banned).tolist():
-                phrase = self.phrase if best_strong[i] >= 1 else "viewed together with"
-                picked.append((ids[i], float(score[i]), f"{phrase} {mention(ids[best_anchor[i]])}"))
-            out.append(self.candidates(picked))
+            out.append(self.recalled([ids[i] for i in cols[top].tolist()], vals[top],
+                                     self._explainer(cols[top], anc)))
         return out
+
+    def _entries(self, anchors: list[tuple[int, float]]):
+        """Every anchor's neighbours at once: (item, contribution, anchor, strong count) per
+        pair, in anchor order."""
+        rows = [self._row(a) for a, _ in anchors]
+        idx = np.concatenate([r[0] for r in rows]).astype(np.int64)
+        owner = np.repeat(np.arange(len(anchors)), [len(r[0]) for r in rows])
+        at = np.array([a for a, _ in anchors], dtype=np.int64)
+        weight = np.array([wa for _, wa in anchors])
+        contrib = weight[owner] * similarity(np.concatenate([r[1] for r in rows]),
+                                             self.degree[at][owner], self.degree[idx], self.config.shrinkage)
+        return idx, contrib, at[owner], np.concatenate([r[2] for r in rows])
+
+    def _batch_scores(self, anchors: list[list[tuple[int, float]]]):
+        """Scores of a batch of queries as one sparse product (queries x anchors) @ (anchor
+        x item similarity), the similarities computed once after a fit or load; None while
+        incremental counts are pending (`update`: until they are folded in, the rows are
+        summed per query)."""
+        import scipy.sparse as sp
+
+        if self.delta:
+            return None
+        n_rows, size = len(self.indptr) - 1, len(self.item_ids)
+        if self._similarity is None:
+            rows = np.repeat(np.arange(n_rows), np.diff(self.indptr))
+            sims = similarity(self.counts.astype(np.float64), self.degree[rows],
+                              self.degree[self.indices], self.config.shrinkage)
+            self._similarity = sp.csr_matrix((sims, self.indices, self.indptr), shape=(n_rows, size))
+        q_rows = [qi for qi, anc in enumerate(anchors) for a, _ in anc if a < n_rows]
+        cols = [a for anc in anchors for a, _ in anc if a < n_rows]
+        vals = [w for anc in anchors for a, w in anc if a < n_rows]
+        weights = sp.csr_matrix((vals, (q_rows, cols)), shape=(len(anchors), n_rows))
+        scores = (weights @ self._similarity).tocsr()
+        scores.sort_indices()
+        return scores
+
+    def _explainer(self, top: np.ndarray, anchors: list[tuple[int, float]]):
+        """Reason for the j-th recalled item, made when it is shown: the anchor that
+        contributed most to it (the earliest of equals)."""
+        ids, phrase = self.ids, self.phrase
+        at = np.array([a for a, _ in anchors], dtype=np.int64)
+        weight = np.array([w for _, w in anchors])
+        sims = self._similarity if not self.delta else None
+        found: list = []
+
+        def best(i: int) -> tuple[int, float]:
+            """(anchor, strong count) of item i's strongest anchor."""
+            if sims is not None and sims.has_sorted_indices:
+                # the counts are symmetric: item i's own row holds its pair with every anchor
+                lo, hi = sims.indptr[i], sims.indptr[i + 1]
+                row = sims.indices[lo:hi]
+                pos = np.minimum(np.searchsorted(row, at), max(hi - lo - 1, 0))
+                hit = (row[pos] == at) if hi > lo else np.zeros(len(at), bool)
+                k = int(np.argmax(np.where(hit, weight * sims.data[lo + pos], 0.0)))
+                return int(at[k]), float(self.strong[lo + pos[k]])
+            if not found:
+                found.extend(self._entries(anchors))
+            idx, contrib, anchor, strong = found
+            rows = np.flatnonzero(idx == i)
+            k = rows[np.argmax(contrib[rows])]
+            return int(anchor[k]), float(strong[k])
+
+        def explain(j: int) -> str:
+            anchor, strong = best(int(top[j]))
+            said = phrase if strong >= 1 else "viewed together with"
+            return f"{said} {mention(ids[anchor])}"
+        return explain
 
     # -- incremental learning ----------------------------------------------------------
 
@@ -195,6 +259,8 @@ class CooccurrenceRecaller(Recaller):
             self.degree[b] += w
             seq[e.item_id] = w
             changed = True
+        if changed:
+            self._similarity = None  # degrees changed: every similarity of b's pairs
         return changed
 
     def _ensure(self, item_id: str) -> int:

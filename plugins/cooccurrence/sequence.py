@@ -107,7 +107,8 @@ class SequenceRecaller(Recaller):
                 best[idx[better]] = contrib[better]
                 best_anchor[idx[better]] = a
             banned = banned_items(self.known & (score > 0), self.index, q.exclude, [a for a, _ in anchors])
-            picked = [(self.ids[i], float(score[i]), f"often chosen next after {mention(self.ids[best_anchor[i]])}")
-                      for i in top_n(score, n, banned).tolist()]
-            out.append(self.candidates(picked))
+            top = top_n(score, n, banned)
+            ids, anchor = self.ids, best_anchor[top]
+            out.append(self.recalled([ids[i] for i in top.tolist()], score[top],
+                                     lambda j, anchor=anchor: f"often chosen next after {mention(ids[anchor[j]])}"))
         return out
