@@ -23,7 +23,7 @@ __all__ = [
     "Interaction", "Item", "ItemEntity", "ModelState", "NoConfig", "NotTrainedError",
     "PluginError", "ProgressCallback", "Query", "Ranker", "RankingExample", "Recalled", "Recaller",
     "Recommendation", "Record", "Resources", "detect_encoding", "Triple", "UnknownComponentError", "User", "hookimpl",
-    "banned_items", "erf", "gelu", "item_ids", "recallers_of", "mention", "no_progress", "top_n",
+    "banned_items", "erf", "gelu", "item_ids", "load_plugins", "recallers_of", "mention", "no_progress", "top_n",
 ]
 
 
@@ -35,5 +35,9 @@ def __getattr__(name: str):
         from .engine import Engine
 
         return Engine
+    if name == "load_plugins":  # pluggy and the entry points: only for who runs an engine
+        from .plugins import load_plugins
+
+        return load_plugins
     raise AttributeError(f"module 'engine' has no attribute {name!r}")
 

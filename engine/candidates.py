@@ -106,8 +106,9 @@ class CandidateSet(_Candidates):
         self.names = tuple(names)
         self.scores = scores
         self.ranks = ranks
-        self.score = np.nanmax(np.where(ranks > 0, scores, -np.inf), axis=1) if score is None and len(items) \
-            else (np.zeros(0) if score is None else score)
+        if score is None:  # after a merge: each item's best recaller score
+            score = np.where(ranks > 0, scores, -np.inf).max(axis=1) if len(self.items) else np.zeros(0)
+        self.score = score
         self.lead = best_rank_column(ranks) if lead is None else lead
         self.lists = lists
 

@@ -113,7 +113,7 @@ def why_not(engine: Engine, user_id: str, item_id: str, n: int = 10,
     if category and item is not None and item.category != category:
         filters.append(f"category is {item.category!r}, the request asks for {category!r}")
     merged = merge(recalled)
-    kept = [c for c in merged if pipe.keep(query, c)]
+    kept = pipe.filtered(query, merged)
     ranked = pipe.ranker.rank(query, kept) if pipe.ranker is not None else kept
     position = next((i + 1 for i, c in enumerate(ranked) if c.item_id == item_id), None)
     score = next((c.score for c in ranked if c.item_id == item_id), None)

@@ -61,18 +61,6 @@ class Pipeline:
         return [{name: Recalled.of(name, lists[i]) for name, lists in per_recaller.items()}
                 for i in range(len(queries))]
 
-    def keep(self, query: Query, cand: Candidate) -> bool:
-        return self._keeps(query, cand.item_id)
-
-    def _keeps(self, query: Query, item: str) -> bool:
-        if item in query.exclude:
-            return False
-        if self.available is not None and item not in self.available:
-            return False
-        if query.category and self.categories.get(item) != query.category:
-            return False
-        return True
-
     def filtered(self, query: Query, merged: CandidateSet) -> CandidateSet:
         """The rows of `merged` the query may show (not excluded, available, in the asked
         category), in order."""

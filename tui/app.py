@@ -7,7 +7,7 @@ from pathlib import Path
 from textual.app import App
 from textual.binding import Binding
 
-from engine.engine import Engine
+from engine import Engine
 
 from .backend import EngineHost
 from .screens.evaluation import EvaluationScreen

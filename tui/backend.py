@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from engine.engine import Engine
+from engine import Engine
 
 T = TypeVar("T")
 
@@ -34,7 +34,7 @@ class EngineHost:
     def _engine_here(self) -> Engine:
         if self._engine is None:
             if self.registry is None:
-                from engine.plugins import load_plugins
+                from engine import load_plugins
 
                 self.registry = load_plugins()
             self._engine = Engine(self.db_path, registry=self.registry, settings=self.settings)

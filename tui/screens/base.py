@@ -8,7 +8,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 from textual.worker import get_current_worker
 
-from engine.errors import EngineError
+from engine import EngineError
 
 from ..widgets.nav_bar import NavBar
 
