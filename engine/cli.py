@@ -463,6 +463,41 @@ def keys_revoke(obj, key_id):
     click.echo(f"Key {key_id} revoked.")
 
 
+@cli.group()
+def users():
+    """A shopper's stored data: show it (a data-access request) or erase it."""
+
+
+@users.command(name="show")
+@click.argument("user_id")
+@click.pass_obj
+def users_show(obj, user_id):
+    """Everything stored about USER_ID, as JSON: profile, events, impressions, attributed events."""
+    click.echo(json.dumps(obj.engine().user_data(user_id), indent=2, ensure_ascii=False))
+
+
+@users.command(name="erase")
+@click.argument("user_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was erased as JSON.")
+@click.pass_obj
+def users_erase(obj, user_id, yes, as_json):
+    """Erase USER_ID: events, profile, impressions, attributed events (as DELETE /users/ID)."""
+    engine = obj.engine()
+    engine.user_data(user_id)  # an unknown id is an error, not a silent no-op
+    if not yes and not click.confirm(f"Erase everything stored about {user_id}? This cannot be undone"):
+        raise click.Abort()
+    erased = engine.erase_user(user_id)
+    if as_json:
+        click.echo(json.dumps(erased, indent=2))
+        return
+    console.print(f"Erased {user_id}: {erased['events']:,} events, {erased['impressions']:,} "
+                  f"impressions, {erased['attributed_events']:,} attributed events, "
+                  f"{erased['cached_lists']:,} cached lists"
+                  + ("." if erased["log_emptied"] else
+                     "; the write-ahead log was busy and still holds old pages until the next checkpoint."))
+
+
 def load_plugin_commands(group: click.Group = cli) -> None:
     """Let plugins add commands (register_commands hook)."""
     try:

@@ -116,6 +116,14 @@ class Component(ABC):
     def is_fitted(self) -> bool:
         return True
 
+    def forget(self, history: Sequence[Interaction], attrs: Mapping[str, Any]) -> bool:
+        """Remove one shopper's rows from the trained state (an erasure): `history` is every
+        event they had, oldest first, `attrs` their attributes. Return True if the state
+        changed; the engine then stores it in place of every stored version of this model.
+        Default: the state keeps nothing per shopper (aggregates over many shoppers lose the
+        erased one's share at the next train)."""
+        return False
+
     def warm(self, limit: int) -> int:
         """Precompute, in a small step of about `limit` units (items), what the first
         requests would otherwise compute (per-item caches), so that they are as fast as

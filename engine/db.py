@@ -26,6 +26,9 @@ def open_db(path: str | Path, extra: Iterable[Migrations] = ()) -> sqlite_utils.
         db.enable_wal()
     db.conn.execute("PRAGMA synchronous = NORMAL")
     db.conn.execute("PRAGMA foreign_keys = ON")
+    # deleted rows are overwritten with zeros, not left in free space: an erased shopper's
+    # id and attributes must not stay in the file (SQLite's default depends on its build)
+    db.conn.execute("PRAGMA secure_delete = ON")
     names = {engine_migrations.name}
     engine_migrations.apply(db)
     for m in extra:

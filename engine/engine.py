@@ -20,7 +20,7 @@ from .components import (
 from .config import Settings, load_settings
 from .dataset import Dataset
 from .db import open_db, write_transaction
-from .errors import ArtifactError, EngineError, NotTrainedError
+from .errors import ArtifactError, EngineError, NotTrainedError, UnknownComponentError
 from .evaluation import holdout
 from .metrics import aggregate
 from .pipeline import Pipeline, interleave
@@ -704,14 +704,57 @@ class Engine:
 
     def erase_user(self, user_id: str) -> dict[str, Any]:
         """Forget a user: their events, profile, logged impressions and attributed events
-        (one transaction), and their cached recommendations. Trained models hold no
-        per-user rows; the user's anonymous share of item statistics goes at the next train."""
-        with self.db.atomic():
+        (one transaction, the rows overwritten with zeros: `secure_delete`), their cached
+        recommendations, and the write-ahead log's older copies of those pages (checkpointed
+        and emptied before this returns). Trained models hold no shopper ids; the user's
+        anonymous share of item statistics goes at the next train."""
+        rewritten = self._models_without(user_id)
+        with write_transaction(self.db):
             erased = attribution.erase_user(self.db, user_id)
             erased["events"] = self.store.delete_user(user_id)
+            for name, (blob, active) in rewritten.items():
+                version = self.store.save_artifacts({name: blob}, activate=active)[name]
+                self.store.conn.execute("DELETE FROM artifacts WHERE name = ? AND version != ?",
+                                        [name, version])
+        erased["models_rewritten"] = sorted(rewritten)
         erased["cached_lists"] = self.recommendation_cache.drop_users([user_id])
+        erased["log_emptied"] = self.store.checkpoint()
         self._adopt()
         return {"user_id": user_id, **erased}
+
+    def _models_without(self, user_id: str) -> dict[str, tuple[tuple[bytes, str, dict], bool]]:
+        """The stored models that keep rows of this shopper (`Component.forget`), rewritten
+        without them: name -> (new blob, whether it is the active version). Each model's
+        active version is rewritten (or its newest, when none is active); the erasure then
+        deletes every other version, since each holds the same rows."""
+        history = self.store.history(user_id)
+        if not history:
+            return {}
+        attrs = self.store.user_attrs([user_id]).get(user_id, {})
+        out = {}
+        names = [r[0] for r in self.store.conn.execute(
+            "SELECT DISTINCT name FROM artifacts WHERE name LIKE 'recaller/%' OR name LIKE 'ranker/%'")]
+        for name in names:
+            kind, plugin = name.split("/", 1)
+            try:
+                component = self._make(f"{kind}s", plugin)
+            except UnknownComponentError:  # not installed: nothing here can read or serve it
+                continue
+            if type(component).forget is Component.forget:  # keeps nothing per shopper
+                continue
+            active = any(a["name"] == name for a in self.store.active_artifacts(name))
+            found = self.store.load_artifact(name, None if active else self.store.latest_artifact(name)["version"])
+            component.load(load_state(*found))
+            if component.forget(history, attrs):
+                out[name] = (dump_state(component.state()), active)
+        return out
+
+    def user_data(self, user_id: str) -> dict[str, Any]:
+        """Everything the database stores about a shopper (a data-access request)."""
+        found = self.store.user_data(user_id)
+        if found is None:
+            raise EngineError(f"Nothing is stored about user {user_id!r}.", title="Unknown user")
+        return found
 
     def log_impressions(self, recs: Sequence[Recommendation], user_id: str | None,
                         placement: str = "") -> str:

@@ -262,6 +262,40 @@ class Store:
             self.conn.execute("DELETE FROM users WHERE user_id = ?", [user_id])
         return n
 
+    def checkpoint(self, attempts: int = 20) -> bool:
+        """Copy the write-ahead log into the database file and empty it (TRUNCATE), so that
+        pages a deletion replaced are gone from the disk. Another connection reading an
+        older snapshot blocks it for a moment: tried `attempts` times, 0.1 s apart. Returns
+        whether the log was emptied."""
+        for _ in range(attempts):
+            busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def user_data(self, user_id: str) -> dict[str, Any] | None:
+        """Everything stored about a shopper, by table (None: nothing at all)."""
+        def rows(sql: str) -> list[dict[str, Any]]:
+            cur = self.conn.execute(sql, [user_id])
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+
+        profile = self.conn.execute("SELECT attrs, created_at FROM users WHERE user_id = ?",
+                                    [user_id]).fetchone()
+        out = {
+            "user_id": user_id,
+            "profile": {"attrs": json.loads(profile[0] or "{}"), "created_at": profile[1]} if profile else None,
+            "events": rows("SELECT event_id, item_id, kind, value, ts FROM events WHERE user_id = ? ORDER BY ts, id"),
+            "impressions": rows("SELECT recommendation_id, position, item_id, source, ranker, placement, ts "
+                                "FROM impressions WHERE user_id = ? ORDER BY ts, position"),
+            "attributed_events": rows("SELECT event_id, recommendation_id, item_id, kind, value, ts "
+                                      "FROM attributed_events WHERE user_id = ? ORDER BY ts"),
+        }
+        if profile is None and not any(out[k] for k in ("events", "impressions", "attributed_events")):
+            return None
+        return out
+
     # -- reading -----------------------------------------------------------------------
 
     def counts(self) -> dict[str, Any]:

@@ -517,6 +517,38 @@ def test_shoppers_are_grouped_by_the_attributes_most_of_them_have():
     assert Grouping.learn([{"segment": "hiker"}] * 5) is None  # one value tells nothing
 
 
+def test_item_statistics_without_a_shopper_drop_exactly_their_rows(tmp_path):
+    """An erasure removes the shopper's (item, shopper) rows: their first moment with each
+    item, their rating and groups — the right row when another shopper came at the same
+    moment — and nothing of anyone else's."""
+    from engine import Event, Interaction, Item, User
+
+    day = 86400.0
+    eng = Engine(tmp_path / "forget.db")
+    eng.store.write([Item(i, title=i) for i in ("tent", "pan")])
+    eng.store.write([User(u, {"segment": seg}) for u, seg in (("u1", "hiker"), ("u2", "cook"), ("u3", "hiker"))])
+    # u1 and u2 met the tent at the same moment; u1 also rated the pan twice
+    eng.store.write([Event(u, i, k, t * day, v) for u, i, k, t, v in
+                     (("u1", "tent", "view", 1, None), ("u2", "tent", "view", 1, None),
+                      ("u3", "tent", "view", 2, None), ("u1", "pan", "rating", 3, 4.0),
+                      ("u1", "pan", "rating", 5, 2.0), ("u2", "pan", "rating", 4, 5.0))])
+    stats = ItemStats.from_dataset(eng.store.dataset())
+    u1 = eng.store.history("u1")
+    later = Interaction("pan", "view", 99 * day)  # after the statistics were counted: not in them
+    gone = stats.without(u1 + (later,), eng.store.user_attrs(["u1"])["u1"])
+    assert len(gone.times) == len(stats.times) - 2
+    tent, pan = stats.index["tent"], stats.index["pan"]
+    kept = lambda st, k: sorted(zip(st.times[st.ptr[k]:st.ptr[k + 1]].tolist(),  # noqa: E731
+                                    st.groups[st.ptr[k]:st.ptr[k + 1], 0].tolist(),
+                                    st.ratings[st.ptr[k]:st.ptr[k + 1]].tolist()), key=str)
+    cook = stats.grouping.codes({"segment": "cook"})[0]
+    hiker = stats.grouping.codes({"segment": "hiker"})[0]
+    assert kept(gone, tent) == sorted([(1 * day, cook, pytest.approx(np.nan, nan_ok=True)),
+                                       (2 * day, hiker, pytest.approx(np.nan, nan_ok=True))], key=str)
+    assert [(t, g, r) for t, g, r in kept(gone, pan)] == [(4 * day, cook, 5.0)]
+    assert stats.without(eng.store.history("nobody"), {}) is stats
+
+
 def test_group_lift_says_who_the_items_shoppers_were_as_of_the_moment(tmp_path):
     from engine import Event, Item, User
 

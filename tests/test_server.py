@@ -261,6 +261,7 @@ def test_erasing_a_user_removes_events_impressions_attribution_and_cache(client,
     imported = sum(e.user_id == "user070" for e in shop.events(120))
     assert erased["events"] == imported + 1 and erased["impressions"] == 10
     assert erased["attributed_events"] == 1 and erased["cached_lists"] == 1
+    assert erased["log_emptied"] is True and erased["models_rewritten"] == []  # no bert here
     assert stored_events(db_path, user_id="user070") == 0
     report = client.get("/report?since=1h").json()["overall"]
     assert report["clicks"] == 0 and report["impressions"] == 0

@@ -147,6 +147,10 @@ class Erased(BaseModel):
     impressions: int
     attributed_events: int
     cached_lists: int
+    models_rewritten: list[str] = Field(description="stored models that kept rows of this "
+                                                    "shopper and were rewritten without them")
+    log_emptied: bool = Field(description="the write-ahead log was checkpointed and emptied: "
+                                          "no older copy of the erased rows is left on disk")
 
 
 class TrainStarted(BaseModel):

@@ -357,6 +357,17 @@ class BertRanker(Ranker):
         request time: in `evaluate` the store holds the held-out future."""
         self._item_stats = ItemStats.from_dataset(data)
 
+    def forget(self, history, attrs) -> bool:
+        """The item statistics keep one row per (item, shopper) — when they first met, their
+        rating and groups — so an erasure removes the shopper's rows."""
+        if self._item_stats is None:
+            return False
+        stats = self._item_stats.without(history, attrs)
+        if stats is self._item_stats:
+            return False
+        self._item_stats = stats
+        return True
+
     def _serving_stats(self) -> ItemStats:
         return self._item_stats or ItemStats.empty()
 

@@ -197,6 +197,44 @@ class ItemStats:
         return cls(data.item_index, [str(c) for c in cats], ptr, ts.astype(np.float64), data.now,
                    ratings.astype(np.float32), item_tags(data, [str(c) for c in cats]), groups, grouping)
 
+    def without(self, history: Sequence, attrs: Mapping[str, Any]) -> "ItemStats":
+        """These statistics without one shopper's rows (an erasure): for each item of their
+        `history` (oldest first) met by `now`, the row of their first event — the one with
+        their rating and groups where several shoppers came at the same moment. Returns
+        self when none of their rows is here."""
+        first: dict[int, float] = {}
+        rated: dict[int, float] = {}
+        for step in history:
+            k = self.index.get(step.item_id)
+            if k is None or step.ts > self.now:
+                continue
+            first.setdefault(k, step.ts)
+            if step.kind == "rating" and step.value is not None:
+                rated.setdefault(k, step.value)
+        codes = self.grouping.codes(attrs) if self.grouping is not None else None
+        drop = []
+        for k, t in first.items():
+            lo, hi = int(self.ptr[k]), int(self.ptr[k + 1])
+            rows = lo + np.flatnonzero(self.times[lo:hi] == t)
+            if not len(rows):
+                continue
+            score = np.zeros(len(rows))
+            if codes is not None and self.groups is not None:
+                score += (self.groups[rows] == codes).all(axis=1)
+            if self.ratings is not None:
+                mine = rated.get(k, np.nan)
+                score += (self.ratings[rows] == mine) | (np.isnan(self.ratings[rows]) & np.isnan(mine))
+            drop.append(int(rows[np.argmax(score)]))
+        if not drop:
+            return self
+        keep = np.ones(len(self.times), bool)
+        keep[drop] = False
+        owner = np.repeat(np.arange(len(self.ptr) - 1), np.diff(self.ptr))[keep]
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(self.ptr) - 1))]).astype(np.int64)
+        return ItemStats(self.index, self.category, ptr, self.times[keep], self.now,
+                         None if self.ratings is None else self.ratings[keep], self.tags,
+                         None if self.groups is None else self.groups[keep], self.grouping)
+
     def _count(self, k: np.ndarray, t: float | np.ndarray) -> np.ndarray:
         """Shoppers of items k whose first event was at or before t."""
         rel = np.clip(t - self._base, -DAY, self._span - DAY)  # t: one time, or one per item
