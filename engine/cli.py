@@ -174,20 +174,28 @@ def import_(obj, source, location, items, users, events, triples, links, extra, 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--verbose", is_flag=True, help="Print the traceback of a component that failed.")
 @click.pass_obj
-def train(obj, as_json):
+def train(obj, as_json, verbose):
     """Fit every recaller and the ranker; activate the new models together."""
     with rich_progress(not as_json) as progress:
         report = obj.engine().train(progress=progress)
     if as_json:
         click.echo(json.dumps(report, default=str))
     else:
-        _print_train_summary(report)
+        _print_train_summary(report, verbose)
 
 
-def _print_train_summary(report: dict) -> None:
+def _print_train_summary(report: dict, verbose: bool = False) -> None:
     click.echo(f"Trained on {report['events']:,} events of {report['users']:,} users in "
                f"{report['total_seconds']:.1f}s (run {report['run_id']}).")
+    for name, failure in report.get("failed", {}).items():
+        kept = name in {m.partition("/")[2] for m in report.get("kept_models", [])}
+        console.print(f"[yellow]Warning:[/yellow] {name} failed to train ({failure['error']}); "
+                      + ("its last good model keeps serving." if kept else "it is not used.")
+                      + ("" if verbose else " Details: shelfwise train --verbose."), soft_wrap=True)
+        if verbose:
+            click.echo(failure["traceback"], err=True)
     for name, metrics in report["rankers"].items():
         click.echo(f"Ranker {name}: validation NDCG@10 {metrics.get('ndcg@10', 0):.4f} "
                    f"({metrics.get('examples', 0)} users).")
@@ -276,6 +284,9 @@ def evaluate(obj, k, as_json, recallers, ranker):
         click.echo(json.dumps(report))
     else:
         _print_evaluation(report)
+        for name, error in report.get("failed", {}).items():
+            console.print(f"[yellow]Warning:[/yellow] {name} failed to train ({error}) and is "
+                          f"left out of this evaluation.", soft_wrap=True)
 
 
 @cli.command()
@@ -321,8 +332,9 @@ def status(obj, as_json):
                f"({', '.join(f'{k} {v:,}' for k, v in c['events_by_kind'].items())}), "
                f"{c['triples']:,} triples")
     for m in st["models"]:
+        off = "  NOT USED: cannot be loaded" if m["name"] in st["broken"] else ""
         click.echo(f"  {m['name']} v{m['version']} ({m['size']:,} bytes, "
-                   f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(m['created_at']))})")
+                   f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(m['created_at']))}){off}")
 
 
 @cli.command()

@@ -53,10 +53,18 @@ class EventSettings(BaseModel):
     weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_KIND_WEIGHTS))
 
 
+class StoreSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    keep_versions: int = Field(2, ge=1, description="versions kept of each stored model, the "
+                               "active one included; older ones are deleted at train and after "
+                               "catalogue edits")
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     events: EventSettings = Field(default_factory=EventSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 

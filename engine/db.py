@@ -22,6 +22,9 @@ def open_db(path: str | Path, extra: Iterable[Migrations] = ()) -> sqlite_utils.
         raise EngineError(f"Cannot create database {path}: folder {path.parent} does not exist.")
     db = sqlite_utils.Database(path)
     db.conn.execute("PRAGMA busy_timeout = 30000")
+    if not db.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        # a new file: pages freed by pruning old models go back to the file system
+        db.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     if db.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
         db.enable_wal()
     db.conn.execute("PRAGMA synchronous = NORMAL")

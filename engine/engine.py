@@ -40,7 +40,10 @@ class Engine:
         self.settings = settings or load_settings(self.db_path, config_path)
         self.db = open_db(self.db_path)
         self.store = Store(self.db)
+        self.store.mark_interrupted_runs()  # a killed `train` does not stay "running"
         self._loaded: dict[str, Component] = {}
+        # stored models that failed to load (name -> why): off until the models change
+        self.broken: dict[str, str] = {}
         self._encoder: Encoder | None = None
         self._vectors: VectorIndex | None = None
         self._catalogue: tuple[set[str], dict[str, str], set[str]] | None = None
@@ -101,14 +104,20 @@ class Engine:
         return self._encoder
 
     def vectors(self):  # -> engine.vectors.VectorIndex | None
-        """The active vector index over the catalogue (None before the first `train`)."""
-        if self._vectors is None:
-            enc = self.encoder()
-            found = self.store.load_artifact(f"index/{enc.name}") if enc else None
-            if found is not None:
-                from .vectors import VectorIndex
+        """The active vector index over the catalogue (None before the first `train`, and
+        when the stored index cannot be read: then content and search answer nothing and
+        the rest serves)."""
+        enc = self.encoder()
+        key = f"index/{enc.name}" if enc else ""
+        if self._vectors is None and enc is not None and key not in self.broken:
+            try:
+                found = self.store.load_artifact(key)
+                if found is not None:
+                    from .vectors import VectorIndex
 
-                self._vectors = VectorIndex.from_bytes(found[0], found[2])
+                    self._vectors = VectorIndex.from_bytes(found[0], found[2])
+            except Exception as exc:  # noqa: BLE001 — whatever the damage, only this part stops
+                self._disable(key, "Vector index", enc.name, exc)
         return self._vectors
 
     def resources(self) -> Resources:
@@ -155,7 +164,10 @@ class Engine:
         if changed:
             payload, meta = index.to_bytes()
             self.store.save_artifacts({f"index/{enc.name}": (payload, "hnsw", meta)})
+            # each catalogue edit stores the index again: the older copies go at once
+            self.store.prune_artifacts(self.settings.store.keep_versions, convert=False)
         self._vectors = index
+        self.broken.pop(f"index/{enc.name}", None)  # rebuilt from the embeddings if it was damaged
         for component in self._loaded.values():  # serving components see the new index
             component.attach(self.resources())
         return {"encoder": enc.name, "encoded": len(todo), "removed": len(gone),
@@ -163,22 +175,38 @@ class Engine:
                 "index_seconds": time.perf_counter() - started}
 
     def _fitted(self, kind: str, name: str) -> Component | None:
-        """The component with its active trained state, or None if never trained."""
+        """The component with its active trained state; None if never trained, or if its
+        stored model cannot be loaded (a damaged or incompatible file: that component is
+        off, with one warning and an entry in `broken`, and the others serve)."""
         key = f"{kind[:-1]}/{name}"
+        if key in self.broken:
+            return None
         if key not in self._loaded:
             component = self._make(kind, name)
-            found = self.store.load_artifact(key)
-            if found is None:
-                return None
             try:
+                found = self.store.load_artifact(key)
+                if found is None:
+                    return None
                 component.load(load_state(*found))
-            except (KeyError, ValueError, TypeError) as exc:
-                raise ArtifactError(
-                    f"The stored model of {kind[:-1]} {name!r} does not match the installed "
-                    f"plugin ({type(exc).__name__}: {exc}); it was probably trained by another "
-                    f"version. Run \"shelfwise train\" to rebuild it.") from exc
+            except Exception as exc:  # noqa: BLE001 — a plugin's loader may raise anything
+                self._disable(key, kind[:-1].capitalize(), name, exc)
+                return None
             self._loaded[key] = component
         return self._loaded[key]
+
+    def _disable(self, key: str, what: str, name: str, exc: Exception) -> None:
+        why = str(exc) if isinstance(exc, ArtifactError) else (
+            f"its stored model cannot be loaded ({type(exc).__name__}: {exc}); it is damaged or "
+            f"was trained by another version. Run \"shelfwise train\" to rebuild it.")
+        self.broken[key] = f"{what} {name!r} is not used: {why}"
+        with warnings.catch_warnings():  # once per damaged model, each one (not once per line)
+            warnings.simplefilter("always", RuntimeWarning)
+            warnings.warn(self.broken[key], RuntimeWarning, stacklevel=4)
+
+    def _refuse_broken(self, key: str) -> None:
+        """A component asked for by name whose model is damaged: say so (not "not trained")."""
+        if key in self.broken:
+            raise ArtifactError(self.broken[key])
 
     def _recaller_quotas(self, names: Sequence[str] | None = None) -> dict[str, int]:
         installed = self.registry.components()["recallers"]
@@ -204,13 +232,8 @@ class Engine:
         rankers = sorted(self.registry.components()["rankers"].items(),
                          key=lambda kv: -kv[1][1].priority)
         for name, _ in rankers:
-            if not fitted_only:
-                return name
-            try:
-                if self._fitted("rankers", name) is not None:
-                    return name
-            except ArtifactError as exc:  # a damaged model must not stop the shop's answers
-                warnings.warn(f"Ranker {name!r} is not used: {exc}", RuntimeWarning, stacklevel=3)
+            if not fitted_only or self._fitted("rankers", name) is not None:
+                return name  # a damaged model is skipped (`_fitted`): the next one serves
         return None
 
     def default_recallers(self) -> dict[str, int]:
@@ -271,6 +294,7 @@ class Engine:
             return
         if models != seen["models"]:
             self._loaded.clear()
+            self.broken.clear()  # new models: each is tried again
             self._vectors = None
             self._catalogue = None
             self._unsaved.clear()  # increments of the replaced models
@@ -300,6 +324,7 @@ class Engine:
             if r is not None:
                 fitted[name] = r
             elif recallers:
+                self._refuse_broken(f"recaller/{name}")
                 raise NotTrainedError(f"Recaller {name!r} has not been trained. Run \"shelfwise train\".")
         if not fitted:
             raise NotTrainedError("No trained recallers in this database. Import data, then run "
@@ -309,6 +334,7 @@ class Engine:
         if ranker_name is not None:
             ranker_obj = self._fitted("rankers", ranker_name)
             if ranker_obj is None and ranker:
+                self._refuse_broken(f"ranker/{ranker_name}")
                 raise NotTrainedError(self._not_serving(ranker_name))
         available, categories, untouched = self._catalogue_view()
         return Pipeline(fitted, {k: v for k, v in quotas.items() if k in fitted}, ranker_obj,
@@ -494,6 +520,10 @@ class Engine:
                                                 "rankers": [r.name for r in rankers]})
         try:  # until the models are activated, a failure or a cancel leaves the old ones serving
             report = fit_pipeline(data, recallers, quotas, rankers, self.settings.pipeline, progress)
+            # a component whose fit raised is not saved: its last good model (if any) serves on
+            failed = report["failed"]
+            recallers = {n: r for n, r in recallers.items() if n not in failed}
+            rankers = [r for r in rankers if r.name not in failed]
             progress("save", 0, 1, "writing model artifacts")
             # A ranker of higher priority is activated only if it beat the others on the
             # held-back validation users; otherwise its new version is kept inactive and the
@@ -514,12 +544,16 @@ class Engine:
             self.store.finish_run(run_id, {}, status="failed", note=str(exc))
             raise
         self._loaded.clear()
+        self.broken.clear()
         self._catalogue = None
         report.update({"vectors": vector_report, "run_id": run_id, "events": data.n_events, "users": data.n_users,
                        "items": data.n_items, "versions": versions,
                        "ranker": {"serving": serving, "not_activated": losers, "why": why},
+                       "kept_models": sorted(m["name"] for m in self.store.active_artifacts()
+                                             if m["name"].partition("/")[2] in report["failed"]),
                        "total_seconds": time.perf_counter() - started})
         self.store.finish_run(run_id, report)
+        report["pruned"] = self.store.prune_artifacts(self.settings.store.keep_versions)
         with contextlib.suppress(Exception):  # activated: too late to cancel, nothing to undo
             progress("save", 1, 1, "models activated")
         return report
@@ -540,6 +574,15 @@ class Engine:
                                                    "ranker": ranker_obj.name if ranker_obj else None})
         try:  # a failure or a cancel at any step is recorded, never left "running"
             fit_report = fit_pipeline(split.visible, fresh, quotas, rankers, ps, progress)
+            failed = fit_report["failed"]  # left out of the evaluation, and said so
+            fresh = {name: r for name, r in fresh.items() if name not in failed}
+            quotas = {name: q for name, q in quotas.items() if name not in failed}
+            if ranker_obj is not None and ranker_obj.name in failed:
+                ranker_obj = None
+            if not fresh:
+                raise EngineError("Nothing to evaluate: " + "; ".join(
+                    f"{name} failed to train ({f['error']})" for name, f in failed.items()),
+                    title="Training failed")
             progress("score", 0, len(fresh) + 1, "recalling for held-out users")
             # Cold-start slice: held-out items nobody touched in the visible part.
             seen = np.bincount(split.visible.items, minlength=data.n_items) > 0
@@ -578,7 +621,8 @@ class Engine:
                    "cold_start_users": len(cold_users),
                    "light_users": len(light_users), "light_user_max_items": light_limit,
                    "ranker_validation": fit_report["rankers"].get(ranker_obj.name, {}) if ranker_obj else {},
-                   "candidate_hit_rate": fit_report.get("candidate_hit_rate")}
+                   "candidate_hit_rate": fit_report.get("candidate_hit_rate"),
+                   "failed": {name: f["error"] for name, f in failed.items()}}
         except BaseException as exc:
             self.store.finish_run(run_id, {}, status="failed", note=str(exc))
             raise
@@ -622,6 +666,22 @@ class Engine:
         recs = self.render(pipe.run([query], n)[0], pipe.ranker)
         self.recommendation_cache.put(key, user_id, tuple(recs))
         return recs
+
+    def popular(self, n: int = 10, category: str | None = None) -> list[Recommendation]:
+        """What a visitor without history sees: the pipeline's answer for nobody (the
+        `popular` recaller's list, ranked); when no trained model can give one (before the
+        first train, or every model damaged), the products most shoppers chose, counted
+        from the events — this answer never depends on a model."""
+        try:
+            recs = self.recommend(None, n, category=category)
+        except (NotTrainedError, ArtifactError):
+            recs = []
+        if recs:
+            return recs
+        counted = self.store.most_chosen(n, category)
+        return self.render([Candidate(item, float(people), "popular", f"popular with {people} "
+                                      f"{'person' if people == 1 else 'people'}")
+                            for item, people in counted], None)
 
     def search(self, text: str, n: int = 10, category: str | None = None) -> list[Recommendation]:
         """Catalogue search through the recallers that answer text queries."""
@@ -779,7 +839,18 @@ class Engine:
     # -- status ------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        """Counts, active models, last runs, and the models that cannot be loaded (each
+        active model is loaded to find out)."""
+        models = self.store.active_artifacts()
+        for m in models:
+            kind, _, name = m["name"].partition("/")
+            if kind in ("recaller", "ranker"):
+                with contextlib.suppress(UnknownComponentError):  # its plugin is not installed
+                    self._fitted(f"{kind}s", name)
+            elif kind == "index":
+                self.vectors()
         return {"db": str(self.db_path), "counts": self.store.counts(),
-                "models": self.store.active_artifacts(),
+                "models": models,
+                "broken": dict(self.broken),
                 "last_train": next(iter(self.store.runs("train", 1)), None),
                 "last_evaluation": next(iter(self.store.runs("evaluate", 1)), None)}

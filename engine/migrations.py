@@ -84,3 +84,11 @@ def m005_serving(db):
         "created_at": float, "revoked_at": float, "last_used_at": float,
     }, pk="id", not_null={"key_hash", "scope", "prefix"})
     db["api_keys"].create_index(["key_hash"], unique=True)
+
+
+@migrations()
+def m006_run_owner(db):
+    """Which process runs a training run (its pid and host), so that a run whose process is
+    gone (killed, the machine restarted) can be told from one still running."""
+    db["runs"].add_column("pid", int)
+    db["runs"].add_column("host", str)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -262,6 +264,15 @@ class Store:
             self.conn.execute("DELETE FROM users WHERE user_id = ?", [user_id])
         return n
 
+    def most_chosen(self, n: int, category: str | None = None) -> list[tuple[str, int]]:
+        """In-stock catalogue items by how many shoppers chose them, most first, as
+        (item_id, shoppers): the popular list without a trained model."""
+        where, params = ("AND i.category = ?", [category]) if category else ("", [])
+        return [(r[0], r[1]) for r in self.conn.execute(
+            f"SELECT e.item_id, count(DISTINCT e.user_id) AS people FROM events e "
+            f"JOIN items i ON i.item_id = e.item_id WHERE i.in_stock {where} "
+            f"GROUP BY e.item_id ORDER BY people DESC, e.item_id LIMIT ?", [*params, n])]
+
     def checkpoint(self, attempts: int = 20) -> bool:
         """Copy the write-ahead log into the database file and empty it (TRUNCATE), so that
         pages a deletion replaced are gone from the disk. Another connection reading an
@@ -507,7 +518,60 @@ class Store:
         return self.db["runs"].insert({
             "kind": kind, "status": "running", "started_at": time.time(),
             "config": json.dumps(config, default=str), "metrics": "{}", "note": "",
+            "pid": os.getpid(), "host": socket.gethostname(),
         }).last_pk
+
+    def mark_interrupted_runs(self) -> int:
+        """Runs left `running` by a process that is gone (killed, or the machine restarted)
+        become `interrupted`. A run of another host is left alone (its pid means nothing
+        here). Returns how many were marked."""
+        here = socket.gethostname()
+        gone = [run_id for run_id, pid, host in self.conn.execute(
+                    "SELECT id, pid, host FROM runs WHERE status = 'running'")
+                if host is None or (host == here and not _alive(pid))]  # None: before pids were kept
+        if gone:
+            with write_transaction(self.db):
+                self.conn.executemany(
+                    "UPDATE runs SET status = 'interrupted', finished_at = ?, "
+                    "note = 'its process ended before it finished' WHERE id = ? AND status = 'running'",
+                    [(time.time(), run_id) for run_id in gone])
+        return len(gone)
+
+    def prune_artifacts(self, keep: int, convert: bool = True) -> dict[str, int]:
+        """Keep, of each stored model, the active version and the newest others up to `keep`
+        versions in all; delete the rest and give their space back to the file system
+        (`convert`: a database without incremental auto-vacuum may be rewritten once, see
+        `reclaim_space`). Returns {"deleted": versions deleted, "freed_bytes": how much the
+        file shrank}."""
+        size = self._file_bytes()
+        with write_transaction(self.db):
+            deleted = self.conn.execute(
+                "DELETE FROM artifacts WHERE active = 0 AND id IN (SELECT id FROM ("
+                " SELECT id, row_number() OVER (PARTITION BY name ORDER BY active DESC, version DESC) AS n"
+                " FROM artifacts) WHERE n > ?)", [max(keep, 1)]).rowcount
+        if deleted:
+            self.reclaim_space(convert)
+        return {"deleted": deleted, "freed_bytes": max(size - self._file_bytes(), 0)}
+
+    def reclaim_space(self, convert: bool = True) -> None:
+        """Return free pages to the file system: at once with incremental auto-vacuum; a
+        database made before it was on converts (`convert`) with one full VACUUM when free
+        pages are a quarter of the file or more — at `train`, not in a request."""
+        mode = self.conn.execute("PRAGMA auto_vacuum").fetchone()[0]
+        if mode == 2:  # incremental
+            # stepped to the end by sqlite3_exec: Python's execute frees one page per step
+            self.conn.executescript("PRAGMA incremental_vacuum;")
+        elif convert:
+            free, total = (self.conn.execute(f"PRAGMA {p}").fetchone()[0]
+                           for p in ("freelist_count", "page_count"))
+            if free * 4 >= total:
+                self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                self.conn.execute("VACUUM")
+        self.checkpoint()
+
+    def _file_bytes(self) -> int:
+        count, size = (self.conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "page_size"))
+        return count * size
 
     def finish_run(self, run_id: int, metrics: Mapping[str, Any], status: str = "ok", note: str = "") -> None:
         self.db["runs"].update(run_id, {"status": status, "finished_at": time.time(),
@@ -522,3 +586,16 @@ class Store:
     def run(self, run_id: int) -> dict[str, Any] | None:
         rows = [r for r in self.runs(limit=10_000) if r["id"] == run_id]
         return rows[0] if rows else None
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether a process with this id runs on this machine."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

@@ -8,6 +8,7 @@ it beats the others there (`choose_ranker`)."""
 from __future__ import annotations
 
 import time
+import traceback
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -86,22 +87,58 @@ def choose_ranker(report: Mapping, rankers: Sequence[Ranker]) -> tuple[str | Non
     return winner.name, [], f"{winner.name} serves (NDCG@{CHECK_K} {scores[winner.name]:.4f})"
 
 
+class _Stopped(BaseException):
+    """The progress callback raised (a cancel): the caller's stop, not the component's fault."""
+
+    def __init__(self, original: BaseException):
+        super().__init__(str(original))
+        self.original = original
+
+
+def isolated(name: str, fit, progress: ProgressCallback, stage: str, failed: dict) -> bool:
+    """Run one component's `fit(progress=…)` so that its failure is its own: the exception
+    is recorded in `failed[name]` (a line and the traceback) and False returned, and the
+    other components go on. A stop raised by `progress` (a cancel) still stops everything."""
+    def report(_stage, done, total, msg=""):
+        try:
+            progress(stage, done, total, msg)
+        except BaseException as exc:
+            raise _Stopped(exc) from exc
+
+    try:
+        fit(report)
+    except _Stopped as stop:
+        raise stop.original from None
+    except Exception as exc:  # noqa: BLE001 — a plugin may raise anything
+        failed[name] = {"error": f"{type(exc).__name__}: {exc}",
+                        "traceback": traceback.format_exc()}
+        progress(stage, 1, 1, f"failed: {type(exc).__name__}: {exc}")
+        return False
+    return True
+
+
 def fit_recallers(data: Dataset, recallers: Mapping[str, Recaller],
-                  progress: ProgressCallback, label: str = "fit") -> dict[str, float]:
+                  progress: ProgressCallback, label: str = "fit",
+                  failed: dict | None = None) -> dict[str, float]:
+    """Fit each recaller on `data`; one that raises is recorded in `failed` (name -> error
+    and traceback) and the others are fitted all the same."""
+    failed = {} if failed is None else failed
     seconds = {}
     for name, recaller in recallers.items():
+        if name in failed:
+            continue
         stage = f"{label} {name}"
         progress(stage, 0, None, "")
         started = time.perf_counter()
-        recaller.fit(data, progress=lambda _s, done, total, msg="", st=stage: progress(st, done, total, msg))
-        seconds[name] = time.perf_counter() - started
-        progress(stage, 1, 1, f"done in {seconds[name]:.1f}s")
+        if isolated(name, lambda report, r=recaller: r.fit(data, progress=report), progress, stage, failed):
+            seconds[name] = time.perf_counter() - started
+            progress(stage, 1, 1, f"done in {seconds[name]:.1f}s")
     return seconds
 
 
 def validation_examples(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mapping[str, int],
-                        settings: PipelineSettings, progress: ProgressCallback = no_progress
-                        ) -> tuple[list[RankingExample], list[RankingExample]]:
+                        settings: PipelineSettings, progress: ProgressCallback = no_progress,
+                        failed: dict | None = None) -> tuple[list[RankingExample], list[RankingExample]]:
     """The moments rankers learn from, built time-correctly: each user's newest items are
     held out, the recallers are fitted on what came before, and the candidates they recall
     are paired with the items the user met next. With `validation_windows` > 1 the same is
@@ -117,9 +154,11 @@ def validation_examples(data: Dataset, recallers: Mapping[str, Recaller], quotas
         if not split.queries:
             break
         label = "validate" if window == 0 else f"validate (cut {window + 1})"
-        fit_recallers(split.visible, recallers, progress, label=label)
+        failed = {} if failed is None else failed
+        fit_recallers(split.visible, recallers, progress, label=label, failed=failed)
+        working = {name: r for name, r in recallers.items() if name not in failed}
         progress("candidates", 0, len(split.queries), f"recalling for validation users ({label})")
-        pipe, cands, batch = Pipeline(dict(recallers), dict(quotas)), [], 128
+        pipe, cands, batch = Pipeline(working, {n: q for n, q in quotas.items() if n in working}), [], 128
         for start in range(0, len(split.queries), batch):  # in batches: progress, and a cancel lands
             cands += [found.compact() for found in pipe.candidates(split.queries[start:start + batch])]
             progress("candidates", len(cands), len(split.queries), f"recalling for validation users ({label})")
@@ -137,10 +176,11 @@ def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mappi
     ranker learns from candidates of recallers that did not see the held-out items; then
     the recallers again on all of `data`. Only recallers in `quotas` feed the rankers.
     Returns timings, each ranker's validation metrics and the candidates' hit rate."""
-    report: dict = {"seconds": {}, "rankers": {}}
+    failed: dict = {}  # component -> {"error", "traceback"}: it is not saved, the rest is
+    report: dict = {"seconds": {}, "rankers": {}, "failed": failed}
     if rankers:
         in_pipeline = {name: recallers[name] for name in quotas}
-        latest, earlier = validation_examples(data, in_pipeline, quotas, settings, progress)
+        latest, earlier = validation_examples(data, in_pipeline, quotas, settings, progress, failed)
         examples = latest + earlier
         progress("candidates", len(examples), len(examples), f"{len(examples)} validation moments")
         # the rankers are compared on users of the latest cut that none of them learned from
@@ -149,10 +189,12 @@ def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mappi
         for ranker in rankers:
             stage = f"fit {ranker.name}"
             started = time.perf_counter()
-            report["rankers"][ranker.name] = ranker.fit(
-                fit_examples, visible,
-                progress=lambda _s, done, total, msg="", st=stage: progress(st, done, total, msg))
-            report["seconds"][ranker.name] = time.perf_counter() - started
+
+            def fit(report_progress, r=ranker):
+                report["rankers"][r.name] = r.fit(fit_examples, visible, progress=report_progress)
+            if isolated(ranker.name, fit, progress, stage, failed):
+                report["seconds"][ranker.name] = time.perf_counter() - started
+        rankers = [r for r in rankers if r.name not in failed]
         if check:
             progress("check", 0, len(rankers), f"{len(check)} held-back validation moments")
             for j, ranker in enumerate(rankers, start=1):
@@ -170,7 +212,7 @@ def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mappi
         report["candidate_hit_rate"] = hits / max(len(latest), 1)
         report["validation_moments"] = len(examples)
         del examples, latest, earlier, fit_examples, check, visible  # free the candidates before the final fit
-    report["seconds"].update(fit_recallers(data, recallers, progress))
+    report["seconds"].update(fit_recallers(data, recallers, progress, failed=failed))
     for ranker in rankers:
         ranker.observe(data)
     return report

@@ -398,9 +398,12 @@ def test_a_failed_evaluation_is_recorded(tmp_path):
     eng = Engine(tmp_path / "shelfwise.db", registry=registry)
     try:
         fill(eng)
-        with pytest.raises(RuntimeError, match="boom while fitting"):
+        with pytest.raises(EngineError, match="boom failed to train .RuntimeError: boom while fitting"):
             eng.evaluate(k=5, recallers=["boom"])
-        run = eng.store.runs("evaluate")[0]
+        partly = eng.evaluate(k=5, recallers=["boom", "popular"])  # the rest is still evaluated
+        assert partly["failed"] == {"boom": "RuntimeError: boom while fitting"}
+        assert [r["name"] for r in partly["results"]] == ["popular", "pipeline"]
+        run = eng.store.runs("evaluate")[1]
         assert run["status"] == "failed" and "boom while fitting" in run["note"]
     finally:
         eng.close()

@@ -366,3 +366,60 @@ def test_hook_register_commands(monkeypatch, tmp_path):
     assert "hello shop, 0 items" in result.output
     help_text = CliRunner().invoke(group, ["--help"]).output
     assert "Say hello from a plugin" in help_text
+
+
+def test_a_component_that_fails_to_train_is_reported_and_the_rest_trains(plugins_dir, tmp_path, monkeypatch):
+    """A plugin whose `fit` raises costs the shop one warning line, not the train: the other
+    components train and activate, and the failing one (here in the pipeline) keeps serving
+    its last good model; `--verbose` shows the traceback."""
+    from . import shop
+
+    write_plugin(plugins_dir, "flaky", """
+        import os
+        from engine import Recaller, hookimpl
+
+        class FlakyRecaller(Recaller):
+            name = "flaky"
+            description = "fails when the shop sets FLAKY_FAIL"
+            default_quota = 20
+
+            def fit(self, data, progress=None):
+                if os.environ.get("FLAKY_FAIL"):
+                    raise ValueError("flaky cannot count today")
+                self._fitted = True
+
+            def recall(self, queries, n):
+                return [[] for _ in queries]
+
+        @hookimpl
+        def register_recallers(register):
+            register(FlakyRecaller)
+    """)
+    db = tmp_path / "shop.db"
+    eng = Engine(db, registry=load_plugins(plugins_dir))
+    eng.store.write(shop.catalogue())
+    eng.store.write(shop.events(n_users=60, per_user=10))
+    eng.close()
+    run = ["--db", str(db), "--plugins-dir", str(plugins_dir), "train"]
+
+    def active():
+        eng = Engine(db, registry=load_plugins(plugins_dir))
+        try:
+            return {m["name"]: m["version"] for m in eng.store.active_artifacts()}
+        finally:
+            eng.close()
+
+    assert CliRunner().invoke(engine.cli.cli, run).exit_code == 0
+    before = active()
+    assert "recaller/flaky" in before
+    monkeypatch.setenv("FLAKY_FAIL", "1")
+    failed = CliRunner().invoke(engine.cli.cli, run)
+    assert failed.exit_code == 0, failed.output
+    warned = [line for line in failed.output.splitlines() if "flaky failed to train" in line]
+    assert len(warned) == 1 and "ValueError: flaky cannot count today" in warned[0]
+    assert "its last good model keeps serving" in warned[0] and "Traceback" not in failed.output
+    after = active()
+    assert after["recaller/flaky"] == before["recaller/flaky"], "the failing one keeps its model"
+    assert after["recaller/als"] > before["recaller/als"] and after["ranker/fusion"] > before["ranker/fusion"]
+    verbose = CliRunner().invoke(engine.cli.cli, [*run, "--verbose"])
+    assert verbose.exit_code == 0 and "Traceback" in verbose.output and "raise ValueError" in verbose.output

@@ -35,7 +35,7 @@ EXPECTED_COLUMNS = {
     },
     "runs": {
         "id": int, "kind": str, "status": str, "started_at": float, "finished_at": float,
-        "config": str, "metrics": str, "note": str,
+        "config": str, "metrics": str, "note": str, "pid": int, "host": str,
     },
     "impressions": {
         "recommendation_id": str, "position": int, "item_id": str, "source": str,

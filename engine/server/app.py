@@ -166,7 +166,7 @@ def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = N
                       category: Annotated[str | None, Query(max_length=200)] = None,
                       placement: Placement = ""):
         return await run(request)(
-            lambda e: _answer(e, e.recommend(None, n, category=category or None), None, placement))
+            lambda e: _answer(e, e.popular(n, category=category or None), None, placement))
 
     @app.get("/items/{item_id}", response_model=ItemOut, dependencies=[Public])
     async def get_item(request: Request, item_id: Id):
