@@ -14,11 +14,11 @@ from .hookspecs import hookimpl
 from .kernels import erf, gelu
 from .textfiles import detect_encoding
 from .types import (
-    Candidate, Event, Interaction, Item, ItemEntity, Query, Recommendation, Record, Triple, User,
+    EVENT_KINDS, Candidate, Event, Interaction, Item, ItemEntity, Query, Recommendation, Record, Triple, User,
 )
 
 __all__ = [
-    "ArtifactError", "Candidate", "CandidateSet", "Component", "ConfigError", "DEFAULT_KIND_WEIGHTS",
+    "ArtifactError", "EVENT_KINDS", "Candidate", "CandidateSet", "Component", "ConfigError", "DEFAULT_KIND_WEIGHTS",
     "DataSource", "Dataset", "Encoder", "Engine", "EngineError", "Event", "ImportDataError",
     "Interaction", "Item", "ItemEntity", "ModelState", "NoConfig", "NotTrainedError",
     "PluginError", "ProgressCallback", "Query", "Ranker", "RankingExample", "Recalled", "Recaller",

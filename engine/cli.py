@@ -143,9 +143,12 @@ def init(obj):
 @click.option("--links", help="Item-entity links file (item_id, entity).")
 @click.option("-o", "--option", "extra", multiple=True, metavar="KEY=VALUE",
               help="Any other option of the source, e.g. -o seed=3.")
+@click.option("--allow-any-time", is_flag=True,
+              help="Accept event times before 1990 or more than a day ahead (csv, jsonl).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
-def import_(obj, source, location, items, users, events, triples, links, extra, as_json):
+def import_(obj, source, location, items, users, events, triples, links, extra, allow_any_time,
+            as_json):
     """Import data with a source plugin: csv, jsonl, recbole, demo, ...
 
     \b
@@ -162,6 +165,8 @@ def import_(obj, source, location, items, users, events, triples, links, extra, 
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--option")
         key, value = pair.split("=", 1)
         options[key.strip()] = value
+    if allow_any_time:
+        options["allow_any_time"] = "true"
     with rich_progress(not as_json) as progress:
         report = obj.engine().import_data(source, location, progress=progress, **options)
     if as_json:

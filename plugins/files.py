@@ -22,17 +22,22 @@ Columns are matched ignoring case, spaces and punctuation ("Body (HTML)" is `bod
     events   user_id (customer_id, visitor_id, session_id), item_id (product_id, sku),
              kind (event, event_type, type, action), timestamp (ts, time, date,
              created_at, event_time), value (rating, quantity, amount, revenue), event_id
-             (id). Kinds are normalised: add_to_cart → cart, order/transaction/buy →
-             purchase, pageview/detail → view, rate → rating; others are kept, lower-case.
-             Timestamps are ISO-8601 (naive means UTC) or epoch seconds; epoch milli-,
-             micro- and nanoseconds are recognised by size.
+             (id). Kinds are view, click, cart, purchase, rating and their aliases:
+             add_to_cart → cart, order/transaction/buy → purchase, pageview/detail → view,
+             rate → rating; any other kind is an error. Timestamps are ISO-8601 (naive
+             means UTC) or epoch seconds (milli-, micro- and nanoseconds are recognised by
+             size), from 1990 to a day ahead of now unless the option
+             `allow_any_time` is set (`shelfwise import … --allow-any-time`); a value lies
+             within ±1e12.
     triples  head, relation, tail (knowledge-graph facts; entities are free-form ids)
     links    item_id, entity (which knowledge-graph entity an item is)
 
 Consecutive rows with the same item id (a Shopify export's variant and image rows) make one
 item: later rows only fill in what earlier rows left blank, and the item is in stock if
-any of its rows says so. Files are UTF-8 (a BOM is fine) or, failing that, Latin-1; CSV
-files may be separated by commas, semicolons or tabs.
+any of its rows says so. Files are UTF-8 (a BOM is fine) or, failing that, Latin-1 (a
+UTF-16 or binary file is refused, saying so); CSV files may be separated by commas,
+semicolons or tabs, and name each column once. A field holds at most 1 MiB of text
+(`MAX_FIELD` characters) and no NUL byte.
 
 Every record carries `origin` ("events.csv line 14": the header is line 1), and bad input
 raises `ImportDataError` naming the file, line and field, so nothing of the import lands.
@@ -56,12 +61,17 @@ from typing import Any, Callable, ClassVar, Iterator
 
 from engine import (
     DataSource, EngineError, Event, ImportDataError, Item, ItemEntity, Record, Triple, User,
-    detect_encoding, hookimpl,
+    EVENT_KINDS, detect_encoding, hookimpl,
 )
 
 # -- what the files may contain ---------------------------------------------------------
 
 FILE_KINDS = ("items", "users", "events", "triples", "links")
+OPTIONS = ("allow_any_time",)  # not a file: accept any event time
+MAX_FIELD = 1 << 20  # characters of one field: a 10 MB description took 96 s to import
+MAX_VALUE = 1e12     # an event's value (a rating, an amount) lies within ±this
+EARLIEST = datetime(1990, 1, 1, tzinfo=timezone.utc).timestamp()  # events before: a unit mix-up
+AHEAD = 86400.0      # events may be this far in the future (clocks differ)
 
 # kind -> canonical field -> accepted column names, best first (compared after _normalise)
 COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -117,6 +127,7 @@ KIND_SYNONYMS = {
     "purchased": "purchase", "bought": "purchase",
     "rating": "rating", "rate": "rating", "rated": "rating",
 }
+_ALIASES = sorted(k for k, v in KIND_SYNONYMS.items() if k != v)
 IN_STOCK_WORDS = {
     "yes": True, "y": True, "true": True, "t": True, "instock": True, "available": True,
     "active": True, "on": True,
@@ -139,8 +150,11 @@ class _FileSource(DataSource):
     extension: ClassVar[str] = ""
 
     def read(self, location: str | None, **options: Any) -> Iterator[Record]:
+        any_time = str(options.pop("allow_any_time", "")).lower() in ("1", "true", "yes", "on")
+        window = None if any_time else (EARLIEST, datetime.now(timezone.utc).timestamp() + AHEAD)
         for kind, path, shown in _files(self.name, self.extension, location, options):
-            records = _records(kind, _rows(self.extension, path, shown, kind), shown)
+            _refuse_non_text(path, shown)
+            records = _records(kind, _rows(self.extension, path, shown, kind), shown, window)
             yield from (_merge_variants(records) if kind == "items" else records)
 
 
@@ -163,12 +177,12 @@ class JsonlSource(_FileSource):
 def _files(source: str, ext: str, location: str | os.PathLike | None,
            options: dict[str, Any]) -> list[tuple[str, Path, str]]:
     """(kind, path, name to show) for every file of the import, checked to exist."""
-    unknown = sorted(set(options) - set(FILE_KINDS))
+    unknown = sorted(set(options) - set(FILE_KINDS) - set(OPTIONS))
     if unknown:
         raise EngineError(
             f"Unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
             f"for the {source} source. Valid options: {', '.join(FILE_KINDS)} "
-            f"(each a {ext} file, e.g. --events events{ext}).")
+            f"(each a {ext} file, e.g. --events events{ext}) and {', '.join(OPTIONS)}.")
     chosen: dict[str, str] = {}
     if location is not None and str(location) != "":
         where = Path(location)
@@ -190,7 +204,7 @@ def _files(source: str, ext: str, location: str | os.PathLike | None,
             raise ImportDataError(os.fspath(location), None, None,
                                   "no such file or folder")
     for kind, value in options.items():
-        if value is not None and str(value) != "":
+        if kind in FILE_KINDS and value is not None and str(value) != "":
             chosen[kind] = os.fspath(value)
     if not chosen:
         raise EngineError(
@@ -206,6 +220,22 @@ def _files(source: str, ext: str, location: str | os.PathLike | None,
                 raise ImportDataError(chosen[kind], None, None, f"{problem} (given as {kind})")
             found.append((kind, path, chosen[kind]))
     return found
+
+
+def _refuse_non_text(path: Path, shown: str) -> None:
+    """A UTF-16 or binary file, said as such (read as Latin-1 it would give odd errors
+    such as "price is not a number" on line 2)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (
+            len(head) >= 4 and head.count(b"\x00") * 3 >= len(head) and
+            (head[1::2].count(0) * 4 >= len(head) or head[0::2].count(0) * 4 >= len(head))):
+        raise ImportDataError(shown, None, None, "the file is UTF-16 text; save it as UTF-8 "
+                                                 "(in a spreadsheet: CSV UTF-8) and import it again")
+    controls = sum(head.count(bytes([c])) for c in range(32) if c not in (9, 10, 13))
+    if head and controls * 20 > len(head):
+        raise ImportDataError(shown, None, None, "this is not a text file (it holds binary data); "
+                                                 "export the data as CSV or JSON Lines")
 
 
 # -- rows: (line, values in canonical order, raw row, layout) ---------------------------
@@ -279,8 +309,8 @@ def _rows(ext: str, path: Path, shown: str, kind: str):
 
 
 def _csv_rows(path: Path, shown: str, kind: str) -> Iterator[tuple[int, tuple, Any, _Layout]]:
-    # Shopify's Body (HTML) can exceed csv's default 128 KiB per field.
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))
+    # Shopify's Body (HTML) can exceed csv's default 128 KiB per field; MAX_FIELD is the cap.
+    csv.field_size_limit(MAX_FIELD)
     with open(path, newline="", encoding=detect_encoding(path)) as f:
         first = f.readline()
         delimiter = max(",;\t", key=first.count)
@@ -294,6 +324,13 @@ def _csv_rows(path: Path, shown: str, kind: str) -> Iterator[tuple[int, tuple, A
                     f"{','.join(REQUIRED[kind])}"))
             width = len(header)
             names = [h.strip() for h in header]
+            seen: dict[str, int] = {}
+            for col, name in enumerate(names, start=1):
+                if name and _normalise(name) in seen:
+                    raise ImportDataError(shown, 1, name, (
+                        f"column {seen[_normalise(name)]} and column {col} have the same name; "
+                        f"name each column once"))
+                seen[_normalise(name)] = col
             # A row gets one extra "" cell, where every absent optional field points.
             layout = _layout(kind, names, list(range(width)), width, _index_getter)
             if isinstance(layout, str):
@@ -317,7 +354,10 @@ def _csv_rows(path: Path, shown: str, kind: str) -> Iterator[tuple[int, tuple, A
                 row.append("")
                 yield line, extract(row), row, layout
         except csv.Error as exc:
-            raise ImportDataError(shown, reader.line_num, None, f"unreadable CSV: {exc}") from None
+            problem = (f"a field is longer than {MAX_FIELD:,} characters (the limit of one "
+                       f"field)") if "field larger than field limit" in str(exc) else \
+                f"unreadable CSV: {exc}"
+            raise ImportDataError(shown, reader.line_num, None, problem) from None
 
 
 def _jsonl_rows(path: Path, shown: str, kind: str) -> Iterator[tuple[int, tuple, Any, _Layout]]:
@@ -360,6 +400,10 @@ class _Bad(Exception):
 
 def _text(value: Any, field: str) -> str:
     if type(value) is str:
+        if len(value) > MAX_FIELD:
+            raise _Bad(field, f"is {len(value):,} characters long; a field holds at most {MAX_FIELD:,}")
+        if "\x00" in value:
+            raise _Bad(field, "contains a NUL byte (\\x00): the file is not plain text")
         return value.strip()
     if value is None:
         return ""
@@ -467,7 +511,11 @@ def _kind_of(raw: str) -> str:
     key = _NOT_ALNUM.sub("", text)
     if not key:
         raise _Bad("kind", f"{raw!r} is not an event kind (view, click, cart, purchase, rating…)")
-    return KIND_SYNONYMS.get(key) or _NOT_ALNUM.sub("_", text).strip("_")
+    found = KIND_SYNONYMS.get(key)
+    if found is None:
+        raise _Bad("kind", f"{raw!r} is not an event kind Shelfwise knows. Kinds: "
+                           f"{', '.join(EVENT_KINDS)}; also accepted: {', '.join(_ALIASES)}")
+    return found
 
 
 def _in_stock(value: Any) -> bool | None:
@@ -553,18 +601,24 @@ def _user(vals: tuple, row: Any, layout: _Layout, origin: str) -> User:
     return User(_required(vals[0], "user_id"), _attrs(row, layout), origin)
 
 
-def _event(vals: tuple, row: Any, layout: _Layout, origin: str) -> Event:
+def _event(vals: tuple, row: Any, layout: _Layout, origin: str,
+           window: tuple[float, float] | None = None) -> Event:
     user, item, kind, ts, value, event_id = vals
-    user = user.strip() if type(user) is str else _text(user, "user_id")
-    item = item.strip() if type(item) is str else _text(item, "item_id")
+    user = _text(user, "user_id")
+    item = _text(item, "item_id")
     if not user or not item:
         raise _Bad("user_id" if not user else "item_id", "is empty; every row needs one")
-    return Event(
-        user, item, _kind(kind),
-        _timestamp(ts),
-        None if value == "" or value is None else _number(value, "value"),
-        _text(event_id, "event_id") or None,
-        origin)
+    moment = _timestamp(ts)
+    if window is not None and not window[0] <= moment <= window[1]:
+        when = datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds") \
+            if -1e11 < moment < 1e11 else f"{moment:g} s"
+        raise _Bad("timestamp", f"{ts!r} is {when}, {'before 1990' if moment < window[0] else 'more than a day ahead'}"
+                                f"; check the unit (seconds, not milliseconds) or import with "
+                                f"--allow-any-time")
+    amount = None if value == "" or value is None else _number(value, "value")
+    if amount is not None and abs(amount) > MAX_VALUE:
+        raise _Bad("value", f"{value!r} is beyond ±{MAX_VALUE:g}")
+    return Event(user, item, _kind(kind), moment, amount, _text(event_id, "event_id") or None, origin)
 
 
 def _triple(vals: tuple, row: Any, layout: _Layout, origin: str) -> Triple:
@@ -580,8 +634,9 @@ def _link(vals: tuple, row: Any, layout: _Layout, origin: str) -> ItemEntity:
 BUILDERS = {"items": _item, "users": _user, "events": _event, "triples": _triple, "links": _link}
 
 
-def _records(kind: str, rows: Iterator[tuple[int, tuple, Any, _Layout]], shown: str) -> Iterator[Any]:
-    build = BUILDERS[kind]
+def _records(kind: str, rows: Iterator[tuple[int, tuple, Any, _Layout]], shown: str,
+             window: tuple[float, float] | None = None) -> Iterator[Any]:
+    build = functools.partial(_event, window=window) if kind == "events" else BUILDERS[kind]
     for line, vals, row, layout in rows:
         try:
             yield build(vals, row, layout, f"{shown} line {line}")

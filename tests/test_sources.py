@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from datetime import datetime, timezone
 
@@ -117,10 +118,10 @@ def test_csv_reads_every_kind_from_a_folder(tmp_path, store):
     ("view", "view"), ("PageView", "view"), ("detail", "view"), ("click", "click"),
     ("add_to_cart", "cart"), ("addtocart", "cart"), ("Add To Cart", "cart"),
     ("transaction", "purchase"), ("order", "purchase"), ("buy", "purchase"),
-    ("rate", "rating"), ("rating", "rating"), ("Wishlist Add", "wishlist_add"),
+    ("rate", "rating"), ("rating", "rating"),
 ])
 def test_event_kinds_are_normalised(tmp_path, raw, kind):
-    path = write(tmp_path, "events.csv", lines("user_id,item_id,action,ts", f"u,i,{raw},0"))
+    path = write(tmp_path, "events.csv", lines("user_id,item_id,action,ts", f"u,i,{raw},1714573800"))
     (event,) = CsvSource().read(None, events=path)
     assert event.kind == kind
 
@@ -188,7 +189,7 @@ def test_jsonl_reads_every_kind(tmp_path, store):
 
 def test_jsonl_folder(tmp_path):
     write(tmp_path, "events.jsonl", lines(json.dumps(
-        {"user_id": "u", "item_id": "i", "kind": "view", "ts": 0})))
+        {"user_id": "u", "item_id": "i", "kind": "view", "ts": 1714573800})))
     write(tmp_path, "events.csv", "not read by the jsonl source")
     assert [e.item_id for e in JsonlSource().read(str(tmp_path))] == ["i"]
 
@@ -205,18 +206,18 @@ GOOD_ITEMS = lines("item_id,title,price", "A,Apple,1.20", "B,Banana,0.50")
     ("events.csv", lines("user_id,item_id,kind", "u,A,view"),
      "events.csv line 1: missing column 'timestamp' (also accepted: ts, time, date, "
      "created_at, event_time); found columns: user_id, item_id, kind"),
-    ("events.csv", lines("user_id,item_id,kind,ts", "u,A,view,1", ",B,view,2"),
+    ("events.csv", lines("user_id,item_id,kind,ts", "u,A,view,1714573801", ",B,view,1714573802"),
      "events.csv line 3: user_id: is empty"),
-    ("events.csv", lines("user_id,item_id,kind,ts", "u,A,,1"), "events.csv line 2: kind: is empty"),
-    ("events.csv", lines("user_id,item_id,kind,ts,value", "u,A,rating,1,five"),
+    ("events.csv", lines("user_id,item_id,kind,ts", "u,A,,1714573801"), "events.csv line 2: kind: is empty"),
+    ("events.csv", lines("user_id,item_id,kind,ts,value", "u,A,rating,1714573801,five"),
      "events.csv line 2: value: 'five' is not a number"),
-    ("events.csv", lines("user_id,item_id,kind,ts", "u,A,view,1,oops"),
+    ("events.csv", lines("user_id,item_id,kind,ts", "u,A,view,1714573801,oops"),
      "events.csv line 2: 5 values but the header has 4 columns"),
-    ("events.jsonl", lines('{"user_id": "u", "item_id": "A", "kind": "view", "ts": 1}',
+    ("events.jsonl", lines('{"user_id": "u", "item_id": "A", "kind": "view", "ts": 1714573801}',
                            '{"user_id": "u", "item_id": "B", "kind": "view", "ts": 2'),
      "events.jsonl line 2: not valid JSON"),
-    ("events.jsonl", lines('["u", "A", "view", 1]'), "events.jsonl line 1: expected a JSON object"),
-    ("events.jsonl", lines('{"user": "u", "item_id": "A", "kind": "view", "ts": 1}'),
+    ("events.jsonl", lines('["u", "A", "view", 1714573801]'), "events.jsonl line 1: expected a JSON object"),
+    ("events.jsonl", lines('{"user": "u", "item_id": "A", "kind": "view", "ts": 1714573801}'),
      "events.jsonl line 1: missing field 'user_id'"),
 ])
 def test_bad_events_write_nothing(tmp_path, store, name, text, message):
@@ -287,15 +288,15 @@ def test_missing_item_column_lists_what_is_accepted(tmp_path):
 
 def test_a_reused_event_id_with_other_data_is_an_error(tmp_path, store):
     events = write(tmp_path, "events.csv", lines("event_id,user_id,item_id,kind,ts",
-                                                 "e1,u,A,view,1", "e1,u,B,view,1"))
+                                                 "e1,u,A,view,1714573801", "e1,u,B,view,1714573801"))
     with pytest.raises(ImportDataError, match="'e1' was already stored with a different"):
         store.write(CsvSource().read(None, events=events))
     assert store.counts()["events"] == 0
 
     store.write(CsvSource().read(None, events=write(tmp_path, "first.csv", lines(
-        "event_id,user_id,item_id,kind,ts", "e1,u,A,view,1"))))
+        "event_id,user_id,item_id,kind,ts", "e1,u,A,view,1714573801"))))
     later = write(tmp_path, "later.csv", lines("event_id,user_id,item_id,kind,ts",
-                                               "e2,u,A,view,2", "e1,u,A,purchase,1"))
+                                               "e2,u,A,view,1714573802", "e1,u,A,purchase,1714573801"))
     with pytest.raises(ImportDataError, match="event_id: 'e1' was already stored"):
         store.write(CsvSource().read(None, events=later))
     assert store.counts()["events"] == 1
@@ -317,7 +318,7 @@ def test_options_and_locations(tmp_path):
     orders = write(tmp_path, "orders.csv", "user_id,item_id,kind,ts\n")
     with pytest.raises(ImportDataError, match="cannot tell what this file holds"):
         list(CsvSource().read(orders))
-    events = write(tmp_path, "events.csv", lines("user_id,item_id,kind,ts", "u,i,view,1"))
+    events = write(tmp_path, "events.csv", lines("user_id,item_id,kind,ts", "u,i,view,1714573801"))
     assert len(list(CsvSource().read(events))) == 1
     empty = write(tmp_path, "empty.csv", "")
     with pytest.raises(ImportDataError, match="empty.csv line 1: the file is empty"):
@@ -436,3 +437,59 @@ def test_write_events_csv_is_deterministic_and_importable(tmp_path):
     assert events_a == events_b and len(events_a) == 1000
     assert len({(e.user_id, e.item_id, e.kind, e.ts) for e in events_a}) == 1000
     assert {e.kind for e in events_a} == {"view", "cart", "purchase"}
+
+
+NOW = 1714573800  # 2024-05-01T14:30:00Z
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("events.csv", lines("user_id,item_id,kind,ts,Kind", f"u,A,view,{NOW},x"),
+     "events.csv line 1: Kind: column 3 and column 5 have the same name"),
+    ("events.csv", lines("user_id,item_id,kind,ts", f"u,A,view,{NOW}", f"u,B,teleport,{NOW}"),
+     "events.csv line 3: kind: 'teleport' is not an event kind Shelfwise knows. Kinds: view, click, "
+     "cart, purchase, rating; also accepted: addtobasket, addtocart"),
+    ("events.jsonl", lines(json.dumps({"user_id": "u", "item_id": "A", "kind": "Teleport", "ts": NOW})),
+     "events.jsonl line 1: kind: 'Teleport' is not an event kind"),
+    ("events.csv", lines("user_id,item_id,kind,ts", "u,A,view,631151999"),
+     "events.csv line 2: timestamp: '631151999' is 1989-12-31T23:59:59+00:00, before 1990; check the unit"),
+    ("events.csv", lines("user_id,item_id,kind,ts", "u,A,view,4102444800"),
+     "events.csv line 2: timestamp: '4102444800' is 2100-01-01T00:00:00+00:00, more than a day ahead"),
+    ("events.csv", lines("user_id,item_id,kind,ts,value", f"u,A,rating,{NOW},1e13"),
+     "events.csv line 2: value: '1e13' is beyond ±1e+12"),
+    ("events.jsonl", lines(json.dumps({"user_id": "u\u0000", "item_id": "A", "kind": "view", "ts": NOW})),
+     "events.jsonl line 1: user_id: contains a NUL byte"),
+    ("events.csv", "user_id,item_id,kind,ts\nu\x00,A,view,1714573800\n",
+     "events.csv line 2: user_id: contains a NUL byte"),
+    ("items.csv", lines("item_id,title,price", "A,Apple,Infinity"),
+     "items.csv line 2: price: 'Infinity' is not a finite number"),
+    ("items.csv", lines("item_id,title,price", "A,Apple,1", "B," + "x" * ((1 << 20) + 1) + ",2"),
+     "items.csv line 3: a field is longer than 1,048,576 characters"),
+    ("items.jsonl", lines(json.dumps({"item_id": "A", "description": "x" * ((1 << 20) + 1)})),
+     "items.jsonl line 1: description: is 1,048,577 characters long; a field holds at most 1,048,576"),
+], ids=["duplicate-column", "unknown-kind-csv", "unknown-kind-jsonl", "before-1990", "far-future",
+        "huge-value", "nul-jsonl", "nul-csv", "infinite-price", "long-field-csv", "long-field-jsonl"])
+def test_strict_input_names_file_line_and_field_and_writes_nothing(tmp_path, store, name, content, expected):
+    path = write(tmp_path, name, content)
+    source = CsvSource() if name.endswith(".csv") else JsonlSource()
+    with pytest.raises(ImportDataError) as err:
+        store.write(source.read(None, **{name.split(".")[0]: path}))
+    assert str(err.value).replace(str(path), name).startswith(expected), str(err.value)[:300]
+    assert store.counts()["events"] == 0 and store.counts()["items"] == 0
+
+
+def test_event_times_outside_the_window_import_when_allowed(tmp_path, store):
+    path = write(tmp_path, "events.csv", lines("user_id,item_id,kind,ts", "u,A,view,1000", "u,B,view,4102444800"))
+    records = list(CsvSource().read(None, events=path, allow_any_time="true"))
+    assert [r.ts for r in records] == [1000.0, 4102444800.0]
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("user_id,item_id,kind,ts\nu,A,view,1714573800\n".encode("utf-16"), "the file is UTF-16 text; save it as UTF-8"),
+    ("user_id,item_id,kind,ts\nu,A,view,1714573800\n".encode("utf-16-le"), "the file is UTF-16 text"),
+    (bytes(range(256)) * 64, "this is not a text file (it holds binary data)"),
+])
+def test_utf16_and_binary_files_are_named_as_such(tmp_path, store, raw, expected):
+    path = tmp_path / "events.csv"
+    path.write_bytes(raw)
+    with pytest.raises(ImportDataError, match=re.escape(expected)):
+        store.write(CsvSource().read(None, events=str(path)))
