@@ -15,6 +15,7 @@ from .kernels import erf, gelu
 from .textfiles import detect_encoding
 from .types import (
     EVENT_KINDS, Candidate, Event, Interaction, Item, ItemEntity, Query, Recommendation, Record, Triple, User,
+    event_time_window,
 )
 
 __all__ = [
@@ -23,7 +24,7 @@ __all__ = [
     "Interaction", "Item", "ItemEntity", "ModelState", "NoConfig", "NotTrainedError",
     "PluginError", "ProgressCallback", "Query", "Ranker", "RankingExample", "Recalled", "Recaller",
     "Recommendation", "Record", "Resources", "detect_encoding", "Triple", "UnknownComponentError", "User", "hookimpl",
-    "banned_items", "erf", "gelu", "item_ids", "load_plugins", "recallers_of", "mention", "no_progress", "top_n",
+    "banned_items", "erf", "event_time_window", "gelu", "item_ids", "load_plugins", "recallers_of", "mention", "no_progress", "top_n",
 ]
 
 

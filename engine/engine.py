@@ -30,6 +30,9 @@ from .training import choose_ranker, fit_pipeline
 from .types import Candidate, Event, Interaction, Item, Query, Recommendation
 
 MENTION = re.compile(r"\[\[(.+?)\]\]")
+# the vector index is rebuilt from the embeddings once it holds more replaced (deleted)
+# vectors than this and than half its live ones
+REBUILD_AFTER = 256
 
 
 class Engine:
@@ -52,8 +55,9 @@ class Engine:
         # Incremental recaller state (events folded in by `ingest`) is saved at most this
         # often, in seconds (0: after every batch); `close` saves what is pending.
         self.incremental_save_interval = 0.0
-        self._unsaved: set[str] = set()
+        self._unsaved: set[str] = set()  # names of artifacts changed since last saved
         self._last_incremental_save = time.monotonic()
+        self._indexed: dict[str, str] = {}  # item -> content hash of its vector in the index
 
     def close(self) -> None:
         if self._unsaved:
@@ -115,10 +119,31 @@ class Engine:
                 if found is not None:
                     from .vectors import VectorIndex
 
-                    self._vectors = VectorIndex.from_bytes(found[0], found[2])
+                    index = VectorIndex.from_bytes(found[0], found[2])
+                    self._indexed = self._catch_up(index, enc.name, found[2].get("content"))
+                    self._vectors = index
             except Exception as exc:  # noqa: BLE001 — whatever the damage, only this part stops
                 self._disable(key, "Vector index", enc.name, exc)
         return self._vectors
+
+    def _catch_up(self, index, encoder: str, saved: dict[str, str] | None) -> dict[str, str]:
+        """Bring a loaded index up to the `embeddings` table, the source of truth: catalogue
+        edits are saved to the index at most every `incremental_save_interval` seconds, so
+        the stored copy may lack the newest (or a process stopped before saving it).
+        `saved`: item -> content hash the stored index holds (None: an index from before
+        this was recorded, whose items are taken as current). Returns that map, now current."""
+        stored = self.store.embedding_hashes(encoder)
+        if saved is None:
+            saved = {item_id: stored[item_id] for item_id in index.ids if item_id in stored}
+        changed = [item_id for item_id, digest in stored.items() if saved.get(item_id) != digest]
+        gone = [item_id for item_id in index.ids if item_id not in stored]
+        if changed:
+            index.add(*self.store.embeddings(encoder, changed))
+        if gone:
+            index.remove(gone)
+        if changed or gone:
+            self._unsaved.add(f"index/{encoder}")
+        return stored
 
     def resources(self) -> Resources:
         return Resources(store=self.store, encoder=self.encoder(), vectors=self.vectors())
@@ -147,6 +172,8 @@ class Engine:
         encode_seconds = time.perf_counter() - started
         index = None if rebuild else self.vectors()
         started = time.perf_counter()
+        if index is not None and index.deleted_count > max(REBUILD_AFTER, len(index) // 2):
+            index = None  # replaced vectors leave deleted graph nodes: start afresh now and then
         if index is None or index.dim != enc.dim:
             from .vectors import VectorIndex
 
@@ -161,13 +188,12 @@ class Engine:
                 index.add([i.item_id for i in todo], vectors)
             if gone:
                 index.remove(gone)
-        if changed:
-            payload, meta = index.to_bytes()
-            self.store.save_artifacts({f"index/{enc.name}": (payload, "hnsw", meta)})
-            # each catalogue edit stores the index again: the older copies go at once
-            self.store.prune_artifacts(self.settings.store.keep_versions, convert=False)
         self._vectors = index
+        self._indexed = {item_id: hashes[item_id] for item_id in index.ids if item_id in hashes}
         self.broken.pop(f"index/{enc.name}", None)  # rebuilt from the embeddings if it was damaged
+        if changed:  # stored with the recallers' increments: at most every incremental_save_interval
+            self._unsaved.add(f"index/{enc.name}")
+            self._save_if_due()
         for component in self._loaded.values():  # serving components see the new index
             component.attach(self.resources())
         return {"encoder": enc.name, "encoded": len(todo), "removed": len(gone),
@@ -425,7 +451,10 @@ class Engine:
         for name in self._recaller_quotas():
             recaller = self._fitted("recallers", name)
             if recaller is not None and recaller.update(events, histories):
-                self._unsaved.add(name)
+                self._unsaved.add(f"recaller/{name}")
+        self._save_if_due()
+
+    def _save_if_due(self) -> None:
         if self._unsaved and (time.monotonic() - self._last_incremental_save
                               >= self.incremental_save_interval):
             self.save_incremental()
@@ -458,18 +487,21 @@ class Engine:
         return len(events)
 
     def save_incremental(self) -> dict[str, int]:
-        """Save the state of recallers that folded in new events, as new active versions.
-        Only the newest incremental version is kept (trained versions stay). Nothing is
-        saved if another connection activated new models meanwhile: those win."""
+        """Save what changed since loaded: recallers that folded in new events, and the
+        vector index after catalogue edits, as new active versions. Only the newest
+        incremental version is kept (trained versions stay). Nothing is saved if another
+        connection activated new models meanwhile: those win."""
         names = sorted(self._unsaved)
         self._unsaved.clear()
         self._last_incremental_save = time.monotonic()
         blobs = {}
         for name in names:
-            recaller = self._loaded.get(f"recaller/{name}")
-            if recaller is not None:
+            if name.startswith("index/") and self._vectors is not None:
+                payload, meta = self._vectors.to_bytes()
+                blobs[name] = (payload, "hnsw", {**meta, "content": self._indexed, "incremental": True})
+            elif (recaller := self._loaded.get(name)) is not None:
                 payload, fmt, meta = dump_state(recaller.state())
-                blobs[f"recaller/{name}"] = (payload, fmt, {**meta, "incremental": True})
+                blobs[name] = (payload, fmt, {**meta, "incremental": True})
         if not blobs:
             return {}
         superseded = (f"DELETE FROM artifacts WHERE name IN ({','.join('?' * len(blobs))}) "
@@ -482,6 +514,7 @@ class Engine:
             self.store.conn.execute(superseded, list(blobs))
             mine = self._active_models()
         self._adopt(models=mine)
+        self.store.reclaim_space(convert=False)  # the superseded copies' pages go back
         return versions
 
     # -- training and evaluation -------------------------------------------------------

@@ -418,9 +418,17 @@ class Store:
             self.conn.executemany("DELETE FROM embeddings WHERE encoder = ? AND item_id = ?",
                                   [(encoder, i) for i in ids])
 
-    def embeddings(self, encoder: str) -> tuple[list[str], np.ndarray]:
-        rows = self.conn.execute("SELECT item_id, dim, vector FROM embeddings WHERE encoder = ? "
-                                 "ORDER BY item_id", [encoder]).fetchall()
+    def embeddings(self, encoder: str, ids: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """(item ids, their vectors as rows) of every item, or of `ids` (those stored)."""
+        if ids is None:
+            rows = self.conn.execute("SELECT item_id, dim, vector FROM embeddings WHERE encoder = ? "
+                                     "ORDER BY item_id", [encoder]).fetchall()
+        else:
+            wanted = list(ids)
+            rows = [row for start in range(0, len(wanted), 500) for row in self.conn.execute(
+                f"SELECT item_id, dim, vector FROM embeddings WHERE encoder = ? AND item_id IN "
+                f"({','.join('?' * len(wanted[start:start + 500]))})",
+                [encoder, *wanted[start:start + 500]])]
         if not rows:
             return [], np.zeros((0, 0), np.float32)
         dim = rows[0][1]

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 # Event kinds Shelfwise knows by name. Sources may emit others; they get weight 1.0 unless
 # configured in [events.weights].
 EVENT_KINDS = ("view", "click", "cart", "purchase", "rating")
+
+# When an event may have happened: imports and the API refuse times outside this window
+# (an import may opt out with --allow-any-time). Earlier is a unit mix-up or a missing value
+# read as 0; later than a day ahead is a clock or unit error (clocks differ by hours).
+EARLIEST_EVENT = 631152000.0  # 1990-01-01T00:00:00Z
+EVENT_AHEAD = 86400.0
+
+
+def event_time_window(now: float | None = None) -> tuple[float, float]:
+    """(earliest, latest) epoch seconds an event time may have, as of `now`."""
+    return EARLIEST_EVENT, (time.time() if now is None else now) + EVENT_AHEAD
 
 
 @dataclass(frozen=True, slots=True)

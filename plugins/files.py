@@ -61,7 +61,7 @@ from typing import Any, Callable, ClassVar, Iterator
 
 from engine import (
     DataSource, EngineError, Event, ImportDataError, Item, ItemEntity, Record, Triple, User,
-    EVENT_KINDS, detect_encoding, hookimpl,
+    EVENT_KINDS, detect_encoding, event_time_window, hookimpl,
 )
 
 # -- what the files may contain ---------------------------------------------------------
@@ -70,8 +70,6 @@ FILE_KINDS = ("items", "users", "events", "triples", "links")
 OPTIONS = ("allow_any_time",)  # not a file: accept any event time
 MAX_FIELD = 1 << 20  # characters of one field: a 10 MB description took 96 s to import
 MAX_VALUE = 1e12     # an event's value (a rating, an amount) lies within ±this
-EARLIEST = datetime(1990, 1, 1, tzinfo=timezone.utc).timestamp()  # events before: a unit mix-up
-AHEAD = 86400.0      # events may be this far in the future (clocks differ)
 
 # kind -> canonical field -> accepted column names, best first (compared after _normalise)
 COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -151,7 +149,7 @@ class _FileSource(DataSource):
 
     def read(self, location: str | None, **options: Any) -> Iterator[Record]:
         any_time = str(options.pop("allow_any_time", "")).lower() in ("1", "true", "yes", "on")
-        window = None if any_time else (EARLIEST, datetime.now(timezone.utc).timestamp() + AHEAD)
+        window = None if any_time else event_time_window()
         for kind, path, shown in _files(self.name, self.extension, location, options):
             _refuse_non_text(path, shown)
             records = _records(kind, _rows(self.extension, path, shown, kind), shown, window)

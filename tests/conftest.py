@@ -35,6 +35,15 @@ def shelfwise_home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
+@pytest.fixture(scope="session")
+def semantic_shop_db(tmp_path_factory):
+    """A small demo shop (200 products, 300 shoppers) trained with the semantic layer, built
+    once a session; tests serve copies of it (server_support.copy_db)."""
+    from .server_support import build_semantic_db
+
+    return build_semantic_db(tmp_path_factory.mktemp("semantic-shop"))
+
+
 @pytest.fixture
 def all_plugins(monkeypatch):
     """Every installed plugin, the semantic layer included."""

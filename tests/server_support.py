@@ -32,6 +32,22 @@ def build_shop_db(folder: Path, n_users: int = 120, per_user: int = 15) -> Path:
     return path
 
 
+SEMANTIC_PLUGINS = CORE_PLUGINS + ",minilm,content,search"
+
+
+def build_semantic_db(folder: Path, users: int = 300, items: int = 200) -> Path:
+    """A small demo shop trained with the semantic layer (real MiniLM, real HNSW index)."""
+    path = folder / "demo.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SHELFWISE_LOAD_PLUGINS", SEMANTIC_PLUGINS)
+        mp.delenv("SHELFWISE_CONFIG", raising=False)
+        eng = Engine(path, registry=load_plugins())
+        eng.import_data("demo", None, seed=7, users=users, items=items)
+        eng.train()
+        eng.close()
+    return path
+
+
 def copy_db(src: Path, dest_dir: Path) -> Path:
     dest = dest_dir / "served.db"
     shutil.copy(src, dest)

@@ -76,24 +76,65 @@ def test_a_killed_train_is_marked_interrupted_when_the_engine_next_opens(tmp_pat
     eng.close()
 
 
+def _semantic_engine(path, **settings):
+    eng = Engine(path, registry=load_plugins(), settings=Settings(store=StoreSettings(**settings)))
+    if not eng.store.counts()["items"]:
+        eng.store.write([Item(f"p{k:03d}", title=f"Walking boot {k}", category="Boots") for k in range(300)])
+        eng.refresh_vectors()
+    return eng
+
+
+def _index_versions(eng) -> list[tuple[int, int]]:
+    return eng.store.conn.execute("SELECT version, size FROM artifacts WHERE name LIKE 'index/%' "
+                                  "ORDER BY version").fetchall()
+
+
 @pytest.mark.slow
-def test_catalogue_edits_keep_at_most_keep_versions_of_the_index(tmp_path, monkeypatch):
-    """Ten renames of one product (each re-encodes it and stores the index) leave at most
-    `keep_versions` copies of the index and do not grow the file by ten copies."""
+def test_catalogue_edits_are_saved_to_the_index_together_not_a_copy_each(tmp_path, monkeypatch):
+    """Ten renames of one product while serving (the server saves at most every 30 s) store
+    the index once, at close; the file does not grow by ten copies; and a CLI-style engine
+    (saving each edit) keeps at most `keep_versions` copies."""
     monkeypatch.setenv("SHELFWISE_LOAD_PLUGINS", CORE_PLUGINS + ",minilm,content")
     path = tmp_path / "shop.db"
-    eng = Engine(path, registry=load_plugins(), settings=Settings(store=StoreSettings(keep_versions=2)))
-    eng.store.write([Item(f"p{k:03d}", title=f"Walking boot {k}", category="Boots") for k in range(300)])
-    eng.refresh_vectors()
-    size = eng.store.conn.execute("SELECT max(size) FROM artifacts WHERE name LIKE 'index/%'").fetchone()[0]
+    eng = _semantic_engine(path, keep_versions=2)
+    eng.incremental_save_interval = 30.0
+    [(_, size)] = _index_versions(eng)
     eng.store.checkpoint()
     start = file_bytes(path)
     for k in range(10):
         report = eng.upsert_items([Item("p001", title=f"Trail boot, edition {k}", category="Boots")])
         assert report["vectors"]["encoded"] == 1
-    names = [r[0] for r in eng.store.conn.execute("SELECT name FROM artifacts WHERE name LIKE 'index/%'")]
-    assert len(names) == 2, names
-    eng.store.checkpoint()
+    assert len(_index_versions(eng)) == 1, "no copy of the index per edit"
+    eng.close()  # saves what is pending
+    assert len(_index_versions(Engine(path, registry=load_plugins()))) <= 2
     assert file_bytes(path) < start + 3 * size, "not ten copies of the index"
-    eng.close()
+
+    cli = _semantic_engine(path, keep_versions=2)  # incremental_save_interval 0: each edit saved
+    for k in range(5):
+        cli.upsert_items([Item("p002", title=f"Hiking boot, edition {k}", category="Boots")])
+    assert len(_index_versions(cli)) <= 2
+    cli.close()
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+@pytest.mark.slow
+def test_an_index_not_saved_before_a_crash_catches_up_from_the_embeddings(tmp_path, monkeypatch):
+    """Edits the index had not stored yet (the process was killed) are in the embeddings
+    table, the source of truth: the next engine's index has them, removed items gone."""
+    monkeypatch.setenv("SHELFWISE_LOAD_PLUGINS", CORE_PLUGINS + ",minilm,content")
+    path = tmp_path / "shop.db"
+    eng = _semantic_engine(path)
+    eng.incremental_save_interval = 3600.0
+    eng.upsert_items([Item("p001", title="Red rain jacket", category="Jackets"),
+                      Item("p999", title="Blue rain jacket", category="Jackets")])
+    eng.remove_items(["p003"])
+    assert eng.vectors().vector("p999") is not None
+    eng.db.close()  # a crash: the pending index is never stored
+    again = Engine(path, registry=load_plugins())
+    index = again.vectors()
+    ids, vectors = again.store.embeddings("minilm", ["p001", "p999"])
+    assert "p999" in index and "p003" not in index
+    for item_id, vector in zip(ids, vectors):
+        assert np.allclose(index.vector(item_id), vector / np.linalg.norm(vector), atol=1e-5)
+    again.close()  # stores the caught-up index
+    assert "p999" in Engine(path, registry=load_plugins()).vectors()

@@ -213,6 +213,11 @@ def test_events_are_idempotent_and_conflicts_store_nothing(client, db_path):
     ({"timestamp": "yesterday"}, "events.0.timestamp"),
     ({"timestamp": "2026-11-25T17:00:00"}, "events.0.timestamp"),
     ({"value": "NaN"}, "events.0.value"),
+    ({"value": False}, "events.0.value"),       # a boolean is not a number
+    ({"value": 2e12}, "events.0.value"),        # beyond ±1e12
+    ({"timestamp": 86400}, "events.0.timestamp"),             # 1970: before 1990
+    ({"timestamp": NOW + 3 * 86400}, "events.0.timestamp"),   # more than a day ahead
+    ({"timestamp": True}, "events.0.timestamp"),
     ({"recommendation_id": "r_zz"}, "events.0.recommendation_id"),
     ({"surprise": 1}, "events.0.surprise"),
 ])
@@ -240,9 +245,36 @@ def test_batch_and_body_limits(client, db_path):
     assert stored_events(db_path, event_id="h1") == 0 and stored_events(db_path, event_id="b0") == 0
 
 
+def test_what_the_schema_refuses_is_refused_and_documented(client):
+    """The server and /openapi.json agree (test_api_contract fuzzes the rest)."""
+    item = {"item_id": "n1", "title": "New"}
+    assert_problem(client.put("/items", json={"items": [{**item, "in_stock": 0}]}), 422, "items.0.in_stock")
+    assert_problem(client.put("/items", json={"items": [{**item, "price": True}]}), 422, "items.0.price")
+    assert_problem(client.get("/search?q=%C2%85"), 422, "query.q")  # only a (Unicode) space
+    assert_problem(client.get("/report?since=000000000000000"), 422, "query.since")
+    assert client.get("/report?since=12h").status_code == 200
+    latin1 = '{"events": [{"event_id": "caf\u00e9"}]}'.encode("latin-1")  # not UTF-8
+    body = client.post("/events", content=latin1, headers={"content-type": "application/json"})
+    assert body.status_code in (400, 422) and body.headers["content-type"] == "application/problem+json"
+    documented = client.get("/openapi.json").json()["paths"]["/events"]["post"]["responses"]
+    assert str(body.status_code) in documented
+    exclude = next(p for p in client.get("/openapi.json").json()["paths"]["/recommend/{user_id}"]["get"]
+                   ["parameters"] if p["name"] == "exclude")
+    assert "pattern" in exclude["schema"]["items"], "the ids' pattern is part of the contract"
+
+
+def test_options_and_405_list_every_method_of_the_path(client):
+    answer = client.options("/items/g0-i01")
+    assert answer.status_code == 204 and answer.headers["allow"] == "DELETE, GET, OPTIONS"
+    refused = client.post("/items/g0-i01")
+    assert refused.status_code == 405 and refused.headers["allow"] == "DELETE, GET, OPTIONS"
+
+
 def test_ids_in_paths_and_queries_are_checked(client):
     assert_problem(client.get("/recommend/bad%20id"), 422, "path.user_id")
-    assert_problem(client.get("/recommend/user001?exclude=ok,bad%20one"), 422, "query.exclude")
+    body = assert_problem(client.get("/recommend/user001?exclude=ok,bad%20one"), 422, "query.exclude.0")
+    assert body["detail"] == ("query.exclude.0: 'ok,bad one' is not a list of ids separated by commas "
+                              "(each 1-128 letters, digits and . _ : @ + -)")
     assert_problem(client.get("/recommend/user001?n=0"), 422, "query.n")
     assert_problem(client.get("/recommend/user001?placement=a%20b"), 422, "query.placement")
 

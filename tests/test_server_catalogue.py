@@ -7,14 +7,10 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from engine.engine import Engine
-from engine.plugins import load_plugins
 from engine.server import create_app
 
-from .conftest import CORE_PLUGINS
-from .server_support import copy_db
+from .server_support import SEMANTIC_PLUGINS, copy_db
 
-SEMANTIC_PLUGINS = CORE_PLUGINS + ",minilm,content,search"
 NEW = {"item_id": "p09999", "title": "Provence 3-Stage Knife Sharpener",
        "description": "A heavy-duty knife sharpener made of corundum, for kitchen knives. "
                       "Three stages, a non-slip base for safety.",
@@ -22,23 +18,10 @@ NEW = {"item_id": "p09999", "title": "Provence 3-Stage Knife Sharpener",
        "tags": ["kitchen", "corundum"]}
 
 
-@pytest.fixture(scope="module")
-def demo_db(tmp_path_factory):
-    """A small demo shop (200 products, 300 shoppers) trained with the semantic layer."""
-    path = tmp_path_factory.mktemp("server-semantic") / "demo.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SHELFWISE_LOAD_PLUGINS", SEMANTIC_PLUGINS)
-        eng = Engine(path, registry=load_plugins())
-        eng.import_data("demo", None, seed=7, users=300, items=200)
-        eng.train()
-        eng.close()
-    return path
-
-
 @pytest.mark.slow
-def test_a_new_product_is_recommendable_without_a_retrain(demo_db, tmp_path, monkeypatch):
+def test_a_new_product_is_recommendable_without_a_retrain(semantic_shop_db, tmp_path, monkeypatch):
     monkeypatch.setenv("SHELFWISE_LOAD_PLUGINS", SEMANTIC_PLUGINS)
-    db = copy_db(demo_db, tmp_path)
+    db = copy_db(semantic_shop_db, tmp_path)
     with TestClient(create_app(db)) as c:
         def trained():
             return {m["name"]: m["version"] for m in c.get("/status").json()["models"]

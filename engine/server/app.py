@@ -6,7 +6,6 @@ logic, caching, attribution and erasure all live in the engine."""
 from __future__ import annotations
 
 import asyncio
-import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Callable
@@ -14,13 +13,14 @@ from typing import Annotated, Any, Callable
 from fastapi import Depends, FastAPI, Path as PathParam, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from pydantic import StringConstraints
 
 from ..apikeys import PUBLIC_EVENT_KINDS
 from ..types import Recommendation
 from . import problems
 from .problems import Problem
 from .schemas import (
-    ID_PATTERN, Erased, EventsIn, EventsOut, ItemOut, ItemsChanged, ItemsIn, ProblemOut,
+    DURATION_PATTERN, ID_LIST_PATTERN, ID_PATTERN, Erased, EventsIn, EventsOut, ItemOut, ItemsChanged, ItemsIn, ProblemOut,
     RecItem, RecList, Removed, Report, TrainStarted,
 )
 from .security import BodyLimit, KeyRing, RateLimiter, require
@@ -36,17 +36,12 @@ Placement = Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_.\-]*$",
 Public = Depends(require("public"))
 Secret = Depends(require("secret"))
 ERRORS = {code: {"model": ProblemOut, "content": {problems.MEDIA_TYPE: {}}}
-          for code in (401, 403, 404, 409, 413, 422, 429, 503)}
+          for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)}
 
 
-def _ids(values: list[str], field: str) -> list[str]:
-    """Query lists may repeat the parameter or separate ids by commas."""
-    out = [v for value in values for v in value.split(",") if v]
-    for v in out:
-        if not re.match(ID_PATTERN, v):
-            raise Problem(422, "Invalid request", f"{field}: {v!r} is not a valid id",
-                          [{"field": f"query.{field}", "message": "not a valid id"}])
-    return out
+def _ids(values: list[str]) -> list[str]:
+    """Query lists may repeat the parameter or separate ids by commas (ID_LIST_PATTERN)."""
+    return [v for value in values for v in value.split(",")]
 
 
 def _answer(engine, recs: list[Recommendation], user_id: str | None, placement: str,
@@ -138,9 +133,11 @@ def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = N
              summary="Personalised recommendations (unknown users get the cold-start fallback)")
     async def recommend(request: Request, user_id: Id, n: N = 10,
                         category: Annotated[str | None, Query(max_length=200)] = None,
-                        exclude: Annotated[list[str], Query()] = [],  # noqa: B006
+                        exclude: Annotated[list[Annotated[str, StringConstraints(pattern=ID_LIST_PATTERN)]], Query(
+                            description="item ids not to show: repeat the parameter or separate "
+                                        "ids by commas")] = [],  # noqa: B006
                         placement: Placement = ""):
-        excluded = _ids(exclude, "exclude")
+        excluded = _ids(exclude)
 
         def work(engine):
             hits = engine.recommendation_cache.hits
@@ -155,7 +152,8 @@ def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = N
 
     @app.get("/search", response_model=RecList, dependencies=[Public],
              summary="Catalogue search (when a search recaller is installed and trained)")
-    async def search(request: Request, q: Annotated[str, Query(min_length=1, max_length=500)],
+    async def search(request: Request, q: Annotated[str, Query(min_length=1, max_length=500, pattern=r"\S",
+                                                                description="the words to look for")],
                      n: N = 10, category: Annotated[str | None, Query(max_length=200)] = None,
                      placement: Placement = ""):
         return await run(request)(lambda e: _answer(e, e.search(q, n, category or None), None, placement))
@@ -232,7 +230,8 @@ def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = N
 
     @app.get("/report", response_model=Report, dependencies=[Secret],
              summary="Impressions, CTR, add-to-cart, conversion and revenue per recaller, ranker, placement")
-    async def report(request: Request, since: Annotated[str, Query(max_length=16)] = "7d",
+    async def report(request: Request, since: Annotated[str, Query(
+                         pattern=DURATION_PATTERN, description="how far back: 30m, 12h, 7d, 2w or all")] = "7d",
                      placement: Annotated[str | None, Query(max_length=64)] = None):
         return await run(request)(lambda e: e.report(since, placement))
 

@@ -10,7 +10,8 @@ from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.routing import Match, Route
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ArtifactError, EngineError, NotTrainedError, UnknownComponentError
@@ -50,6 +51,25 @@ def _field(loc: Sequence[Any]) -> str:
     return ".".join(parts)
 
 
+def _message(error: dict) -> str:
+    """pydantic's message, with a pattern said in words rather than as a regular expression."""
+    from .schemas import PATTERN_WORDS
+
+    pattern = (error.get("ctx") or {}).get("pattern")
+    if error.get("type") == "string_pattern_mismatch" and pattern in PATTERN_WORDS:
+        return f"{error.get('input')!r} is not {PATTERN_WORDS[pattern]}"
+    return error.get("msg", "invalid")
+
+
+def allowed_methods(request: Request) -> set[str]:
+    """The methods some route of the app answers at this request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return methods
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem):
@@ -68,8 +88,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        errors = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "invalid")}
-                  for e in exc.errors()]
+        errors = [{"field": _field(e.get("loc", ())), "message": _message(e)} for e in exc.errors()]
         first = errors[0] if errors else {"field": "", "message": "invalid request"}
         detail = f"{first['field']}: {first['message']}" + (
             f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
@@ -87,6 +106,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 405:  # Allow lists every method of the path, not the first route's
+            allow = ", ".join(sorted(allowed_methods(request) | {"OPTIONS"}))
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers={"Allow": allow})
+            exc.headers = {**(exc.headers or {}), "Allow": allow}
         title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
         return problem_response(exc.status_code, title, str(exc.detail), instance=request.url.path,
                                 headers=getattr(exc, "headers", None))

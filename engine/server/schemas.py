@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..types import EVENT_KINDS, Event, Item, Recommendation
+from ..types import EVENT_KINDS, Event, Item, Recommendation, event_time_window
 
 # Ids: letters, digits and . _ : @ + - (no spaces, slashes or control characters), 1-128 long.
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}$"
+_ID = r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}"
+ID_PATTERN = rf"^{_ID}$"
+ID_LIST_PATTERN = rf"^{_ID}(,{_ID})*$"  # a query parameter may carry several, comma-separated
+DURATION_PATTERN = r"^(all|[0-9]{1,9}(\.[0-9]{1,6})?[smhdwSMHDW])$"  # 30m, 12h, 7d, 2w, all
+PATTERN_WORDS = {
+    ID_PATTERN: "an id (1-128 letters, digits and . _ : @ + -, starting with a letter or digit)",
+    ID_LIST_PATTERN: "a list of ids separated by commas (each 1-128 letters, digits and . _ : @ + -)",
+    DURATION_PATTERN: "a duration: a number and a unit s, m, h, d or w (30m, 12h, 7d, 2w), or 'all'",
+    r"\S": "any text but spaces",
+}
+Number = Annotated[float, Field(strict=True)]  # a JSON number: true/false and "3" are refused
 RECOMMENDATION_ID_PATTERN = r"^r_[0-9a-f]{20}$"
 MAX_EVENTS = 500
 MAX_ITEMS = 1000
@@ -26,9 +36,11 @@ class EventIn(Strict):
     user_id: str = Field(pattern=ID_PATTERN)
     item_id: str = Field(pattern=ID_PATTERN)
     kind: Literal[EVENT_KINDS] = Field(description="view, click, cart, purchase or rating")  # type: ignore[valid-type]
-    timestamp: float | datetime = Field(
-        description="epoch seconds (UTC; milliseconds such as Date.now() are recognised) or an ISO 8601 time with zone")
-    value: float | None = Field(None, description="purchase: the amount paid (revenue); rating: the rating")
+    timestamp: Annotated[float, Field(strict=True, ge=0)] | datetime = Field(
+        description="epoch seconds (UTC; milliseconds such as Date.now() are recognised) or an ISO 8601 "
+                    "time with zone, from 1990-01-01 to a day ahead of the server's clock")
+    value: Number | None = Field(None, ge=-1e12, le=1e12,
+                                 description="purchase: the amount paid (revenue); rating: the rating")
     recommendation_id: str | None = Field(
         None, pattern=RECOMMENDATION_ID_PATTERN,
         description="the recommendation_id of the response the shopper acted on (attribution)")
@@ -51,6 +63,12 @@ class EventIn(Strict):
             raise ValueError("must be a finite, non-negative epoch time")
         if v > 1e11:  # milliseconds (JavaScript's Date.now()), micro- or nanoseconds, as imports
             v /= 1e3 if v < 1e14 else 1e6 if v < 1e17 else 1e9
+        earliest, latest = event_time_window()
+        if not earliest <= v <= latest:
+            when = (datetime.fromtimestamp(v, timezone.utc).isoformat(timespec="seconds")
+                    if v < 253402300799 else f"{v:g} s")  # after year 9999: say the number
+            raise ValueError(f"{when} is {'before 1990' if v < earliest else 'more than a day ahead'}; "
+                             f"send the time the event happened, in seconds or milliseconds")
         return float(v)
 
     def to_event(self) -> Event:
@@ -99,9 +117,9 @@ class ItemIn(Strict):
     description: str = Field("", max_length=20_000)
     category: str = Field("", max_length=200)
     brand: str = Field("", max_length=200)
-    price: float | None = Field(None, ge=0)
+    price: Number | None = Field(None, ge=0, le=1e12)
     tags: list[str] = Field(default_factory=list, max_length=100)
-    in_stock: bool = True
+    in_stock: bool = Field(True, strict=True)
     attrs: dict[str, Any] = Field(default_factory=dict)
 
     def to_item(self) -> Item:
