@@ -358,13 +358,28 @@ def _csv_rows(path: Path, shown: str, kind: str) -> Iterator[tuple[int, tuple, A
             raise ImportDataError(shown, reader.line_num, None, problem) from None
 
 
+class _TwiceNamed(ValueError):
+    """A JSON object naming one field twice (json.loads would keep the last silently)."""
+
+
+def _one_name_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _TwiceNamed(f"the field {twice!r} appears twice in one object; which value is meant?")
+    return obj
+
+
 def _jsonl_rows(path: Path, shown: str, kind: str) -> Iterator[tuple[int, tuple, Any, _Layout]]:
     layouts: dict[tuple, _Layout] = {}
-    loads = json.loads
+    loads = json.JSONDecoder(object_pairs_hook=_one_name_each).decode
     with open(path, encoding=detect_encoding(path)) as f:
         for line, text in enumerate(f, start=1):
             try:
                 obj = loads(text)
+            except _TwiceNamed as exc:
+                raise ImportDataError(shown, line, None, str(exc)) from None
             except json.JSONDecodeError as exc:
                 if not text.strip():
                     continue

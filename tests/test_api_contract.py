@@ -6,6 +6,7 @@ real MiniLM and HNSW (search and similar items answer), bounded to a few minutes
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -20,7 +21,8 @@ from engine.server.schemas import EventIn  # noqa: E402
 
 from .server_support import SEMANTIC_PLUGINS, copy_db  # noqa: E402
 
-EXAMPLES = 60  # per operation and mode: ~1,400 requests in about a minute
+# per operation and mode: ~1,200 requests in about a minute (SHELFWISE_FUZZ_EXAMPLES for more)
+EXAMPLES = int(os.environ.get("SHELFWISE_FUZZ_EXAMPLES", "60"))
 # POST /train starts a full retrain in a child process per call; test_server covers it.
 SKIPPED = {("POST", "/train")}
 # operations without parameters or a body: there is no invalid request to make of them
@@ -51,35 +53,37 @@ def test_every_operation_keeps_the_openapi_contract(semantic_shop_db, tmp_path, 
     monkeypatch.setenv("SHELFWISE_LOAD_PLUGINS", SEMANTIC_PLUGINS)
     app = create_app(copy_db(semantic_shop_db, tmp_path), rate_limits={})
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    failures, tried, nothing_invalid = {}, [], set()
-    if True:  # schemathesis runs the app's lifespan (the engine thread) itself
-        for result in schema.get_all_operations():
-            op = result.ok()
-            if (op.method.upper(), op.path) in SKIPPED:
-                continue
-            for mode in schemathesis.GenerationMode:
-                strategy = op.as_strategy(generation_mode=mode)
-                if mode is schemathesis.GenerationMode.POSITIVE:
-                    strategy = strategy.map(events_in_window)
+    failures, tried, nothing_invalid, sent = {}, [], set(), []
+    # schemathesis runs the app's lifespan (the engine thread) itself
+    for result in schema.get_all_operations():
+        op = result.ok()
+        if (op.method.upper(), op.path) in SKIPPED:
+            continue
+        for mode in schemathesis.GenerationMode:
+            strategy = op.as_strategy(generation_mode=mode)
+            if mode is schemathesis.GenerationMode.POSITIVE:
+                strategy = strategy.map(events_in_window)
 
-                @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-                          suppress_health_check=list(HealthCheck))
-                @given(case=strategy)
-                def check(case):
-                    case.call_and_validate()
+            @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            @given(case=strategy)
+            def check(case):
+                sent.append(case.call_and_validate().status_code)
 
-                name = f"{op.method.upper()} {op.path} ({mode.value})"
-                tried.append(name)
-                started = time.perf_counter()
-                try:
-                    check()
-                except Unsatisfiable:
-                    nothing_invalid.add(f"{op.method.upper()} {op.path}")
-                except BaseException as exc:  # schemathesis reports with its own exception group
-                    if isinstance(exc, KeyboardInterrupt):
-                        raise
-                    failures[name] = str(exc)[:2000]
-                print(f"{name}: {time.perf_counter() - started:.1f} s")
+            name = f"{op.method.upper()} {op.path} ({mode.value})"
+            tried.append(name)
+            started = time.perf_counter()
+            try:
+                check()
+            except Unsatisfiable:
+                nothing_invalid.add(f"{op.method.upper()} {op.path}")
+            except BaseException as exc:  # schemathesis reports with its own exception group
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                failures[name] = str(exc)[:2000]
+            print(f"{name}: {time.perf_counter() - started:.1f} s")
     assert len(tried) >= 24, tried
     assert nothing_invalid <= NO_INPUT, nothing_invalid
+    print(f"{len(sent)} requests: " + ", ".join(f"{code} x{sent.count(code)}" for code in sorted(set(sent))))
+    assert len(sent) > 500 and sum(200 <= c < 300 for c in sent) > 100, "the fuzzing reached the handlers"
     assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())

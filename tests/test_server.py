@@ -276,6 +276,8 @@ def test_ids_in_paths_and_queries_are_checked(client):
     assert body["detail"] == ("query.exclude.0: 'ok,bad one' is not a list of ids separated by commas "
                               "(each 1-128 letters, digits and . _ : @ + -)")
     assert_problem(client.get("/recommend/user001?n=0"), 422, "query.n")
+    assert_problem(client.get("/recommend/user001?n=5&n=50"), 422, "query.n")
+    assert client.get("/recommend/user001?exclude=g0-i01&exclude=g0-i02").status_code == 200
     assert_problem(client.get("/recommend/user001?placement=a%20b"), 422, "query.placement")
 
 

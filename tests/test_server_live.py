@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 
@@ -33,6 +34,24 @@ def small_shop(tmp_path_factory):
     return build_shop_db(tmp_path_factory.mktemp("live-small"))
 
 
+def lower_priority_trainer(client, wait: float = 60.0) -> bool:
+    """Whether the running retrain's process (its pid in /status) is niced below this one."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        training = client.get("/status").json()["training"]
+        pid = training.get("pid")
+        if pid and pid != os.getpid():
+            try:
+                if os.getpriority(os.PRIO_PROCESS, pid) > os.getpriority(os.PRIO_PROCESS, 0):
+                    return True
+            except ProcessLookupError:
+                return False
+        if not training["running"]:
+            return False
+        time.sleep(0.05)
+    return False
+
+
 @pytest.mark.slow
 def test_nothing_lost_while_a_retrain_runs(big_shop, tmp_path):
     db = copy_db(big_shop, tmp_path)
@@ -45,6 +64,7 @@ def test_nothing_lost_while_a_retrain_runs(big_shop, tmp_path):
         before = {m["name"]: m["version"] for m in c.get("/status").json()["models"]}
         assert c.post("/train").status_code == 202
         assert c.post("/train").status_code == 409, "one retrain at a time"
+        assert lower_priority_trainer(c), "the fit runs in a process of its own, at a lower priority"
 
         def shopper():  # recommendations keep coming while the retrain runs
             while c.get("/status").json()["training"]["running"]:

@@ -445,6 +445,8 @@ NOW = 1714573800  # 2024-05-01T14:30:00Z
 @pytest.mark.parametrize("name, content, expected", [
     ("events.csv", lines("user_id,item_id,kind,ts,Kind", f"u,A,view,{NOW},x"),
      "events.csv line 1: Kind: column 3 and column 5 have the same name"),
+    ("events.jsonl", f'{{"user_id": "u", "item_id": "A", "kind": "view", "ts": {NOW}, "kind": "cart"}}\n',
+     "events.jsonl line 1: the field 'kind' appears twice in one object"),
     ("events.csv", lines("user_id,item_id,kind,ts", f"u,A,view,{NOW}", f"u,B,teleport,{NOW}"),
      "events.csv line 3: kind: 'teleport' is not an event kind Shelfwise knows. Kinds: view, click, "
      "cart, purchase, rating; also accepted: addtobasket, addtocart"),
@@ -466,7 +468,7 @@ NOW = 1714573800  # 2024-05-01T14:30:00Z
      "items.csv line 3: a field is longer than 1,048,576 characters"),
     ("items.jsonl", lines(json.dumps({"item_id": "A", "description": "x" * ((1 << 20) + 1)})),
      "items.jsonl line 1: description: is 1,048,577 characters long; a field holds at most 1,048,576"),
-], ids=["duplicate-column", "unknown-kind-csv", "unknown-kind-jsonl", "before-1990", "far-future",
+], ids=["duplicate-column", "duplicate-key-jsonl", "unknown-kind-csv", "unknown-kind-jsonl", "before-1990", "far-future",
         "huge-value", "nul-jsonl", "nul-csv", "infinite-price", "long-field-csv", "long-field-jsonl"])
 def test_strict_input_names_file_line_and_field_and_writes_nothing(tmp_path, store, name, content, expected):
     path = write(tmp_path, name, content)

@@ -44,6 +44,18 @@ def _ids(values: list[str]) -> list[str]:
     return [v for value in values for v in value.split(",")]
 
 
+ARRAY_PARAMETERS = {"exclude"}  # query parameters that may be repeated
+
+
+async def _one_value_each(request: Request) -> None:
+    """`?n=5&n=50`: which is meant? A parameter that holds one value is refused when repeated."""
+    keys = [k for k, _ in request.query_params.multi_items()]
+    twice = sorted({k for k in keys if keys.count(k) > 1} - ARRAY_PARAMETERS)
+    if twice:
+        raise Problem(422, "Invalid request", f"query.{twice[0]}: given more than once; it takes one value",
+                      [{"field": f"query.{k}", "message": "given more than once"} for k in twice])
+
+
 def _answer(engine, recs: list[Recommendation], user_id: str | None, placement: str,
             cached: bool = False) -> RecList:
     rid = engine.log_impressions(recs, user_id, placement)
@@ -114,6 +126,7 @@ def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = N
             app.state.keys.close()
 
     app = FastAPI(title="Shelfwise", version="1", lifespan=lifespan, responses=ERRORS,
+                  dependencies=[Depends(_one_value_each)],
                   description="Recommendations, similar items, search and event ingestion "
                               "for a shop's website, over one Shelfwise database.")
     app.state.limiter = RateLimiter(rate_limits if rate_limits is not None else DEFAULT_RATE_LIMITS)

@@ -15,6 +15,7 @@ loads the new models; until then the old ones keep serving."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import traceback
@@ -24,6 +25,7 @@ from typing import Any, Callable, TypeVar
 from ..errors import EngineError
 
 T = TypeVar("T")
+TRAIN_NICENESS = 10  # the training process yields the CPU to the serving one
 
 
 class EngineThread:
@@ -71,8 +73,17 @@ class EngineThread:
 def _train_in_process(db_path: str, config_path: str | None, plugins_dir: str | None,
                       queue) -> None:
     """Body of the training process: its own interpreter, so the fit never competes with
-    request handling for the GIL. Reports progress (at most twice a second) and the end."""
+    request handling for the GIL, and at a lower scheduling priority with one core left
+    free, so requests keep their latency while it runs (a shop's box has few cores).
+    Reports progress (at most twice a second) and the end."""
+    import os
     import signal
+
+    with contextlib.suppress(OSError):
+        os.nice(TRAIN_NICENESS)
+    spare = str(max(1, (os.cpu_count() or 2) - 1))
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, spare)  # read when torch and the BLAS load, below
 
     from ..engine import Engine
     from ..plugins import load_plugins
@@ -164,6 +175,7 @@ class Trainer:
         self._proc = proc
         try:
             proc.start()
+            self.state["pid"] = proc.pid
             while not finished:
                 try:
                     kind, *rest = messages.get(timeout=1.0)

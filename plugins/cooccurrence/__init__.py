@@ -108,15 +108,12 @@ class CooccurrenceRecaller(Recaller):
         else:
             idx, cnt, strong = np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.float32)
         extra = self.delta.get(a)
-        if extra:
-            row = {b: [c, s] for b, c, s in zip(idx.tolist(), cnt.tolist(), strong.tolist())}
-            for b, (dc, ds) in extra.items():
-                cell = row.setdefault(b, [0.0, 0.0])
-                cell[0] += dc
-                cell[1] += ds
-            idx = np.fromiter(row, dtype=np.int64, count=len(row))
-            vals = np.array(list(row.values()), dtype=np.float64).reshape(-1, 2)
-            cnt, strong = vals[:, 0], vals[:, 1]
+        if extra:  # counts folded in since the fit: added to the stored row, pair by pair
+            pending = np.array(list(extra.values()), dtype=np.float64).reshape(-1, 2)
+            both = np.concatenate([idx, np.fromiter(extra, dtype=np.int64, count=len(extra))])
+            idx, at = np.unique(both, return_inverse=True)
+            cnt = np.bincount(at, np.concatenate([cnt, pending[:, 0]]), len(idx))
+            strong = np.bincount(at, np.concatenate([strong, pending[:, 1]]), len(idx))
         return idx, cnt.astype(np.float64), strong
 
     def _anchors(self, q: Query) -> list[tuple[int, float]]:
