@@ -218,10 +218,12 @@ def _print_train_summary(report: dict, verbose: bool = False) -> None:
 @click.option("--all", "all_users", is_flag=True, help="Every user with at least one event.")
 @click.option("--item", "items", multiple=True, help="An item the visitor just viewed (repeatable).")
 @click.option("--text", help="What the visitor is looking for, in words.")
+@click.option("--explain", is_flag=True, help="Show each stage: what every recaller proposed, what "
+              "the filters removed, the ranker's order, what the re-rank rules moved.")
 @click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv",
               show_default=True, help="Output format with --all.")
 @click.pass_obj
-def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, items, text, fmt):
+def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, items, text, explain, fmt):
     """Personalised recommendations for USER, with the reason for each.
 
     \b
@@ -230,6 +232,7 @@ def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, ite
       shelfwise recommend u42 --recallers als,popular --json
       shelfwise recommend --all -n 20 --format tsv > campaign.tsv
       shelfwise recommend --item p00042 --item p00107     # an anonymous visitor
+      shelfwise recommend u42 --explain                     # how the list was made
     """
     engine = obj.engine()
     if all_users:
@@ -248,9 +251,45 @@ def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, ite
     if not user and not items and not text:
         raise click.UsageError("Missing USER (or --item / --text for a visitor, or --all).")
     names = [r.strip() for r in recallers.split(",") if r.strip()] if recallers else None
+    if explain:
+        trace = engine.trace(user, n, recallers=names, ranker=ranker, category=category,
+                             items=items, text=text)
+        recs = engine.render(trace.shown, trace.ranker)
+        if as_json:
+            click.echo(json.dumps({**trace.to_dict(), "items": [r.to_dict() for r in recs]}))
+        else:
+            _print_trace(trace, recs)
+        return
     recs = engine.recommend(user, n, recallers=names, ranker=ranker, category=category,
                             items=items, text=text)
     _print_recs(recs, as_json)
+
+
+FILTER_WORDS = {"excluded": "already bought or asked not to show", "unavailable": "out of stock or "
+                "not in the catalogue", "category": "not the asked category"}
+
+
+def _print_trace(trace, recs) -> None:
+    """recommend --explain: the pipeline's stages as a shop owner reads them."""
+    console = out
+    console.print("[bold]1. Recall[/] — what each recaller proposed (of its quota):")
+    for name, found in trace.recalled.items():
+        console.print(f"   {name:<16}{len(found):>5} of {trace.quotas.get(name, 0)}")
+    console.print(f"[bold]2. Merge[/] — {len(trace.merged):,} distinct candidates")
+    removed = ", ".join(f"{len(found):,} {FILTER_WORDS.get(name, name)}" for name, found in trace.removed.items())
+    console.print(f"[bold]3. Filters[/] — removed {removed or 'nothing'}; {len(trace.ranked):,} left")
+    by = f"the {trace.ranker} ranker" if trace.ranker else "no ranker (merged order)"
+    console.print(f"[bold]4. Rank[/] — ordered by {by}")
+    moved = trace.moved()
+    console.print("[bold]5. Re-rank rules[/] — " + ("; ".join(
+        f"{item} from {'beyond the list' if was is None else f'#{was}'} to #{now}" for item, was, now in moved)
+        if moved else "no change"))
+    console.print(f"[bold]6. Shown[/] — top {trace.n}:")
+    for r, c in zip(recs, trace.shown):
+        found = ", ".join(f"{name} #{trace.recall_rank(name, c.item_id)}" for name in trace.recalled
+                          if trace.recall_rank(name, c.item_id))
+        console.print(f"   {r.rank:>2}. {r.title or r.item_id}  [dim]({r.item_id}; {found})[/]")
+        console.print(f"       {r.reason}")
 
 
 @cli.command()

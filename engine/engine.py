@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from dataclasses import replace
 import time
 import warnings
 from pathlib import Path
@@ -23,7 +24,7 @@ from .db import open_db, write_transaction
 from .errors import ArtifactError, EngineError, NotTrainedError, UnknownComponentError
 from .evaluation import holdout
 from .metrics import aggregate
-from .pipeline import Pipeline, interleave
+from .pipeline import Pipeline, Trace, interleave
 from .plugins import PluginRegistry, load_plugins
 from .store import ImportReport, Store
 from .training import choose_ranker, fit_pipeline
@@ -341,7 +342,8 @@ class Engine:
         self._seen.update(version=version, models=models, **marks)
 
     def pipeline(self, recallers: Sequence[str] | None = None, ranker: str | None = None) -> Pipeline:
-        """The serving pipeline, from trained components only."""
+        """The serving pipeline, from trained components only. `ranker=""`: none (the
+        candidates in merged order, as a ranker would receive them)."""
         self.sync()
         quotas = self._recaller_quotas(recallers)
         fitted: dict[str, Recaller] = {}
@@ -355,7 +357,7 @@ class Engine:
         if not fitted:
             raise NotTrainedError("No trained recallers in this database. Import data, then run "
                                   "\"shelfwise train\" (or \"shelfwise demo\" for the demo shop).")
-        ranker_name = self._ranker_name(ranker)
+        ranker_name = self._ranker_name(ranker) if ranker != "" else None
         ranker_obj = None
         if ranker_name is not None:
             ranker_obj = self._fitted("rankers", ranker_name)
@@ -696,9 +698,20 @@ class Engine:
             return list(found)
         pipe = self.pipeline(recallers, ranker)
         query = self.query_for(user_id, category, exclude, items, text)
-        recs = self.render(pipe.run([query], n)[0], pipe.ranker)
+        recs = self.render(pipe.run([query], n)[0], pipe.ranker_name)
         self.recommendation_cache.put(key, user_id, tuple(recs))
         return recs
+
+    def trace(self, user_id: str | None, n: int = 10, recallers: Sequence[str] | None = None,
+              ranker: str | None = None, category: str | None = None,
+              exclude: Iterable[str] = (), items: Sequence[str] = (), text: str | None = None) -> Trace:
+        """What `recommend` with these arguments does, stage by stage (never cached): each
+        recaller's proposals, what each filter removed, the ranker's order, what the re-rank
+        rules moved, and the list shown. `ranker=""` leaves the ranker out."""
+        if n < 1:
+            raise EngineError(f"n must be at least 1, not {n}.")
+        pipe = self.pipeline(recallers, ranker)
+        return pipe.trace(self.query_for(user_id, category, exclude, items, text), n)
 
     def popular(self, n: int = 10, category: str | None = None) -> list[Recommendation]:
         """What a visitor without history sees: the pipeline's answer for nobody (the
@@ -720,12 +733,11 @@ class Engine:
         """Catalogue search through the recallers that answer text queries."""
         if not text.strip():
             raise EngineError("The search text is empty. Example: shelfwise search \"red shoes\".")
-        pipe = self.pipeline()
-        pipe.recallers = {k: r for k, r in pipe.recallers.items() if getattr(r, "text_queries", False)}
+        pipe = self.pipeline(ranker="")
+        pipe = replace(pipe, recallers={k: r for k, r in pipe.recallers.items() if r.text_queries})
         if not pipe.recallers:
             raise NotTrainedError("No trained recaller answers text queries. Install a search "
                                   "plugin and run \"shelfwise train\".")
-        pipe.ranker = None
         query = Query(text=text, category=category, now=time.time())
         return self.render(pipe.run([query], n)[0], None)
 
@@ -740,15 +752,15 @@ class Engine:
             shown = pipe.run(queries, n)
             items = self._items_named(c for cands in shown for c in cands)  # one read a batch
             for u, cands in zip(part, shown):
-                yield u, self.render(cands, pipe.ranker, items)
+                yield u, self.render(cands, pipe.ranker_name, items)
             progress("recommend", min(start + batch, len(users)), len(users), "")
 
     def similar(self, item_id: str, n: int = 10) -> list[Recommendation]:
         if self.store.item(item_id) is None and not self.store.item_events(item_id, 1):
             raise EngineError(f"Unknown item {item_id!r}. Find ids with \"shelfwise items QUERY\".",
                               title="Unknown item")
-        pipe = self.pipeline()
-        pipe.recallers = {k: r for k, r in pipe.recallers.items() if r.similar_items}
+        pipe = self.pipeline(ranker="")
+        pipe = replace(pipe, recallers={k: r for k, r in pipe.recallers.items() if r.similar_items})
         query = Query(item_id=item_id, exclude=frozenset([item_id]), now=time.time())
         return self.render(pipe.candidates([query], blend=interleave)[0][:n], None)
 
@@ -760,7 +772,7 @@ class Engine:
             wanted.update(dict.fromkeys(MENTION.findall(c.reason)))
         return self.store.items(list(wanted))
 
-    def render(self, cands: Sequence[Candidate], ranker: Ranker | None,
+    def render(self, cands: Sequence[Candidate], ranker: str | None,
                items: Mapping[str, Item] | None = None) -> list[Recommendation]:
         """Candidates as the views show them: titles filled in, mentions named. `items`:
         their catalogue entries, if already read (`_items_named`)."""
@@ -776,7 +788,7 @@ class Engine:
             out.append(Recommendation(
                 item_id=c.item_id, title=it.title, score=c.score, rank=rank, source=c.source,
                 reason=MENTION.sub(name, c.reason), sources=tuple(sorted(c.ranks, key=c.ranks.get)),
-                ranker=ranker.name if ranker else "", category=it.category, price=it.price))
+                ranker=ranker or "", category=it.category, price=it.price))
         return out
 
     # -- serving: catalogue sync, erasure, attribution, API keys -------------------------

@@ -11,7 +11,6 @@ import json
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import EngineError
-from .pipeline import merge
 from .relations import readable_relation
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,40 +84,23 @@ def why_not(engine: Engine, user_id: str, item_id: str, n: int = 10,
     if item is None and not engine.store.item_events(item_id, 1):
         raise EngineError(f"Unknown item {item_id!r}. Find ids by searching items by name.",
                           title="Unknown item")
-    engine.sync()  # the models Engine.recommend would use right now
-    pipe = engine.pipeline(recallers, ranker or None)
-    if ranker == "":  # the caller switched the ranker off
-        pipe.ranker = None
-    query = engine.query_for(user_id, category)
-    recalled = pipe.recall([query])[0]
+    pipe = engine.pipeline(recallers, ranker)  # the models Engine.recommend would use right now
+    trace = pipe.trace(engine.query_for(user_id, category), n)
     per_recaller = []
-    for name, cands in recalled.items():
-        quota = pipe.quotas.get(name, 100)
-        rank = next((c.ranks.get(name, i + 1) for i, c in enumerate(cands) if c.item_id == item_id), None)
+    for name, proposed in trace.recalled.items():
+        quota = trace.quotas.get(name, 100)
+        rank = trace.recall_rank(name, item_id)
         entry = {"recaller": name, "quota": quota, "rank": rank, "within_quota": rank is not None,
-                 "reason": next((c.reason for c in cands if c.item_id == item_id), "")}
+                 "reason": proposed[rank - 1].reason if rank else ""}
         if rank is None and depth > quota:  # would a deeper list have found it?
-            deep = pipe.recallers[name].recall([query], depth)[0]
+            deep = pipe.recallers[name].recall([trace.query], depth)[0]
             entry["rank"] = next((i + 1 for i, c in enumerate(deep) if c.item_id == item_id), None)
         per_recaller.append(entry)
-    filters = []
-    consumed = engine.store.consumed(user_id, engine.settings.pipeline.exclude_kinds)
-    if item_id in consumed:
-        kinds = ", ".join(engine.settings.pipeline.exclude_kinds)
-        filters.append(f"already consumed by the user ({kinds} items are not recommended again)")
-    if item is None:
-        filters.append("not in the catalogue (events mention it, but it is not a product)")
-    elif not item.in_stock:
-        filters.append("out of stock")
-    if category and item is not None and item.category != category:
-        filters.append(f"category is {item.category!r}, the request asks for {category!r}")
-    merged = merge(recalled)
-    kept = pipe.filtered(query, merged)
-    ranked = pipe.ranker.rank(query, kept) if pipe.ranker is not None else kept
-    position = next((i + 1 for i, c in enumerate(ranked) if c.item_id == item_id), None)
-    score = next((c.score for c in ranked if c.item_id == item_id), None)
-    final = [c.item_id for c in pipe.rerank(ranked, n)]  # the list recommend shows
-    shown = final.index(item_id) + 1 if item_id in final else None
+    # the pipeline's own filters, asked about this item (also when nobody proposed it)
+    filters = [_filter_said(engine, name, item, category) for name in pipe.removals(trace.query, [item_id])
+               if name != "category" or item is not None]
+    position, shown = trace.ranked_at(item_id), trace.shown_at(item_id)
+    score = trace.ranked[position - 1].score if position else None
     if not any(e["within_quota"] for e in per_recaller):
         verdict = "not recalled"
     elif filters or position is None:
@@ -129,12 +111,22 @@ def why_not(engine: Engine, user_id: str, item_id: str, n: int = 10,
         verdict, position = "recommended", shown
     return {
         "item_id": item_id, "title": item.title if item else "", "user_id": user_id, "n": n,
-        "verdict": verdict, "recallers": per_recaller, "filters": filters,
-        "ranker": pipe.ranker.name if pipe.ranker is not None else None,
-        "position": position, "score": score, "candidates": len(ranked),
-        "summary": _why_not_summary(verdict, per_recaller, filters, position, n, len(ranked),
-                                    pipe.ranker.name if pipe.ranker is not None else None),
+        "verdict": verdict, "recallers": per_recaller, "filters": filters, "ranker": trace.ranker,
+        "position": position, "score": score, "candidates": len(trace.ranked),
+        "summary": _why_not_summary(verdict, per_recaller, filters, position, n, len(trace.ranked),
+                                    trace.ranker),
     }
+
+
+def _filter_said(engine: Engine, name: str, item, category: str | None) -> str:
+    """A pipeline filter's removal of one item, in words."""
+    if name == "excluded":
+        kinds = ", ".join(engine.settings.pipeline.exclude_kinds)
+        return f"already consumed by the user ({kinds} items are not recommended again)"
+    if name == "unavailable":
+        return ("not in the catalogue (events mention it, but it is not a product)" if item is None
+                else "out of stock")
+    return f"category is {item.category if item else ''!r}, the request asks for {category!r}"
 
 
 def _why_not_summary(verdict, per_recaller, filters, position, n, candidates, ranker) -> str:
@@ -316,16 +308,9 @@ def compare_runs(engine: Engine, a: int, b: int, slice_: str = "metrics") -> dic
 
 def recommend(engine: Engine, user_id: str, n: int = 10, recallers: Sequence[str] | None = None,
               ranker: str | None = None, category: str | None = None):
-    """Engine.recommend, with one more choice for views that toggle the ranker: `ranker=""`
-    switches it off (candidates in merged order, as the pipeline gives them to a ranker)."""
-    if ranker != "":
-        return engine.recommend(user_id, n, recallers=recallers, ranker=ranker, category=category)
-    if n < 1:
-        raise EngineError(f"n must be at least 1, not {n}.")
-    engine.sync()
-    pipe = engine.pipeline(recallers)
-    pipe.ranker = None
-    return engine.render(pipe.run([engine.query_for(user_id, category)], n)[0], None)
+    """Engine.recommend for views that toggle the ranker: `ranker=""` switches it off
+    (candidates in merged order, as the pipeline gives them to a ranker)."""
+    return engine.recommend(user_id, n, recallers=recallers, ranker=ranker, category=category)
 
 
 def resolve_item(engine: Engine, text: str) -> str:

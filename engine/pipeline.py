@@ -11,7 +11,7 @@ from .candidates import CandidateSet, Recalled, interleave, item_ids, merge
 from .components import Ranker, Recaller
 from .types import Candidate, Query
 
-__all__ = ["Pipeline", "merge", "interleave", "one_blas_thread"]
+__all__ = ["Pipeline", "Trace", "merge", "interleave", "one_blas_thread"]
 
 
 _blas = None
@@ -28,6 +28,71 @@ def one_blas_thread():
     if _blas is None:
         _blas = ThreadpoolController()
     return _blas.limit(limits=1, user_api="blas")
+
+
+@dataclass
+class Trace:
+    """What `Pipeline.run` did for one query: the one account of a recommendation that
+    `why_not`, `recommend --explain` and the TUI's explanation read.
+
+    `recalled`: each recaller's proposals, best first (up to its quota); `merged`: all of
+    them in one list (before the filters); `removed`: the items each filter took out;
+    `ranked`: the ranker's order of what was left (the merged order without a ranker);
+    `shown`: the top n after the re-rank rules (diversity, new-arrival slots)."""
+
+    query: Query
+    n: int
+    quotas: dict[str, int]
+    recalled: dict[str, Recalled]
+    merged: CandidateSet
+    removed: dict[str, set[str]]
+    ranker: str | None
+    ranked: Sequence[Candidate]
+    shown: list[Candidate]
+
+    def recall_rank(self, recaller: str, item_id: str) -> int | None:
+        """1-based place of the item in that recaller's proposals (None: not proposed)."""
+        return _place(item_ids(self.recalled[recaller]), item_id)
+
+    def ranked_at(self, item_id: str) -> int | None:
+        """1-based place the ranker gave the item among the filtered candidates."""
+        return _place(item_ids(self.ranked), item_id)
+
+    def shown_at(self, item_id: str) -> int | None:
+        return _place([c.item_id for c in self.shown], item_id)
+
+    def filters_of(self, item_id: str) -> list[str]:
+        """The filters that removed the item (empty: it was kept or never proposed)."""
+        return [name for name, found in self.removed.items() if item_id in found]
+
+    def moved(self) -> list[tuple[str, int | None, int]]:
+        """What the re-rank rules changed: (item, place the ranker gave it, place shown)
+        for every shown item not at its ranked place."""
+        return [(c.item_id, self.ranked_at(c.item_id), k) for k, c in enumerate(self.shown, start=1)
+                if self.ranked_at(c.item_id) != k]
+
+    def to_dict(self) -> dict:
+        """Plain data (JSON): per recaller how many it proposed, per filter how many it
+        removed, the ranker, the rules' moves and the shown items with their sources."""
+        return {
+            "user_id": self.query.user_id, "n": self.n, "ranker": self.ranker,
+            "recalled": {name: {"quota": self.quotas.get(name), "proposed": len(found)}
+                         for name, found in self.recalled.items()},
+            "merged": len(self.merged),
+            "removed": {name: len(found) for name, found in self.removed.items()},
+            "ranked": len(self.ranked),
+            "moved": [{"item_id": i, "ranked": r, "shown": s} for i, r, s in self.moved()],
+            "shown": [{"item_id": c.item_id, "score": c.score, "source": c.source,
+                       "sources": {name: self.recall_rank(name, c.item_id) for name in c.ranks}}
+                      for c in self.shown],
+        }
+
+
+def _place(items: Sequence[str], item_id: str) -> int | None:
+    for k, found in enumerate(items, start=1):
+        if found == item_id:
+            return k
+    return None
 
 
 @dataclass
@@ -55,25 +120,36 @@ class Pipeline:
     new_slots: int = 0
     new_position: int = 0
 
+    @property
+    def ranker_name(self) -> str | None:
+        return self.ranker.name if self.ranker is not None else None
+
     def recall(self, queries: Sequence[Query]) -> list[dict[str, Recalled]]:
         per_recaller = {name: r.recall(queries, self.quotas.get(name, 100))
                         for name, r in self.recallers.items()}
         return [{name: Recalled.of(name, lists[i]) for name, lists in per_recaller.items()}
                 for i in range(len(queries))]
 
+    def removals(self, query: Query, items: Sequence[str]) -> dict[str, set[str]]:
+        """Which of `items` each filter removes: "excluded" (consumed before, or asked not
+        to show), "unavailable" (not in the catalogue or out of stock), "category" (not the
+        asked category). An item may fall to several."""
+        present = set(items)
+        out = {"excluded": present & query.exclude}
+        if self.available is not None:
+            out["unavailable"] = present - self.available
+        if query.category:
+            out["category"] = {item for item in present if self.categories.get(item) != query.category}
+        return {name: found for name, found in out.items() if found}
+
     def filtered(self, query: Query, merged: CandidateSet) -> CandidateSet:
         """The rows of `merged` the query may show (not excluded, available, in the asked
         category), in order."""
-        items = merged.items
-        present = set(items)
-        dropped = present & query.exclude
-        if self.available is not None:
-            dropped |= present - self.available
-        if query.category:
-            dropped |= {item for item in present if self.categories.get(item) != query.category}
-        if not dropped:
+        removed = self.removals(query, merged.items)
+        if not removed:
             return merged
-        return merged.take([j for j, item in enumerate(items) if item not in dropped])
+        dropped = set().union(*removed.values())
+        return merged.take([j for j, item in enumerate(merged.items) if item not in dropped])
 
     def candidates(self, queries: Sequence[Query],
                    recalled: list[dict[str, Recalled]] | None = None,
@@ -83,12 +159,27 @@ class Pipeline:
         return [self.filtered(q, blend(lists)) for q, lists in zip(queries, recalled)]
 
     def run(self, queries: Sequence[Query], n: int,
-            recalled: list[dict[str, Recalled]] | None = None) -> list[list[Candidate]]:
-        """Top n per query. `recalled`: the output of `recall(queries)`, if already at hand."""
+            recalled: list[dict[str, Recalled]] | None = None,
+            traces: list[Trace] | None = None) -> list[list[Candidate]]:
+        """Top n per query. `recalled`: the output of `recall(queries)`, if already at hand.
+        `traces`: a list to which one `Trace` per query is appended (what each stage did)."""
         with one_blas_thread():
-            merged = self.candidates(queries, recalled)
-            ranked = self.ranker.rank_many(queries, merged) if self.ranker is not None else merged
-            return [self.rerank(r, n) for r in ranked]
+            recalled = self.recall(queries) if recalled is None else recalled
+            merged = [merge(lists) for lists in recalled]
+            kept = [self.filtered(q, m) for q, m in zip(queries, merged)]
+            ranked = self.ranker.rank_many(queries, kept) if self.ranker is not None else kept
+            shown = [self.rerank(r, n) for r in ranked]
+        if traces is not None:
+            traces.extend(Trace(q, n, dict(self.quotas), lists, m, self.removals(q, m.items),
+                                self.ranker_name, r, s)
+                          for q, lists, m, r, s in zip(queries, recalled, merged, ranked, shown))
+        return shown
+
+    def trace(self, query: Query, n: int) -> Trace:
+        """What `run` does for one query, stage by stage."""
+        traces: list[Trace] = []
+        self.run([query], n, traces=traces)
+        return traces[0]
 
     def rerank(self, ranked: Sequence[Candidate], n: int) -> list[Candidate]:
         """The top n of a ranked list after the diversity and new-arrival rules."""

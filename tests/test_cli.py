@@ -97,6 +97,23 @@ def test_recommend_json(shop_db):
     assert [r["rank"] for r in recs] == [1, 2, 3]
 
 
+def test_recommend_explain_prints_each_stage_of_the_same_list(shop_db):
+    db, _ = shop_db
+    listed = [r["item_id"] for r in json.loads(run(db, "recommend", "user001", "-n", "4", "--json").stdout)]
+    explained = run(db, "recommend", "user001", "-n", "4", "--explain", "--json")
+    assert explained.exit_code == 0, explained.output
+    trace = json.loads(explained.stdout)
+    assert [r["item_id"] for r in trace["items"]] == [s["item_id"] for s in trace["shown"]] == listed
+    assert set(trace["recalled"]) >= {"als", "popular"} and trace["ranker"] == "fusion"
+    assert all(trace["recalled"][name]["proposed"] <= trace["recalled"][name]["quota"] for name in trace["recalled"])
+    assert trace["merged"] - sum(trace["removed"].values()) <= trace["ranked"] <= trace["merged"]
+    text = run(db, "recommend", "user001", "-n", "4", "--explain")
+    assert text.exit_code == 0, text.output
+    for stage in ("1. Recall", "2. Merge", "3. Filters", "4. Rank", "5. Re-rank rules", "6. Shown"):
+        assert stage in text.output
+    assert listed[0] in text.output
+
+
 def test_recommend_table(shop_db):
     db, _ = shop_db
     result = run(db, "recommend", "user001", "-n", "2")

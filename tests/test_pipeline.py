@@ -101,6 +101,42 @@ def test_pipeline_applies_the_ranker_after_filtering():
     assert [c.item_id for c in pipe.run([Query(exclude=frozenset(["a"]))], 10)[0]] == ["c", "b"]
 
 
+def test_the_trace_tells_what_each_stage_did():
+    """One run's account: proposals, filters, the ranker's order, the rules' moves, the list."""
+    class Reverse(Ranker):
+        name = "reverse"
+
+        def fit(self, examples, data, progress=None):
+            return {}
+
+        def rank(self, query, candidates):
+            return [c.led_by(c.source, float(r)) for r, c in enumerate(reversed(candidates))]
+
+    one, two = StaticRecaller(["a", "b", "c", "d", "new"]), StaticRecaller(["d", "x"])
+    one.name, two.name = "one", "two"
+    pipe = Pipeline({"one": one, "two": two},
+                    {"one": 10, "two": 10}, ranker=Reverse(), available={"a", "b", "c", "d", "new"},
+                    new_items={"new"}, new_slots=1, new_position=1)
+    q = Query(user_id="u", exclude=frozenset(["b"]))
+    traces = []
+    shown = pipe.run([q], 3, traces=traces)[0]
+    trace = traces[0]
+    assert [c.item_id for c in trace.shown] == [c.item_id for c in shown], "the same run"
+    assert trace.recall_rank("one", "d") == 4 and trace.recall_rank("two", "d") == 1
+    assert trace.recall_rank("two", "a") is None
+    assert trace.removed == {"excluded": {"b"}, "unavailable": {"x"}}
+    assert trace.filters_of("x") == ["unavailable"] and trace.filters_of("a") == []
+    kept = [i for i in trace.merged.items if i not in ("b", "x")]
+    assert [c.item_id for c in trace.ranked] == kept[::-1] and trace.ranker == "reverse"
+    assert trace.ranked[0].item_id == "new"
+    assert trace.moved() == [], "the ranker already put the new product first"
+    assert pipe.trace(q, 3).to_dict()["removed"] == {"excluded": 1, "unavailable": 1}
+    slot = Pipeline({"static": StaticRecaller(["a", "b", "c", "new"])}, {"static": 10},
+                    new_items={"new"}, new_slots=1, new_position=1).trace(Query(), 2)
+    assert [c.item_id for c in slot.shown] == ["new", "a"]
+    assert slot.moved() == [("new", 4, 1), ("a", 1, 2)], "the new-arrival slot moved it up"
+
+
 def test_pipeline_respects_quotas():
     pipe = Pipeline({"static": StaticRecaller(list("abcdefgh"))}, {"static": 3})
     assert [c.item_id for c in pipe.run([Query()], 10)[0]] == ["a", "b", "c"]
@@ -178,6 +214,22 @@ def test_out_of_stock_and_unknown_items_are_never_recommended(trained):
         assert not {r.item_id for r in recs} & hidden, user
     for user, recs in trained.recommend_all(n=10):
         assert not {r.item_id for r in recs} & hidden, user
+
+
+def test_why_not_and_the_explanation_read_the_same_run_as_recommend(trained):
+    from engine.inspect import why_not
+
+    user = users_with(trained, "purchase")[0]
+    recs = trained.recommend(user, 5)
+    trace = trained.trace(user, 5)
+    assert [c.item_id for c in trace.shown] == [r.item_id for r in recs]
+    for position, rec in enumerate(recs, start=1):
+        verdict = why_not(trained, user, rec.item_id, 5)
+        assert (verdict["verdict"], verdict["position"]) == ("recommended", position)
+    bought = next(iter(trained.store.consumed(user, ("purchase",))))
+    assert why_not(trained, user, bought, 5)["verdict"] in ("not recalled", "filtered")
+    assert [r.item_id for r in trained.recommend(user, 5, ranker="")] == \
+        [c.item_id for c in trained.trace(user, 5, ranker="").shown], "ranker switched off"
 
 
 def test_recommendations_explain_themselves(trained):
