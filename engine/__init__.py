@@ -20,7 +20,7 @@ from .types import (
 
 __all__ = [
     "ArtifactError", "EVENT_KINDS", "Candidate", "CandidateSet", "Component", "ConfigError", "DEFAULT_KIND_WEIGHTS",
-    "DataSource", "Dataset", "Encoder", "Engine", "EngineError", "Event", "ImportDataError",
+    "DataSource", "Dataset", "Encoder", "Engine", "EngineError", "EngineThread", "Event", "ImportDataError",
     "Interaction", "Item", "ItemEntity", "ModelState", "NoConfig", "NotTrainedError",
     "PluginError", "ProgressCallback", "Query", "Ranker", "RankingExample", "Recalled", "Recaller",
     "Recommendation", "Record", "Resources", "detect_encoding", "Triple", "UnknownComponentError", "User", "hookimpl",
@@ -36,6 +36,10 @@ def __getattr__(name: str):
         from .engine import Engine
 
         return Engine
+    if name == "EngineThread":  # asyncio and a thread pool: for the server and the TUI
+        from .hosting import EngineThread
+
+        return EngineThread
     if name == "load_plugins":  # pluggy and the entry points: only for who runs an engine
         from .plugins import load_plugins
 

@@ -7,9 +7,8 @@ from pathlib import Path
 from textual.app import App
 from textual.binding import Binding
 
-from engine import Engine
+from engine import Engine, EngineThread
 
-from .backend import EngineHost
 from .screens.evaluation import EvaluationScreen
 from .screens.items import ItemsScreen
 from .screens.overview import OverviewScreen
@@ -24,7 +23,7 @@ class ShelfwiseApp(App):
 
     The app does not use `engine` from its own threads (SQLite connections belong to the
     thread that opened them); it opens the same database with the same plugins and settings
-    on a dedicated engine thread (see backend.EngineHost)."""
+    on a dedicated engine thread (`engine.EngineThread`, as the HTTP server does)."""
 
     TITLE = "Shelfwise"
     CSS_PATH = "app.tcss"
@@ -54,16 +53,18 @@ class ShelfwiseApp(App):
                  mode: str | None = None) -> None:
         super().__init__()
         if engine is not None:
-            self.host = EngineHost.for_engine(engine)
+            self.host = EngineThread.like(engine)
+            self.db_path = Path(engine.db_path)
         elif db_path is not None:
-            self.host = EngineHost(db_path)
+            self.host = EngineThread.on(db_path)
+            self.db_path = Path(db_path)
         else:
             raise ValueError("ShelfwiseApp needs an Engine or a db_path.")
-        self.sub_title = str(self.host.db_path)
+        self.sub_title = str(self.db_path)
         self.start_mode = mode or self.DEFAULT_MODE
 
     def on_mount(self) -> None:
-        self.title = f"Shelfwise · {self.host.db_path.name}"
+        self.title = f"Shelfwise · {self.db_path.name}"
         self.switch_mode(self.start_mode)
 
     def action_toggle_theme(self) -> None:

@@ -1,73 +1,26 @@
-"""Where engine work runs while the server answers requests.
+"""Where training runs while the server answers requests.
 
-SQLite connections belong to the thread that opened them, and an Engine keeps models,
-the vector index and the recommendation cache in memory. So the server owns exactly one
-serving Engine, on one dedicated thread (`EngineThread`): every request's engine call
-is queued there, which also makes ingest, erasure and catalogue changes strictly ordered
-(no interleaved writes, one cache to invalidate). The event loop only parses, checks keys
-and formats.
+The server owns exactly one serving Engine, on one dedicated thread (`engine.EngineThread`,
+shared with the TUI): every request's engine call is queued there, which also makes
+ingest, erasure and catalogue changes strictly ordered (no interleaved writes, one cache
+to invalidate). The event loop only parses, checks keys and formats.
 
-Training (`Trainer`) runs on a thread of its own with its own Engine; it writes new model
+Training (`Trainer`) runs in a child process (or on a thread) with its own Engine; it writes new model
 versions and activates them in one transaction at the end. The serving Engine notices on
 its next request (`Engine.sync`: PRAGMA data_version plus the active artifact ids) and
 loads the new models; until then the old ones keep serving."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 from ..errors import EngineError
 
-T = TypeVar("T")
 TRAIN_NICENESS = 10  # the training process yields the CPU to the serving one
-
-
-class EngineThread:
-    def __init__(self, factory: Callable[[], Any]):
-        self._factory = factory
-        self._local = threading.local()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="shelfwise-engine",
-                                            initializer=self._open)
-        self.pending = 0  # requests queued or running on the engine thread
-        self.served = 0
-
-    def _open(self) -> None:
-        self._local.engine = self._factory()
-
-    def _call(self, fn: Callable[..., T], args: tuple) -> T:
-        return fn(self._local.engine, *args)
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(engine, *args) on the engine thread and wait for it without blocking the loop."""
-        self.pending += 1
-        try:
-            return await asyncio.wrap_future(self._executor.submit(self._call, fn, args))
-        finally:
-            self.pending -= 1
-            self.served += 1
-
-    async def background(self, fn: Callable[..., T], *args: Any) -> T:
-        """Like `run`, for the server's own work between requests (not counted as a request)."""
-        return await asyncio.wrap_future(self._executor.submit(self._call, fn, args))
-
-    def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
-        """Run fn(engine, *args) on the engine thread from another (non-async) thread."""
-        return self._executor.submit(self._call, fn, args).result(timeout)
-
-    def close(self) -> None:
-        def shut(engine):
-            engine.close()
-
-        try:
-            self._executor.submit(self._call, shut, ()).result(timeout=30)
-        finally:
-            self._executor.shutdown(wait=True)
 
 
 def _train_in_process(db_path: str, config_path: str | None, plugins_dir: str | None,

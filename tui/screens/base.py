@@ -27,7 +27,7 @@ class EngineScreen(Screen):
     mode = ""
 
     def header(self) -> NavBar:
-        return NavBar(self.mode, self.app.host.db_path.name)
+        return NavBar(self.mode, self.app.db_path.name)
 
     def footer(self) -> Footer:
         return Footer(compact=True)

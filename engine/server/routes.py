@@ -1,0 +1,229 @@
+"""The API's routes, one router per audience: `reading` (public keys: what a shop page
+shows), `ingestion` (events: public keys, some kinds secret), `admin` (secret keys: catalogue,
+erasure, training, reports) and `probes` (no key: health and readiness).
+
+Each handler parses, runs one Engine method on the engine thread (`app.state.engine`, an
+`engine.EngineThread`) and formats; create_app adds the groups in this order."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Callable
+
+from fastapi import Depends, FastAPI, Path as PathParam, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import StringConstraints
+
+from ..apikeys import PUBLIC_EVENT_KINDS
+from ..types import Recommendation
+from . import problems
+from .problems import Problem
+from .schemas import (
+    DURATION_PATTERN, ID_LIST_PATTERN, ID_PATTERN, Erased, EventsIn, EventsOut, ItemOut, ItemsChanged, ItemsIn,
+    RecItem, RecList, Removed, Report, TrainStarted,
+)
+from .security import require
+
+Id = Annotated[str, PathParam(pattern=ID_PATTERN, description="letters, digits and . _ : @ + -")]
+N = Annotated[int, Query(ge=1, le=200, description="how many items")]
+Placement = Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_.\-]*$",
+                                 description="where the list is shown: home, product-page, cart, …")]
+Category = Annotated[str | None, Query(max_length=200)]
+Public = Depends(require("public"))
+Secret = Depends(require("secret"))
+
+
+
+class Routes:
+    """A group of routes declared beside their handlers (`@group.get(path, **options)`, as on
+    the app) and added to the app by `add_to(app)`, so that each route gets the app's shared
+    dependencies and responses. Not an APIRouter: newer FastAPI includes those lazily, out
+    of sight of `app.router.routes` (which `problems.allowed_methods` reads for 405/OPTIONS)."""
+
+    def __init__(self) -> None:
+        self.routes: list[tuple[str, str, dict[str, Any], Callable]] = []
+
+    def _route(self, method: str, path: str, options: dict[str, Any]) -> Callable[[Callable], Callable]:
+        def declare(handler: Callable) -> Callable:
+            self.routes.append((method, path, options, handler))
+            return handler
+        return declare
+
+    def get(self, path: str, **options: Any):
+        return self._route("get", path, options)
+
+    def post(self, path: str, **options: Any):
+        return self._route("post", path, options)
+
+    def put(self, path: str, **options: Any):
+        return self._route("put", path, options)
+
+    def delete(self, path: str, **options: Any):
+        return self._route("delete", path, options)
+
+    def add_to(self, app: FastAPI) -> None:
+        for method, path, options, handler in self.routes:
+            getattr(app, method)(path, **options)(handler)
+
+
+reading = Routes()
+ingestion = Routes()
+admin = Routes()
+probes = Routes()
+
+
+def _ids(values: list[str]) -> list[str]:
+    """Query lists may repeat the parameter or separate ids by commas (ID_LIST_PATTERN)."""
+    return [v for value in values for v in value.split(",")]
+
+
+def _answer(engine, recs: list[Recommendation], user_id: str | None, placement: str,
+            cached: bool = False) -> RecList:
+    rid = engine.log_impressions(recs, user_id, placement)
+    return RecList(recommendation_id=rid, placement=placement, cached=cached,
+                   items=[RecItem.of(r) for r in recs])
+
+
+def run(request: Request):
+    """`await run(request)(fn, *args)`: fn(engine, *args) on the app's engine thread."""
+    return request.app.state.engine.run
+
+
+def _unknown_item(item_id: str) -> Problem:
+    return Problem(404, "Unknown item", f"No item {item_id!r} in the catalogue.",
+                   [{"field": "path.item_id", "message": "not in the catalogue"}])
+
+
+# -- reading (public keys) ----------------------------------------------------------------
+
+@reading.get("/recommend/{user_id}", response_model=RecList, dependencies=[Public],
+             summary="Personalised recommendations (unknown users get the cold-start fallback)")
+async def recommend(request: Request, user_id: Id, n: N = 10, category: Category = None,
+                    exclude: Annotated[list[Annotated[str, StringConstraints(pattern=ID_LIST_PATTERN)]], Query(
+                        description="item ids not to show: repeat the parameter or separate "
+                                    "ids by commas")] = [],  # noqa: B006
+                    placement: Placement = ""):
+    excluded = _ids(exclude)
+
+    def work(engine):
+        hits = engine.recommendation_cache.hits
+        recs = engine.recommend(user_id, n, category=category or None, exclude=excluded)
+        return _answer(engine, recs, user_id, placement, engine.recommendation_cache.hits > hits)
+    return await run(request)(work)
+
+
+@reading.get("/similar/{item_id}", response_model=RecList, dependencies=[Public],
+             summary="Items similar to one item (product page)")
+async def similar(request: Request, item_id: Id, n: N = 10, placement: Placement = ""):
+    return await run(request)(lambda e: _answer(e, e.similar(item_id, n), None, placement))
+
+
+@reading.get("/search", response_model=RecList, dependencies=[Public],
+             summary="Catalogue search (when a search recaller is installed and trained)")
+async def search(request: Request, q: Annotated[str, Query(min_length=1, max_length=500, pattern=r"\S",
+                                                            description="the words to look for")],
+                 n: N = 10, category: Category = None, placement: Placement = ""):
+    return await run(request)(lambda e: _answer(e, e.search(q, n, category or None), None, placement))
+
+
+@reading.get("/popular", response_model=RecList, dependencies=[Public],
+             summary="What a visitor without history is shown (the cold-start fallback)")
+async def popular(request: Request, n: N = 10, category: Category = None, placement: Placement = ""):
+    return await run(request)(
+        lambda e: _answer(e, e.popular(n, category=category or None), None, placement))
+
+
+@reading.get("/items/{item_id}", response_model=ItemOut, dependencies=[Public])
+async def get_item(request: Request, item_id: Id):
+    item = await run(request)(lambda e: e.item(item_id))
+    if item is None:
+        raise _unknown_item(item_id)
+    return ItemOut.of(item)
+
+
+# -- events ---------------------------------------------------------------------------------
+
+@ingestion.post("/events", response_model=EventsOut,
+             summary="Store events (idempotent by event_id); acknowledged after commit")
+async def post_events(request: Request, body: EventsIn, key: dict = Public):
+    if key["scope"] != "secret":
+        bad = [(i, e.kind) for i, e in enumerate(body.events) if e.kind not in PUBLIC_EVENT_KINDS]
+        if bad:
+            raise Problem(403, "Secret key required",
+                          f"events.{bad[0][0]}.kind: {bad[0][1]!r} events need a secret key; "
+                          f"public keys may send {', '.join(sorted(PUBLIC_EVENT_KINDS))}.",
+                          [{"field": f"events.{i}.kind", "message": "needs a secret key"}
+                           for i, _ in bad])
+    events = [e.to_event() for e in body.events]
+    rids = {e.event_id: e.recommendation_id for e in body.events if e.recommendation_id}
+    return await run(request)(lambda eng: eng.ingest(events, rids))
+
+
+# -- catalogue, erasure, training, reports (secret keys) -----------------------------------
+
+@admin.put("/items", response_model=ItemsChanged, dependencies=[Secret],
+           summary="Add or update catalogue items (new products are recommendable at once)")
+async def put_items(request: Request, body: ItemsIn):
+    items = [i.to_item() for i in body.items]
+    return await run(request)(lambda e: e.upsert_items(items))
+
+
+@admin.delete("/items/{item_id}", response_model=Removed, dependencies=[Secret])
+async def delete_item(request: Request, item_id: Id):
+    found = await run(request)(lambda e: e.remove_items([item_id]))
+    if not found["removed"]:
+        raise _unknown_item(item_id)
+    return {"removed": found["removed"]}
+
+
+@admin.delete("/users/{user_id}", response_model=Erased, dependencies=[Secret],
+              summary="Erase a user: events, impressions, attribution, cached lists")
+async def erase_user(request: Request, user_id: Id):
+    return await run(request)(lambda e: e.erase_user(user_id))
+
+
+@admin.post("/train", response_model=TrainStarted, status_code=202, dependencies=[Secret],
+            summary="Start a background retrain; the active models serve until it is done")
+async def train(request: Request):
+    return {"started": True, "training": request.app.state.trainer.start()}
+
+
+@admin.get("/status", dependencies=[Secret], summary="Models, last training, queue depth")
+async def status(request: Request) -> dict[str, Any]:
+    state = request.app.state
+
+    def work(engine):
+        return {**engine.status(), "recommendation_cache": engine.recommendation_cache.stats()}
+    out = await state.engine.run(work)
+    out.update(training={k: v for k, v in state.trainer.state.items() if k != "trace"},
+               queue_depth=state.engine.pending, api_keys=state.keys.active())
+    return out
+
+
+@admin.get("/report", response_model=Report, dependencies=[Secret],
+           summary="Impressions, CTR, add-to-cart, conversion and revenue per recaller, ranker, placement")
+async def report(request: Request, since: Annotated[str, Query(
+                     pattern=DURATION_PATTERN, description="how far back: 30m, 12h, 7d, 2w or all")] = "7d",
+                 placement: Annotated[str | None, Query(max_length=64)] = None):
+    return await run(request)(lambda e: e.report(since, placement))
+
+
+# -- probes ---------------------------------------------------------------------------------
+
+@probes.get("/healthz", summary="The process answers")
+async def healthz() -> dict[str, Any]:
+    return {"ok": True}
+
+
+@probes.get("/readyz", summary="The database opens and trained models can serve")
+async def readyz(request: Request):
+    def work(engine):
+        engine.pipeline()
+        return True
+    try:
+        await run(request)(work)
+    except Exception as exc:  # not ready: say why, with 503
+        return problems.problem_response(503, "Not ready", str(exc), instance="/readyz")
+    return JSONResponse({"ok": True, "ready": True})
+
+
+GROUPS = (reading, ingestion, admin, probes)
