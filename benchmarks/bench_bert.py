@@ -55,7 +55,7 @@ def build_examples(eng):
 
     ps = eng.settings.pipeline
     data = eng.dataset()
-    quotas, recallers, _ = eng._fresh_components()
+    quotas, recallers, _ = eng.lineup.fresh()
     split = holdout(data, ps.validation_share, ps.min_interactions, history=ps.history,
                     max_users=ps.validation_users, seed=ps.seed)
     fit_recallers(split.visible, recallers, lambda *a: None)

@@ -70,7 +70,7 @@ def main() -> None:
         ps = ps.model_copy(update={"validation_windows": args.windows})
     data = eng.dataset()
     split = holdout(data, ps.validation_share, ps.min_interactions, history=ps.history)
-    quotas, recallers, _ = eng._fresh_components()
+    quotas, recallers, _ = eng.lineup.fresh()
     in_pipe = {n: recallers[n] for n in quotas}
     t0 = time.perf_counter()
     latest, earlier = validation_examples(split.visible, in_pipe, quotas, ps, quiet)
@@ -103,7 +103,7 @@ def main() -> None:
     cold = {str(i) for i in data.item_ids[~seen]}
     k = 10
     pipe = Pipeline(in_pipe, {n: max(q, k) for n, q in quotas.items()},
-                    categories=eng._catalogue_view()[1], new_items=cold, **eng._rules())
+                    categories=eng.serving.catalogue().categories, new_items=cold, **eng.lineup.rules())
     recalled = pipe.recall(split.queries)
     known = np.array([len(q.exclude) for q in split.queries])
     light = np.flatnonzero(known <= int(np.quantile(known, 0.25))).tolist()

@@ -54,7 +54,7 @@ def latency(db: Path, users: int = 300, n: int = 100) -> dict:
     for method in ("meta_path", "rwr"):
         engine = Engine(db, settings=Settings(plugins={"kg": {"method": method}}))
         data = engine.dataset()
-        kg = engine._make("recallers", "kg")
+        kg = engine.make("recallers", "kg")
         started = time.perf_counter()
         kg.fit(data)
         fit_s = time.perf_counter() - started

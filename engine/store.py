@@ -21,6 +21,7 @@ import sqlite_utils
 from .dataset import DEFAULT_KIND_WEIGHTS, Dataset
 from .db import write_transaction
 from .errors import ArtifactError, ImportDataError
+from .catalogue import CatalogueView
 from .types import Event, Interaction, Item, ItemEntity, Record, Triple, User
 
 CHUNK = 20_000
@@ -361,15 +362,58 @@ class Store:
             self._rows_in(sql + " AND user_id IN ({marks})", list(ids))
         return {r[0]: json.loads(r[1]) for r in rows}
 
-    def history(self, user_id: str, limit: int | None = None) -> tuple[Interaction, ...]:
-        """The user's events, oldest first (the newest `limit` of them)."""
-        sql = "SELECT item_id, kind, ts, value FROM events WHERE user_id = ? ORDER BY ts DESC, id DESC"
+    def history(self, user_id: str, limit: int | None = None,
+                upto: int | None = None) -> tuple[Interaction, ...]:
+        """The user's events, oldest first (the newest `limit` of them); `upto`: only
+        events stored up to that event row id (what a snapshot held)."""
+        sql = "SELECT item_id, kind, ts, value FROM events WHERE user_id = ?"
         params: list[Any] = [user_id]
+        if upto is not None:
+            sql += " AND id <= ?"
+            params.append(upto)
+        sql += " ORDER BY ts DESC, id DESC"
         if limit:
             sql += " LIMIT ?"
             params.append(limit)
         rows = self.conn.execute(sql, params).fetchall()
         return tuple(Interaction(r[0], r[1], r[2], r[3]) for r in reversed(rows))
+
+    def events_between(self, after: int, upto: int) -> list[Event]:
+        """Events stored after row id `after` up to row id `upto`, in the order stored."""
+        rows = self.conn.execute(
+            "SELECT user_id, item_id, kind, ts, value, event_id FROM events WHERE id > ? AND "
+            "id <= ? ORDER BY id", [after, upto]).fetchall()
+        return [Event(*r) for r in rows]
+
+    def users_with_events_after(self, after: int) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT user_id FROM events WHERE id > ?", [after])]
+
+    # -- what changed: cheap marks another connection's writes move ----------------------
+
+    def data_version(self) -> int:
+        """PRAGMA data_version: moves when another connection commits."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def catalogue_mark(self) -> tuple:
+        return tuple(self.conn.execute("SELECT count(*), max(updated_at) FROM items").fetchone())
+
+    def newest_event_id(self) -> int:
+        return self.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+
+    def active_model_ids(self) -> str | None:
+        """The active artifact rows' ids (a rollback that swaps versions changes it too)."""
+        return self.conn.execute(
+            "SELECT group_concat(id) FROM (SELECT id FROM artifacts WHERE active = 1 ORDER BY id)").fetchone()[0]
+
+    def catalogue_view(self) -> CatalogueView:
+        """What the serving filters need of the catalogue (see CatalogueView)."""
+        rows = self.conn.execute("SELECT item_id, category, in_stock FROM items").fetchall()
+        untouched = {r[0] for r in self.conn.execute(
+            "SELECT item_id FROM items i WHERE NOT EXISTS "
+            "(SELECT 1 FROM events e WHERE e.item_id = i.item_id)")}
+        return CatalogueView(available={r[0] for r in rows if r[2]},
+                             categories={r[0]: r[1] or "" for r in rows}, untouched=untouched)
 
     def users_with_events(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT user_id FROM events ORDER BY user_id")]
@@ -496,6 +540,19 @@ class Store:
             "SELECT name, version, format, sha256, size, meta, created_at FROM artifacts "
             "WHERE active = 1 AND name LIKE ? ORDER BY name", [prefix + "%"])]
 
+    def model_names(self) -> list[str]:
+        """Every stored recaller and ranker model's name (active or not)."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT name FROM artifacts WHERE name LIKE 'recaller/%' OR name LIKE 'ranker/%'")]
+
+    def delete_versions_except(self, name: str, version: int) -> None:
+        self.conn.execute("DELETE FROM artifacts WHERE name = ? AND version != ?", [name, version])
+
+    def delete_inactive_incremental(self, names: Sequence[str]) -> None:
+        """Drop the superseded incremental copies of these models (meta "incremental")."""
+        self.conn.execute(f"DELETE FROM artifacts WHERE name IN ({','.join('?' * len(names))}) "
+                          f"AND active = 0 AND json_extract(meta, '$.incremental')", list(names))
+
     def latest_artifact(self, name: str) -> dict[str, Any] | None:
         """Metadata (no bytes) of the newest stored version, active or not."""
         rows = list(self.db.query(
@@ -592,8 +649,9 @@ class Store:
                 for r in rows]
 
     def run(self, run_id: int) -> dict[str, Any] | None:
-        rows = [r for r in self.runs(limit=10_000) if r["id"] == run_id]
-        return rows[0] if rows else None
+        rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
+        return dict(rows[0], config=json.loads(rows[0]["config"] or "{}"),
+                    metrics=json.loads(rows[0]["metrics"] or "{}")) if rows else None
 
 
 def _alive(pid: int | None) -> bool:

@@ -76,7 +76,7 @@ def activate_bert(eng: Engine) -> None:
     version = eng.store.conn.execute(
         "SELECT max(version) FROM artifacts WHERE name = 'ranker/bert'").fetchone()[0]
     eng.store.activate({"ranker/bert": version})
-    eng._loaded.clear()
+    eng.serving.drop_models()
 
 
 # -- training end to end --------------------------------------------------------------

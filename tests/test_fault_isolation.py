@@ -57,8 +57,7 @@ def damage(eng: Engine, name: str) -> None:
     with eng.db.atomic():
         eng.store.conn.execute("UPDATE artifacts SET bytes = ?, sha256 = ? WHERE name = ? AND active = 1",
                                [payload, hashlib.sha256(payload).hexdigest(), name])
-    eng._loaded.clear()
-    eng._vectors = None
+    eng.serving.drop_models()  # as if it had just started
 
 
 def test_a_damaged_ranker_leaves_the_next_one_serving(eng):

@@ -138,7 +138,7 @@ def test_models_activated_during_our_own_write_are_still_noticed(eng):
     between our ingest's check and its bookkeeping. The serving engine must still notice
     them (reload the models) rather than adopt them unseen and keep serving the old ones."""
     eng.recommend("user001", 5)
-    old = {name: id(component) for name, component in eng._loaded.items()}
+    old = {name: id(component) for name, component in eng.serving.loaded.items()}
     other = Engine(eng.db_path)
     real_sync = eng.sync
 
@@ -151,6 +151,6 @@ def test_models_activated_during_our_own_write_are_still_noticed(eng):
     eng.sync = real_sync
     other.close()
     eng.recommend("user001", 5)
-    assert {name: id(c) for name, c in eng._loaded.items()} != old, "the new models are loaded"
+    assert {name: id(c) for name, c in eng.serving.loaded.items()} != old, "the new models are loaded"
     active = {a["name"]: a["version"] for a in eng.store.active_artifacts()}
-    assert all(getattr(c, "_fitted", True) for c in eng._loaded.values()) and active
+    assert all(getattr(c, "_fitted", True) for c in eng.serving.loaded.values()) and active

@@ -1,0 +1,120 @@
+"""What the views ask of the engine, answered: a shopper's recommendations (and their
+trace), what a visitor without history sees, search, similar items, every shopper's list.
+`Engine`'s methods of the same names call these."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+
+from .components import ProgressCallback, no_progress
+from .errors import ArtifactError, EngineError, NotTrainedError
+from .pipeline import Trace, interleave
+from .rendering import items_named, render
+from .types import Candidate, Interaction, Query, Recommendation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Engine
+
+
+def query_for(engine: Engine, user_id: str | None, category: str | None = None,
+              exclude: Iterable[str] = (), items: Sequence[str] = (),
+              text: str | None = None) -> Query:
+    """The request as recallers see it: the user's stored history (if any) followed by
+    `items` the caller says were just viewed (anonymous visitors, cold start)."""
+    ps = engine.settings.pipeline
+    now = time.time()
+    history = engine.store.history(user_id, ps.history) if user_id else ()
+    history = history + tuple(Interaction(i, "view", now) for i in items)
+    consumed = engine.store.consumed(user_id, ps.exclude_kinds) if user_id else set()
+    return Query(user_id=user_id, history=history, text=text or None,
+                 exclude=frozenset(consumed) | frozenset(exclude) | frozenset(items),
+                 category=category, now=now)
+
+
+def recommend(engine: Engine, user_id: str | None, n: int = 10, recallers: Sequence[str] | None = None,
+              ranker: str | None = None, category: str | None = None,
+              exclude: Iterable[str] = (), items: Sequence[str] = (),
+              text: str | None = None) -> list[Recommendation]:
+    """Personalised recommendations. An unknown user (or None) gets the cold-start
+    path: popular items, or content neighbours of `items` / matches of `text`."""
+    if n < 1:
+        raise EngineError(f"n must be at least 1, not {n}.")
+    engine.sync()
+    if not engine.serving.loaded:  # models dropped (a retrain, a reload): their answers are stale
+        engine.serving.cache.clear()
+    key = (user_id, n, tuple(recallers or ()), ranker, category, frozenset(exclude),
+           tuple(items), text)
+    found = engine.serving.cache.get(key)
+    if found is not None:
+        return list(found)
+    pipe = engine.lineup.pipeline(recallers, ranker)
+    query = query_for(engine, user_id, category, exclude, items, text)
+    recs = render(engine.store, pipe.run([query], n)[0], pipe.ranker_name)
+    engine.serving.cache.put(key, user_id, tuple(recs))
+    return recs
+
+
+def trace(engine: Engine, user_id: str | None, n: int = 10, recallers: Sequence[str] | None = None,
+          ranker: str | None = None, category: str | None = None,
+          exclude: Iterable[str] = (), items: Sequence[str] = (), text: str | None = None) -> Trace:
+    """What `recommend` with these arguments does, stage by stage (never cached): each
+    recaller's proposals, what each filter removed, the ranker's order, what the re-rank
+    rules moved, and the list shown. `ranker=""` leaves the ranker out."""
+    if n < 1:
+        raise EngineError(f"n must be at least 1, not {n}.")
+    pipe = engine.pipeline(recallers, ranker)
+    return pipe.trace(query_for(engine, user_id, category, exclude, items, text), n)
+
+
+def popular(engine: Engine, n: int = 10, category: str | None = None) -> list[Recommendation]:
+    """What a visitor without history sees: the pipeline's answer for nobody (the
+    `popular` recaller's list, ranked); when no trained model can give one (before the
+    first train, or every model damaged), the products most shoppers chose, counted
+    from the events — this answer never depends on a model."""
+    try:
+        recs = engine.recommend(None, n, category=category)
+    except (NotTrainedError, ArtifactError):
+        recs = []
+    if recs:
+        return recs
+    counted = engine.store.most_chosen(n, category)
+    return render(engine.store, [Candidate(item, float(people), "popular", f"popular with {people} "
+                                  f"{'person' if people == 1 else 'people'}")
+                        for item, people in counted], None)
+
+
+def search(engine: Engine, text: str, n: int = 10, category: str | None = None) -> list[Recommendation]:
+    """Catalogue search through the recallers that answer text queries."""
+    if not text.strip():
+        raise EngineError("The search text is empty. Example: shelfwise search \"red shoes\".")
+    pipe = engine.lineup.only(engine.pipeline(), lambda r: r.text_queries)
+    if not pipe.recallers:
+        raise NotTrainedError("No trained recaller answers text queries. Install a search "
+                              "plugin and run \"shelfwise train\".")
+    query = Query(text=text, category=category, now=time.time())
+    return render(engine.store, pipe.run([query], n)[0], None)
+
+
+def recommend_all(engine: Engine, n: int = 10, batch: int = 512,
+                  progress: ProgressCallback = no_progress) -> Iterator[tuple[str, list[Recommendation]]]:
+    """Recommendations for every user with at least one event, in batches."""
+    pipe = engine.pipeline()
+    users = engine.store.users_with_events()
+    for start in range(0, len(users), batch):
+        part = users[start:start + batch]
+        queries = [query_for(engine, u) for u in part]
+        shown = pipe.run(queries, n)
+        items = items_named(engine.store, (c for cands in shown for c in cands))  # one read a batch
+        for u, cands in zip(part, shown):
+            yield u, render(engine.store, cands, pipe.ranker_name, items)
+        progress("recommend", min(start + batch, len(users)), len(users), "")
+
+
+def similar(engine: Engine, item_id: str, n: int = 10) -> list[Recommendation]:
+    if engine.store.item(item_id) is None and not engine.store.item_events(item_id, 1):
+        raise EngineError(f"Unknown item {item_id!r}. Find ids with \"shelfwise items QUERY\".",
+                          title="Unknown item")
+    pipe = engine.lineup.only(engine.pipeline(), lambda r: r.similar_items)
+    query = Query(item_id=item_id, exclude=frozenset([item_id]), now=time.time())
+    return render(engine.store, pipe.candidates([query], blend=interleave)[0][:n], None)

@@ -1,0 +1,170 @@
+"""The two long jobs behind `Engine.train` and `Engine.evaluate`, step by step.
+
+train: encode new items, fit every installed component (each in isolation), choose the
+ranker that serves, store every model and activate them in one transaction, prune old
+versions. evaluate: hold out each user's newest items, fit on the rest, score every
+recaller and the pipeline on the held-out users (all of them, the light ones, the
+cold-start items). Both record a `runs` row that never stays "running"."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from .artifacts import dump_state
+from .components import ProgressCallback, Ranker, Recaller
+from .db import write_transaction
+from .errors import EngineError
+from .evaluation import holdout
+from .metrics import aggregate
+from .pipeline import Pipeline
+from .training import choose_ranker, fit_pipeline
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Engine
+
+
+def train(engine: Engine, progress: ProgressCallback) -> dict[str, Any]:
+    started = time.perf_counter()
+    data = engine.dataset()
+    if data.n_events == 0:
+        raise EngineError("There are no events to learn from. Import some first: "
+                          "\"shelfwise import csv --events events.csv\".", title="No data")
+    vector_report = engine.refresh_vectors(progress)
+    quotas, recallers, rankers = engine.lineup.fresh(every=True)
+    store = engine.store
+    run_id = store.start_run("train", {"pipeline": quotas, "recallers": list(recallers),
+                                       "rankers": [r.name for r in rankers]})
+    try:  # until the models are activated, a failure or a cancel leaves the old ones serving
+        report = fit_pipeline(data, recallers, quotas, rankers, engine.settings.pipeline, progress)
+        versions, chosen = _activate(engine, report, recallers, rankers, progress)
+    except BaseException as exc:
+        store.finish_run(run_id, {}, status="failed", note=str(exc))
+        raise
+    engine.serving.drop_models()
+    report.update({"vectors": vector_report, "run_id": run_id, "events": data.n_events,
+                   "users": data.n_users, "items": data.n_items, "versions": versions, "ranker": chosen,
+                   "kept_models": sorted(m["name"] for m in store.active_artifacts()
+                                         if m["name"].partition("/")[2] in report["failed"]),
+                   "total_seconds": time.perf_counter() - started})
+    store.finish_run(run_id, report)
+    report["pruned"] = store.prune_artifacts(engine.settings.store.keep_versions)
+    with contextlib.suppress(Exception):  # activated: too late to cancel, nothing to undo
+        progress("save", 1, 1, "models activated")
+    return report
+
+
+def _activate(engine: Engine, report: dict, recallers: dict[str, Recaller], rankers: list[Ranker],
+              progress: ProgressCallback) -> tuple[dict[str, int], dict[str, Any]]:
+    """Store the fitted models and activate them together: (versions, the ranker chosen).
+
+    A component whose fit raised is not saved: its last good model (if any) serves on. A
+    ranker of higher priority is activated only if it beat the others on the held-back
+    validation users; otherwise its new version is kept inactive and the old one retired,
+    so the winner serves (unless shelfwise.toml names a ranker)."""
+    failed = report["failed"]
+    recallers = {n: r for n, r in recallers.items() if n not in failed}
+    rankers = [r for r in rankers if r.name not in failed]
+    progress("save", 0, 1, "writing model artifacts")
+    serving, losers, why = choose_ranker(report, rankers)
+    if engine.settings.pipeline.ranker:
+        serving, losers, why = engine.settings.pipeline.ranker, [], "named in shelfwise.toml"
+    blobs = {f"recaller/{n}": dump_state(r.state()) for n, r in recallers.items()}
+    blobs.update({f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name not in losers})
+    store = engine.store
+    with write_transaction(engine.db):
+        versions = store.save_artifacts(blobs)
+        if losers:
+            versions.update(store.save_artifacts(
+                {f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name in losers},
+                activate=False))
+            store.deactivate([f"ranker/{name}" for name in losers])
+    return versions, {"serving": serving, "not_activated": losers, "why": why}
+
+
+def evaluate(engine: Engine, k: int, progress: ProgressCallback,
+             recallers: Sequence[str] | None, ranker: str | None) -> dict[str, Any]:
+    ps = engine.settings.pipeline
+    engine.refresh_vectors(progress)
+    data = engine.dataset()
+    split = holdout(data, ps.validation_share, ps.min_interactions, history=ps.history)
+    if not split.queries:
+        raise EngineError(f"No user has {ps.min_interactions} or more distinct items, so "
+                          f"nothing can be held out for evaluation.", title="Too little data")
+    quotas, fresh, rankers = engine.lineup.fresh(recallers, ranker)
+    ranker_obj = rankers[0] if rankers else None
+    run_id = engine.store.start_run("evaluate", {"k": k, "recallers": quotas,
+                                                 "ranker": ranker_obj.name if ranker_obj else None})
+    try:  # a failure or a cancel at any step is recorded, never left "running"
+        fit_report = fit_pipeline(split.visible, fresh, quotas, rankers, ps, progress)
+        failed = fit_report["failed"]  # left out of the evaluation, and said so
+        fresh = {name: r for name, r in fresh.items() if name not in failed}
+        quotas = {name: q for name, q in quotas.items() if name not in failed}
+        if ranker_obj is not None and ranker_obj.name in failed:
+            ranker_obj = None
+        if not fresh:
+            raise EngineError("Nothing to evaluate: " + "; ".join(
+                f"{name} failed to train ({f['error']})" for name, f in failed.items()),
+                title="Training failed")
+        out = _score(engine, data, split, fresh, quotas, ranker_obj, k, progress)
+        out.update(run_id=run_id, candidate_hit_rate=fit_report.get("candidate_hit_rate"),
+                   ranker_validation=fit_report["rankers"].get(ranker_obj.name, {}) if ranker_obj else {},
+                   failed={name: f["error"] for name, f in failed.items()})
+    except BaseException as exc:
+        engine.store.finish_run(run_id, {}, status="failed", note=str(exc))
+        raise
+    engine.store.finish_run(run_id, out)
+    return out
+
+
+class _Slices:
+    """The held-out users scored three ways: all, the light quarter (fewest items before
+    the cut), and those whose held-out items include cold-start ones (nobody touched them
+    in the visible part)."""
+
+    def __init__(self, data, split, cold: set[str], k: int):
+        self.relevant, self.k, self.n_items = split.relevant, k, data.n_items
+        self.cold_rel = [rel & cold for rel in split.relevant]
+        self.cold_users = [j for j, rel in enumerate(self.cold_rel) if rel]
+        known = np.array([len(q.exclude) for q in split.queries])
+        self.light_limit = int(np.quantile(known, 0.25))
+        self.light_users = np.flatnonzero(known <= self.light_limit).tolist()
+
+    def score(self, lists: list[list[str]]) -> dict[str, Any]:
+        k, n = self.k, self.n_items
+        out = {"metrics": aggregate(lists, self.relevant, k, n),
+               "light_users": aggregate([lists[j] for j in self.light_users],
+                                        [self.relevant[j] for j in self.light_users], k, n)}
+        if self.cold_users:
+            out["cold_start"] = aggregate([lists[j] for j in self.cold_users],
+                                          [self.cold_rel[j] for j in self.cold_users], k, n)
+        return out
+
+
+def _score(engine: Engine, data, split, fresh: dict[str, Recaller], quotas: dict[str, int],
+           ranker: Ranker | None, k: int, progress: ProgressCallback) -> dict[str, Any]:
+    progress("score", 0, len(fresh) + 1, "recalling for held-out users")
+    seen = np.bincount(split.visible.items, minlength=data.n_items) > 0
+    cold = {str(i) for i in data.item_ids[~seen]}
+    pipe = Pipeline(fresh, {name: max(q, k) for name, q in quotas.items()}, ranker,
+                    categories=engine.serving.catalogue().categories, new_items=cold,
+                    **engine.lineup.rules())
+    recalled = pipe.recall(split.queries)
+    slices = _Slices(data, split, cold, k)
+    results = []
+    for step, name in enumerate(fresh, start=1):
+        if fresh[name].text_queries:  # search answers typed queries; held-out users have none
+            continue
+        lists = [[c.item_id for c in per[name][:k]] for per in recalled]
+        results.append({"name": name, "kind": "recaller", **slices.score(lists)})
+        progress("score", step, len(fresh) + 1, name)
+    lists = [[c.item_id for c in cs] for cs in pipe.run(split.queries, k, recalled)]
+    results.append({"name": "pipeline", "kind": "pipeline", **slices.score(lists),
+                    "ranker": ranker.name if ranker else None})
+    progress("score", len(fresh) + 1, len(fresh) + 1, "pipeline")
+    return {"k": k, "results": results, "users": len(split.queries),
+            "cold_start_users": len(slices.cold_users), "light_users": len(slices.light_users),
+            "light_user_max_items": slices.light_limit}

@@ -1,0 +1,210 @@
+"""What an Engine keeps in memory between requests, and how it stays true to the database.
+
+`Serving` holds the trained components loaded so far (and those whose model would not
+load: `broken`, off until the models change), the catalogue view the filters read, the
+per-user recommendation cache, and the incremental state not yet saved. `sync` notices,
+cheaply, what other connections changed (a retrain in a child process, another CLI):
+new active models are loaded afresh and every cached list dropped; a changed catalogue
+drops cached lists; events stored by someone else drop their users' lists."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Sequence
+
+from .artifacts import dump_state, load_state
+from .cache import RecommendationCache
+from .catalogue import CatalogueView
+from .components import Component
+from .errors import ArtifactError
+from .store import Store
+from .types import Event, Interaction
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What `sync` last saw of the database."""
+
+    version: int          # PRAGMA data_version
+    models: str | None    # the active model rows
+    catalogue: tuple      # (item count, newest update)
+    events: int           # the newest event row id
+    models_loaded_at: int  # the newest event row id when these models were first seen
+    folded_in: bool = False  # the events of a retrain's run were folded into them
+
+
+class Serving:
+    def __init__(self, store: Store, make: Callable[[str, str], Component]):
+        self.store = store
+        self._make = make
+        self.loaded: dict[str, Component] = {}
+        self.absent: set[str] = set()  # components with no trained model (asked once)
+        self.broken: dict[str, str] = {}  # stored models that failed to load: name -> why
+        self.cache = RecommendationCache()
+        self.seen: Seen | None = None
+        self._catalogue: CatalogueView | None = None
+        # state changed since loaded (incremental recallers, the vector index), saved at
+        # most every `save_interval` seconds (0: at once) and at close
+        self.unsaved: set[str] = set()
+        self.save_interval = 0.0
+        self._last_save = time.monotonic()
+        self.on_new_models: Callable[[], None] = lambda: None
+
+    # -- components ------------------------------------------------------------------------
+
+    def fitted(self, kind: str, name: str) -> Component | None:
+        """The component with its active trained state; None if never trained, or if its
+        stored model cannot be loaded (a damaged or incompatible file: that component is
+        off, with one warning and an entry in `broken`, and the others serve)."""
+        key = f"{kind[:-1]}/{name}"
+        if key in self.broken or key in self.absent:
+            return None
+        if key not in self.loaded:
+            component = self._make(kind, name)
+            try:
+                found = self.store.load_artifact(key)
+                if found is None:
+                    self.absent.add(key)
+                    return None
+                component.load(load_state(*found))
+            except Exception as exc:  # noqa: BLE001 — a plugin's loader may raise anything
+                self.disable(key, kind[:-1].capitalize(), name, exc)
+                return None
+            self.loaded[key] = component
+        return self.loaded[key]
+
+    def disable(self, key: str, what: str, name: str, exc: Exception) -> None:
+        why = str(exc) if isinstance(exc, ArtifactError) else (
+            f"its stored model cannot be loaded ({type(exc).__name__}: {exc}); it is damaged or "
+            f"was trained by another version. Run \"shelfwise train\" to rebuild it.")
+        self.broken[key] = f"{what} {name!r} is not used: {why}"
+        with warnings.catch_warnings():  # once per damaged model, each one (not once per line)
+            warnings.simplefilter("always", RuntimeWarning)
+            warnings.warn(self.broken[key], RuntimeWarning, stacklevel=5)
+
+    def refuse_broken(self, key: str) -> None:
+        """A component asked for by name whose model is damaged: say so (not "not trained")."""
+        if key in self.broken:
+            raise ArtifactError(self.broken[key])
+
+    def drop_models(self) -> None:
+        """New models are active: load each afresh when asked (and try the broken again)."""
+        self.loaded.clear()
+        self.absent.clear()
+        self.broken.clear()
+        self._catalogue = None
+        self.on_new_models()
+
+    # -- the catalogue ---------------------------------------------------------------------
+
+    def catalogue(self) -> CatalogueView:
+        if self._catalogue is None:
+            self._catalogue = self.store.catalogue_view()
+        return self._catalogue
+
+    def catalogue_changed(self) -> None:
+        self._catalogue = None
+        self.cache.clear()
+
+    def first_events(self, events: Sequence[Event]) -> None:
+        if self._catalogue is not None:  # a product's first event: no longer new
+            self._catalogue.first_event(e.item_id for e in events)
+
+    # -- staying in step with other connections ----------------------------------------------
+
+    def _look(self, **changes: Any) -> Seen:
+        store = self.store
+        seen = Seen(store.data_version(), store.active_model_ids(), store.catalogue_mark(),
+                    store.newest_event_id(), 0)
+        return replace(seen, models_loaded_at=seen.events, **changes)
+
+    def adopt(self, models: str | None = None, own: bool = False) -> None:
+        """After our own writes: what is loaded and cached already reflects them. `models`
+        with `own`: the active set our own write produced (read inside its transaction).
+        The active set is otherwise never re-read here: models another connection activated
+        in the meantime must still be noticed by `sync`."""
+        if self.seen is not None:
+            seen = self.seen
+            self.seen = replace(seen, catalogue=self.store.catalogue_mark(),
+                                events=self.store.newest_event_id(),
+                                models=models if own else seen.models)
+
+    def sync(self) -> None:
+        """Notice what other connections changed (see the module's text). Cheap when nothing
+        did: PRAGMA data_version moves only when another connection commits."""
+        seen = self.seen
+        if seen is None:
+            self.seen = self._look()
+            return
+        models = self.store.active_model_ids()
+        if models != seen.models:
+            self.drop_models()
+            self.unsaved.clear()  # increments of the replaced models
+            self.cache.clear()
+            self.seen = self._look()
+            return
+        version = self.store.data_version()
+        if version == seen.version:
+            return
+        catalogue, events = self.store.catalogue_mark(), self.store.newest_event_id()
+        if catalogue != seen.catalogue:
+            self.catalogue_changed()
+        elif events != seen.events:
+            self.cache.drop_users(self.store.users_with_events_after(seen.events))
+        self.seen = replace(seen, version=version, models=models, catalogue=catalogue, events=events)
+
+    # -- learning from new events between retrains ---------------------------------------
+
+    def update_recallers(self, names: Sequence[str], events: Sequence[Event],
+                         histories: Mapping[str, Sequence[Interaction]]) -> None:
+        for name in names:
+            recaller = self.fitted("recallers", name)
+            if recaller is not None and recaller.update(events, histories):
+                self.unsaved.add(f"recaller/{name}")
+
+    def events_to_fold_in(self, after_id: int, history: int | None
+                          ) -> tuple[list[Event], dict[str, tuple[Interaction, ...]]]:
+        """After another connection activated models trained on events up to `after_id`:
+        the events stored after that snapshot (and before these models were loaded; later
+        ones this engine folded in itself), with each user's history up to the snapshot.
+        Once per set of models."""
+        self.sync()
+        if self.seen is None or self.seen.folded_in:
+            return [], {}
+        self.seen = replace(self.seen, folded_in=True)
+        events = self.store.events_between(after_id, self.seen.models_loaded_at)
+        return events, {user: self.store.history(user, history, upto=after_id)
+                        for user in {e.user_id for e in events}}
+
+    def save_due(self) -> bool:
+        return bool(self.unsaved) and time.monotonic() - self._last_save >= self.save_interval
+
+    def save(self, blob_of: Callable[[str], tuple[bytes, str, dict] | None]) -> dict[str, int]:
+        """Save what changed since loaded as new active versions (`blob_of` gives the blobs
+        of state that is not a loaded component, such as the vector index). Only the newest
+        incremental version of each is kept. Nothing is saved if another connection
+        activated new models meanwhile: those win."""
+        names = sorted(self.unsaved)
+        self.unsaved.clear()
+        self._last_save = time.monotonic()
+        blobs = {}
+        for name in names:
+            component = self.loaded.get(name)
+            blob = dump_state(component.state()) if component is not None else blob_of(name)
+            if blob is not None:
+                payload, fmt, meta = blob
+                blobs[name] = (payload, fmt, {**meta, "incremental": True})
+        if not blobs:
+            return {}
+        with self.store.db.atomic():
+            self.store.delete_inactive_incremental(list(blobs))  # a write first: takes the lock
+            if self.seen is not None and self.store.active_model_ids() != self.seen.models:
+                return {}
+            versions = self.store.save_artifacts(blobs)
+            self.store.delete_inactive_incremental(list(blobs))
+            mine = self.store.active_model_ids()
+        self.adopt(models=mine, own=True)
+        self.store.reclaim_space(convert=False)  # the superseded copies' pages go back
+        return versions
