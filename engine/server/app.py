@@ -64,15 +64,16 @@ async def keep_warm(engine: EngineThread) -> None:
         await asyncio.sleep(0 if left else WARM_RECHECK)
 
 
-def lifespan(db_path: str | Path, engine_factory: Callable[[], Any], incremental_save_interval: float,
-             train_process: tuple | None):
+def lifespan(db_path: str | Path, engine_factory: Callable[[], Any],
+             incremental_save_interval: float, train_process: tuple | None):
     """The app's lifespan: open the serving engine (one `EngineThread`), the trainer and
     the key ring on `app.state`, keep the caches warm while serving, close all at the end."""
     @asynccontextmanager
     async def serve(app: FastAPI):
         app.state.engine = EngineThread(engine_factory)
-        app.state.trainer = Trainer(engine_factory, process=train_process,
-                                    on_done=lambda upto: app.state.engine.call(lambda e: e.fold_in_since(upto)))
+        def fold_in(upto: int):  # events that came in while training, on the new models
+            return app.state.engine.call(lambda e: e.fold_in_since(upto))
+        app.state.trainer = Trainer(engine_factory, process=train_process, on_done=fold_in)
         app.state.keys = KeyRing(db_path)
         def warm(engine):  # open the engine before serving
             engine.incremental_save_interval = incremental_save_interval

@@ -42,7 +42,8 @@ class Routes:
     def __init__(self) -> None:
         self.routes: list[tuple[str, str, dict[str, Any], Callable]] = []
 
-    def _route(self, method: str, path: str, options: dict[str, Any]) -> Callable[[Callable], Callable]:
+    def _route(self, method: str, path: str,
+               options: dict[str, Any]) -> Callable[[Callable], Callable]:
         def declare(handler: Callable) -> Callable:
             self.routes.append((method, path, options, handler))
             return handler

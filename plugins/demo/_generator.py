@@ -190,43 +190,18 @@ def make_catalogue(rng: np.random.Generator, n_items: int, days: int, end: float
     cats = vocab.CATEGORIES
     depts = {d.name: d for d in vocab.DEPARTMENTS}
     counts = _allocate(n_items, np.array([c.share for c in cats]), minimum=3)
-
-    # Brands: each category sells a few of its department's brands (which therefore span
-    # categories) and sometimes a brand from another department.
-    brands: list[str] = []
-    for d in vocab.DEPARTMENTS:
-        for b in d.brands + vocab.CROSS_BRANDS.get(d.name, ()):
-            if b not in brands:
-                brands.append(b)
-    brand_index = {b: i for i, b in enumerate(brands)}
-    brand_tier = np.exp(rng.normal(0.0, 0.25, len(brands)))
-    cat_brands: list[np.ndarray] = []
-    for c in cats:
-        home = depts[c.department].brands
-        cross = vocab.CROSS_BRANDS.get(c.department, ())
-        pool = home + cross
-        w = np.array([1.0] * len(home) + [0.35] * len(cross))
-        k = min(len(pool), int(rng.integers(3, 6)))
-        chosen = rng.choice(len(pool), size=k, replace=False, p=w / w.sum())
-        cat_brands.append(np.array([brand_index[pool[j]] for j in chosen]))
+    brands, brand_tier, cat_brands = _brands(rng, depts)
 
     category = np.repeat(np.arange(len(cats)), counts)
     n = len(category)
     brand = np.empty(n, dtype=np.int64)
     log_pop = np.empty(n)
     price = np.empty(n)
-    titles: list[str] = []
-    descriptions: list[str] = []
-    models: list[str] = []
-    specs: list[str] = []
-    materials: list[str | None] = []
-    colours: list[str | None] = []
-    uses: list[str] = []
+    texts: list[_Text] = []
     seen_titles: set[str] = set()
     start = 0
     for ci, c in enumerate(cats):
         m = int(counts[ci])
-        dept = depts[c.department]
         sl = slice(start, start + m)
         start += m
         # A few brands dominate each category.
@@ -237,51 +212,113 @@ def make_catalogue(rng: np.random.Generator, n_items: int, days: int, end: float
         spec_centre = (len(c.specs) - 1) / 2
         price[sl] = (c.price * brand_tier[brand[sl]] * np.exp(0.15 * (spec_idx - spec_centre))
                      * np.exp(rng.normal(0.0, c.spread, m)))
-        noun_idx = rng.integers(0, len(c.nouns), m)
-        model_idx = rng.integers(0, len(dept.models), m)
-        use_idx = rng.integers(0, len(c.uses), m)
-        feat_idx = rng.integers(0, len(c.features), m)
-        adjectives = c.adjectives or dept.adjectives
-        adj_idx = rng.integers(0, len(adjectives), m)
-        mat_idx = rng.integers(0, max(1, len(c.materials)), m)
-        col_idx = rng.integers(0, max(1, len(c.colours)), m)
-        for j in range(m):
-            noun, spec = c.nouns[noun_idx[j]], c.specs[spec_idx[j]]
-            model = dept.models[model_idx[j]]
-            material = c.materials[mat_idx[j]] if c.materials else None
-            colour = c.colours[col_idx[j]] if c.colours else None
-            use = c.uses[use_idx[j]]
-            title = c.title.format(model=model, spec=spec, noun=noun,
-                                   Material=_capitalised(material or ""))
-            title = " ".join(title.split())
-            edition = 0
-            while title in seen_titles:  # same words twice: a newer edition of the line
-                edition += 1
-                title = f"{title.removesuffix(EDITIONS[edition - 1])}{EDITIONS[edition]}" \
-                    if edition < len(EDITIONS) else f"{title} {edition}"
-            seen_titles.add(title)
-            adj = adjectives[adj_idx[j]]
-            noun_text = f"{adj} {_in_sentence(noun)}"
-            if not _plural(noun):
-                noun_text = ("An " if adj[0] in "aeiou" else "A ") + noun_text
-            else:
-                noun_text = noun_text[0].upper() + noun_text[1:]
-            made = f" {c.made} {material}," if material else ""
-            text = f"{noun_text}{made} for {use}. {c.features[feat_idx[j]]}"
-            if colour:
-                text += f" In {colour}."
-            titles.append(title)
-            descriptions.append(text)
-            models.append(model)
-            specs.append(spec)
-            materials.append(material)
-            colours.append(colour)
-            uses.append(use)
+        texts += _texts(rng, c, depts[c.department], spec_idx, seen_titles)
     price = np.array([_price(p) for p in price])
+    is_new, late, released, in_stock, stock = _releases(rng, n, days, end)
+    accessories = _accessory_links(rng, category, brand, is_new | late)
 
-    # Cold start comes in two kinds: products imported but never seen (released in the last
-    # week, no events) and products released in the last days of the window, which sell
-    # from their release on and so reach the evaluation's held-out part unseen.
+    return Catalogue(
+        item_ids=[f"p{i:05d}" for i in range(n)], titles=[t.title for t in texts],
+        descriptions=[t.description for t in texts], category=category, brand=brand,
+        brands=brands, price=price, in_stock=in_stock, stock=stock, released=released,
+        is_new=is_new, late=late, model=[t.model for t in texts], spec=[t.spec for t in texts],
+        material=[t.material for t in texts], colour=[t.colour for t in texts],
+        use=[t.use for t in texts], log_popularity=log_pop, accessories=accessories,
+    )
+
+
+def _brands(rng: np.random.Generator, depts: dict[str, vocab.DepartmentSpec]
+            ) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
+    """All brands, each brand's price tier, and per category the brands it sells: a few
+    of its department's brands (which therefore span categories) and sometimes a brand
+    from another department."""
+    brands: list[str] = []
+    for d in vocab.DEPARTMENTS:
+        for b in d.brands + vocab.CROSS_BRANDS.get(d.name, ()):
+            if b not in brands:
+                brands.append(b)
+    brand_index = {b: i for i, b in enumerate(brands)}
+    brand_tier = np.exp(rng.normal(0.0, 0.25, len(brands)))
+    cat_brands: list[np.ndarray] = []
+    for c in vocab.CATEGORIES:
+        home = depts[c.department].brands
+        cross = vocab.CROSS_BRANDS.get(c.department, ())
+        pool = home + cross
+        w = np.array([1.0] * len(home) + [0.35] * len(cross))
+        k = min(len(pool), int(rng.integers(3, 6)))
+        chosen = rng.choice(len(pool), size=k, replace=False, p=w / w.sum())
+        cat_brands.append(np.array([brand_index[pool[j]] for j in chosen]))
+    return brands, brand_tier, cat_brands
+
+
+@dataclass
+class _Text:
+    """A product's words: its title, description and the attributes they mention."""
+
+    title: str
+    description: str
+    model: str
+    spec: str
+    material: str | None
+    colour: str | None
+    use: str
+
+
+def _texts(rng: np.random.Generator, c: vocab.CategorySpec, dept: vocab.DepartmentSpec,
+           spec_idx: np.ndarray, seen_titles: set[str]) -> list[_Text]:
+    """The words of a category's products (one per entry of spec_idx), titles unique
+    across the shop (`seen_titles`, updated)."""
+    m = len(spec_idx)
+    noun_idx = rng.integers(0, len(c.nouns), m)
+    model_idx = rng.integers(0, len(dept.models), m)
+    use_idx = rng.integers(0, len(c.uses), m)
+    feat_idx = rng.integers(0, len(c.features), m)
+    adjectives = c.adjectives or dept.adjectives
+    adj_idx = rng.integers(0, len(adjectives), m)
+    mat_idx = rng.integers(0, max(1, len(c.materials)), m)
+    col_idx = rng.integers(0, max(1, len(c.colours)), m)
+    out: list[_Text] = []
+    for j in range(m):
+        noun, spec = c.nouns[noun_idx[j]], c.specs[spec_idx[j]]
+        model = dept.models[model_idx[j]]
+        material = c.materials[mat_idx[j]] if c.materials else None
+        colour = c.colours[col_idx[j]] if c.colours else None
+        use = c.uses[use_idx[j]]
+        title = c.title.format(model=model, spec=spec, noun=noun,
+                               Material=_capitalised(material or ""))
+        title = _new_title(" ".join(title.split()), seen_titles)
+        adj = adjectives[adj_idx[j]]
+        noun_text = f"{adj} {_in_sentence(noun)}"
+        if not _plural(noun):
+            noun_text = ("An " if adj[0] in "aeiou" else "A ") + noun_text
+        else:
+            noun_text = noun_text[0].upper() + noun_text[1:]
+        made = f" {c.made} {material}," if material else ""
+        text = f"{noun_text}{made} for {use}. {c.features[feat_idx[j]]}"
+        if colour:
+            text += f" In {colour}."
+        out.append(_Text(title, text, model, spec, material, colour, use))
+    return out
+
+
+def _new_title(title: str, seen_titles: set[str]) -> str:
+    """`title`, or if the shop has it already, a newer edition of the line (II, III, …)."""
+    edition = 0
+    while title in seen_titles:
+        edition += 1
+        title = f"{title.removesuffix(EDITIONS[edition - 1])}{EDITIONS[edition]}" \
+            if edition < len(EDITIONS) else f"{title} {edition}"
+    seen_titles.add(title)
+    return title
+
+
+def _releases(rng: np.random.Generator, n: int, days: int, end: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per product: is_new, late, release time, in stock, stock.
+
+    Cold start comes in two kinds: products imported but never seen (released in the last
+    week, no events) and products released in the last days of the window, which sell
+    from their release on and so reach the evaluation's held-out part unseen."""
     fresh = rng.permutation(n)
     n_new = max(1, round(NEW_SHARE * n))
     is_new = np.zeros(n, dtype=bool)
@@ -294,14 +331,19 @@ def make_catalogue(rng: np.random.Generator, n_items: int, days: int, end: float
                         released).round()
     in_stock = is_new | late | (rng.random(n) >= OUT_OF_STOCK / (1 - NEW_SHARE - LATE_SHARE))
     stock = np.where(in_stock, 1 + rng.poisson(np.exp(rng.normal(3.0, 0.8, n))), 0)
+    return is_new, late, released, in_stock, stock
 
-    # Each main product has 2-4 specific compatible accessories, mostly of its own brand.
+
+def _accessory_links(rng: np.random.Generator, category: np.ndarray, brand: np.ndarray,
+                     recent: np.ndarray) -> list[list[int]]:
+    """Per product, its compatible accessories: 2-4 for a main product, mostly of its own
+    brand, none for the others. Links point at established products only (not `recent`):
+    a follow-up visit never precedes the accessory's release."""
+    cats = vocab.CATEGORIES
     names = {c.name: i for i, c in enumerate(cats)}
-    # Accessory links point at established products only: a follow-up visit never
-    # precedes the accessory's release.
-    by_cat = [np.flatnonzero((category == ci) & ~is_new & ~late) for ci in range(len(cats))]
-    accessories: list[list[int]] = [[] for _ in range(n)]
-    for item in range(n):
+    by_cat = [np.flatnonzero((category == ci) & ~recent) for ci in range(len(cats))]
+    accessories: list[list[int]] = [[] for _ in range(len(category))]
+    for item in range(len(category)):
         c = cats[category[item]]
         if not c.accessories:
             continue
@@ -317,14 +359,7 @@ def make_catalogue(rng: np.random.Generator, n_items: int, days: int, end: float
             w = np.where(brand[pool] == brand[item], 6.0, 1.0)
             chosen.append(int(pool[rng.choice(len(pool), p=w / w.sum())]))
         accessories[item] = chosen
-
-    return Catalogue(
-        item_ids=[f"p{i:05d}" for i in range(n)], titles=titles, descriptions=descriptions,
-        category=category, brand=brand, brands=brands, price=price, in_stock=in_stock,
-        stock=stock, released=released, is_new=is_new, late=late, model=models, spec=specs,
-        material=materials, colour=colours, use=uses, log_popularity=log_pop,
-        accessories=accessories,
-    )
+    return accessories
 
 
 # -- shoppers --------------------------------------------------------------------------------
@@ -428,23 +463,30 @@ def _browse(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers,
                   explore=b_explore[rows], rank=rank[keep])
 
 
-def simulate(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers, days: int,
-             end: float) -> Activity:
+@dataclass
+class _Floor:
+    """What browsing needs, worked out once: per category its related and accessory
+    categories and its browsable products (padded rows, -1 after the end); per product
+    its log price standardised within its category; per shopper a bonus per brand."""
+
+    is_main: np.ndarray
+    related: np.ndarray
+    related_n: np.ndarray
+    acc: np.ndarray
+    acc_n: np.ndarray
+    cat_items: np.ndarray
+    z_price: np.ndarray
+    brand_bonus: np.ndarray
+    overall: np.ndarray   # the mean taste, for sessions that explore
+
+
+def _floor(catalogue: Catalogue, shoppers: Shoppers) -> _Floor:
     cats = vocab.CATEGORIES
     names = {c.name: i for i, c in enumerate(cats)}
     n_cats = len(cats)
-    start = end - days * DAY
-    is_main = np.array([bool(c.accessories) for c in cats])
     related = [[names[a] for a in c.accessories]
                + [i for i, m in enumerate(cats) if c.name in m.accessories] for c in cats]
-    related_pad = _padded([np.array(r) for r in related])
-    related_n = np.array([len(r) for r in related])
-    acc_pad = _padded([np.array([names[a] for a in c.accessories]) for c in cats])
-    acc_n = np.array([len(c.accessories) for c in cats])
-
     browsable = ~catalogue.is_new
-    cat_items = _padded([np.flatnonzero((catalogue.category == ci) & browsable)
-                         for ci in range(n_cats)])
     log_price = np.log(catalogue.price)
     z_price = np.zeros(catalogue.n)
     for ci in range(n_cats):
@@ -452,9 +494,66 @@ def simulate(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers,
         z_price[sel] = (log_price[sel] - log_price[sel].mean()) / (log_price[sel].std() + 1e-9)
     brand_bonus = np.zeros((shoppers.n, len(catalogue.brands)))
     brand_bonus[np.arange(shoppers.n)[:, None], shoppers.favourite_brands] = FAVOURITE_BRAND
-    overall = shoppers.taste.mean(axis=0)
+    return _Floor(
+        is_main=np.array([bool(c.accessories) for c in cats]),
+        related=_padded([np.array(r) for r in related]),
+        related_n=np.array([len(r) for r in related]),
+        acc=_padded([np.array([names[a] for a in c.accessories]) for c in cats]),
+        acc_n=np.array([len(c.accessories) for c in cats]),
+        cat_items=_padded([np.flatnonzero((catalogue.category == ci) & browsable)
+                           for ci in range(n_cats)]),
+        z_price=z_price, brand_bonus=brand_bonus, overall=shoppers.taste.mean(axis=0))
 
-    # Sessions: when, whose, which category.
+
+@dataclass
+class _Decided:
+    """Views with their shopper, which were carted and bought, and when."""
+
+    user: np.ndarray
+    item: np.ndarray
+    cart: np.ndarray
+    buy: np.ndarray
+    view_ts: np.ndarray
+    cart_ts: np.ndarray
+    buy_ts: np.ndarray
+
+
+def _decided(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers, floor: _Floor,
+             user: np.ndarray, start: np.ndarray, views: _Views,
+             compatible: np.ndarray) -> _Decided:
+    """Carts, purchases and times for `views` of sessions with these users and start times."""
+    cart, buy = _decide(rng, catalogue, shoppers, user[views.session], views, compatible,
+                        floor.is_main)
+    view_ts, cart_ts, buy_ts = _times(rng, views.session, views.order, start, len(views.item))
+    return _Decided(user[views.session], views.item, cart, buy, view_ts, cart_ts, buy_ts)
+
+
+def simulate(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers, days: int,
+             end: float) -> Activity:
+    floor = _floor(catalogue, shoppers)
+    s_user, s_start, views = _sessions(rng, catalogue, shoppers, floor, days, end)
+    # New arrivals are featured: shoppers who like their category come to see them.
+    d_user, d_item, d_start = _new_arrival_visits(rng, catalogue, shoppers, floor.brand_bonus, end)
+    n_d = len(d_user)
+    d_ids = len(s_user) + np.arange(n_d)
+    views = _Views(*(np.r_[getattr(views, f), new] for f, new in (
+        ("session", d_ids), ("item", d_item), ("order", np.zeros(n_d, int)),
+        ("explore", np.zeros(n_d, bool)), ("rank", np.zeros(n_d, int)))))
+    s_user, s_start = np.r_[s_user, d_user], np.r_[s_start, d_start]
+    # Phase 1 decisions, needed to know which main products were bought.
+    first = _decided(rng, catalogue, shoppers, floor, s_user, s_start, views,
+                     np.zeros(len(views.item), dtype=bool))
+    bought_main = np.flatnonzero(first.buy & floor.is_main[catalogue.category[views.item]])
+    second = _follow_ups(rng, catalogue, shoppers, floor, s_user, s_start,
+                         bought_main, first)
+    return _activity((first, second), end)
+
+
+def _sessions(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers, floor: _Floor,
+              days: int, end: float) -> tuple[np.ndarray, np.ndarray, _Views]:
+    """Sessions (when, whose, which category, often a related one too) and their views.
+    Returns each session's user and start time, and the views."""
+    start = end - days * DAY
     n_sess = 1 + rng.poisson(shoppers.activity)
     s_user = np.repeat(np.arange(shoppers.n), n_sess)
     n_s = len(s_user)
@@ -465,46 +564,38 @@ def simulate(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers,
     explore = rng.random(n_s) < EXPLORE
     w = (DRIFT * progress)[:, None]
     taste = (1 - w) * shoppers.taste[s_user] + w * shoppers.taste_later[s_user]
-    taste[explore] = overall
+    taste[explore] = floor.overall
     s_cat = _sample_rows(rng, taste)
     k1 = np.minimum(1 + rng.poisson(3.2, n_s), 10)
-    has_rel = (rng.random(n_s) < RELATED_BLOCK) & (related_n[s_cat] > 0)
-    rel_cat = related_pad[s_cat, (rng.random(n_s) * np.maximum(related_n[s_cat], 1)).astype(int)]
+    has_rel = (rng.random(n_s) < RELATED_BLOCK) & (floor.related_n[s_cat] > 0)
+    rel_cat = floor.related[s_cat, (rng.random(n_s)
+                                    * np.maximum(floor.related_n[s_cat], 1)).astype(int)]
     k2 = np.minimum(1 + rng.poisson(0.8, n_s), 5)
     ids = np.arange(n_s)
     b_session = np.concatenate([ids, ids[has_rel]])
-    views = _browse(rng, catalogue, shoppers, cat_items, z_price, brand_bonus,
+    views = _browse(rng, catalogue, shoppers, floor.cat_items, floor.z_price, floor.brand_bonus,
                     b_session, s_user[b_session],
                     np.concatenate([s_cat, rel_cat[has_rel]]),
                     np.concatenate([k1, k2[has_rel]]),
                     np.concatenate([explore, explore[has_rel]]),
                     np.concatenate([np.zeros(n_s, int), k1[has_rel]]),
                     s_start[b_session])
-    # New arrivals are featured: shoppers who like their category come to see them.
-    d_user, d_item, d_start = _new_arrival_visits(rng, catalogue, shoppers, brand_bonus, end)
-    n_d = len(d_user)
-    d_ids = n_s + np.arange(n_d)
-    views = _Views(*(np.r_[getattr(views, f), new] for f, new in (
-        ("session", d_ids), ("item", d_item), ("order", np.zeros(n_d, int)),
-        ("explore", np.zeros(n_d, bool)), ("rank", np.zeros(n_d, int)))))
-    s_user, s_start = np.r_[s_user, d_user], np.r_[s_start, d_start]
-    n_s += n_d
-    view_follow = np.zeros(len(views.item), dtype=bool)
+    return s_user, s_start, views
 
-    # Phase 1 decisions, needed to know which main products were bought.
-    cart1, buy1 = _decide(rng, catalogue, shoppers, s_user[views.session], views, view_follow,
-                          is_main)
-    v_ts1, c_ts1, p_ts1 = _times(rng, views.session, views.order, s_start, len(views.item))
 
-    # Follow-up visits for the accessories of bought main products.
-    bought_main = np.flatnonzero(buy1 & is_main[catalogue.category[views.item]])
+def _follow_ups(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers,
+                floor: _Floor, s_user: np.ndarray, s_start: np.ndarray, bought_main: np.ndarray,
+                first: _Decided) -> _Decided:
+    """Follow-up visits for the accessories of bought main products (views `bought_main`
+    of `first`), soon after the purchase or within days, and what they led to."""
+    n_s = len(s_user)
     bought_main = bought_main[rng.random(len(bought_main)) < FOLLOW_UP]
-    f_user = s_user[views.session[bought_main]]
-    f_main = views.item[bought_main]
+    f_user = first.user[bought_main]
+    f_main = first.item[bought_main]
     soon = rng.random(len(f_main)) < 0.3
     delay = np.where(soon, rng.uniform(120, 3600, len(f_main)),
                      np.minimum(0.2 * DAY + rng.exponential(2.0 * DAY, len(f_main)), 13 * DAY))
-    f_start = p_ts1[bought_main] + delay
+    f_start = first.buy_ts[bought_main] + delay
     n_f = len(f_main)
     f_ids = n_s + np.arange(n_f)
     # The compatible accessories themselves (each seen with probability 0.75, at least one)...
@@ -517,27 +608,29 @@ def simulate(rng: np.random.Generator, catalogue: Catalogue, shoppers: Shoppers,
                     explore=np.zeros(len(rows), bool), rank=np.zeros(len(rows), int))
     # ...and a few other products of the accessory categories, as any shopper would browse.
     main_cat = catalogue.category[f_main]
-    other_cat = acc_pad[main_cat, (rng.random(n_f) * np.maximum(acc_n[main_cat], 1)).astype(int)]
+    other_cat = floor.acc[main_cat, (rng.random(n_f)
+                                     * np.maximum(floor.acc_n[main_cat], 1)).astype(int)]
     k_other = np.minimum(rng.poisson(1.5, n_f), 5)
     has_other = (k_other > 0) & (other_cat >= 0)
-    others = _browse(rng, catalogue, shoppers, cat_items, z_price, brand_bonus,
+    others = _browse(rng, catalogue, shoppers, floor.cat_items, floor.z_price, floor.brand_bonus,
                      f_ids[has_other], f_user[has_other], other_cat[has_other],
                      k_other[has_other], np.zeros(has_other.sum(), bool),
                      np.full(has_other.sum(), acc.shape[1]), f_start[has_other])
     follow = _Views(*(np.concatenate([getattr(compat, f), getattr(others, f)])
                       for f in ("session", "item", "order", "explore", "rank")))
     is_compat = np.r_[np.ones(len(compat.item), bool), np.zeros(len(others.item), bool)]
-    all_user = np.r_[s_user, f_user]
-    all_start = np.r_[s_start, f_start]
-    cart2, buy2 = _decide(rng, catalogue, shoppers, all_user[follow.session], follow, is_compat,
-                          is_main)
-    v_ts2, c_ts2, p_ts2 = _times(rng, follow.session, follow.order, all_start, len(follow.item))
+    return _decided(rng, catalogue, shoppers, floor, np.r_[s_user, f_user], np.r_[s_start, f_start],
+                    follow, is_compat)
 
-    user = np.r_[all_user[views.session], all_user[follow.session]]
-    item = np.r_[views.item, follow.item]
-    cart = np.r_[cart1, cart2]
-    buy = np.r_[buy1, buy2]
-    v_ts, c_ts, p_ts = np.r_[v_ts1, v_ts2], np.r_[c_ts1, c_ts2], np.r_[p_ts1, p_ts2]
+
+def _activity(phases: tuple[_Decided, ...], end: float) -> Activity:
+    """Every view, cart and purchase before `end`, in time order."""
+    user = np.concatenate([p.user for p in phases])
+    item = np.concatenate([p.item for p in phases])
+    cart = np.concatenate([p.cart for p in phases])
+    buy = np.concatenate([p.buy for p in phases])
+    v_ts, c_ts, p_ts = (np.concatenate([getattr(p, f) for p in phases])
+                        for f in ("view_ts", "cart_ts", "buy_ts"))
     ev_user = np.r_[user, user[cart], user[buy]]
     ev_item = np.r_[item, item[cart], item[buy]]
     ev_kind = np.r_[np.full(len(item), VIEW), np.full(cart.sum(), CART),
