@@ -5,13 +5,15 @@ from .components import (
     Component, DataSource, Encoder, ModelState, NoConfig, ProgressCallback, Ranker,
     RankingExample, Recaller, Resources, banned_items, mention, no_progress, top_n,
 )
-from .dataset import DEFAULT_KIND_WEIGHTS, Dataset
+from .dataset import DEFAULT_KIND_WEIGHTS, Catalogue, Dataset
 from .errors import (
     ArtifactError, ConfigError, EngineError, ImportDataError, NotTrainedError, PluginError,
     UnknownComponentError,
 )
 from .hookspecs import hookimpl
+from .helpers import TEXT_FIELDS, Anchor, item_text, kind_verb, recent_anchors
 from .kernels import erf, gelu
+from .metrics import ndcg_at
 from .textfiles import detect_encoding
 from .types import (
     EVENT_KINDS, Candidate, Event, Interaction, Item, ItemEntity, Query, Recommendation, Record, Triple, User,
@@ -19,6 +21,7 @@ from .types import (
 )
 
 __all__ = [
+    "Anchor", "Catalogue", "TEXT_FIELDS", "item_text", "kind_verb", "ndcg_at", "recent_anchors",
     "ArtifactError", "EVENT_KINDS", "Candidate", "CandidateSet", "Component", "ConfigError", "DEFAULT_KIND_WEIGHTS",
     "DataSource", "Dataset", "Encoder", "Engine", "EngineError", "EngineThread", "Event", "ImportDataError",
     "Interaction", "Item", "ItemEntity", "ModelState", "NoConfig", "NotTrainedError",

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .candidates import Reasons, Recalled
 from .errors import ConfigError
+from .helpers import item_text
 from .types import Candidate, Event, Interaction, Item, Query, Record
 
 # progress(stage, done, total, message): total None when unknown. Must be cheap to call.
@@ -159,8 +160,7 @@ class Encoder(Component):
 
     def item_text(self, item: Item) -> str:
         """The text that stands for an item (used by the default `encode_items`)."""
-        parts = [item.title, item.category, item.brand, item.description, " ".join(item.tags)]
-        return ". ".join(p for p in parts if p)
+        return item_text(item, ("title", "category", "brand", "description", "tags"))
 
     def encode_items(self, items: Sequence[Item], progress: ProgressCallback | None = None) -> np.ndarray:
         """Vectors for catalogue items, shape (len(items), dim), L2-normalised."""

@@ -2,25 +2,87 @@
 
 Built from the store by the engine (the whole history for `train`, a chronological split
 for `evaluate`). Users and items are integer indices into `user_ids` / `item_ids`; every
-split of one dataset shares the same indices.
+split of one dataset shares the same indices, and the same `catalogue` (category, brand,
+price, tags, attributes, stock and text of each item) and `user_attrs`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
 if TYPE_CHECKING:  # scipy costs 0.1 s to import; `shelfwise --help` should not pay it
     import scipy.sparse as sp
 
-from .types import Interaction
+from .helpers import TEXT_FIELDS, item_text
+from .types import Interaction, Item
 
 DEFAULT_KIND_WEIGHTS: dict[str, float] = {
     "view": 1.0, "click": 1.0, "cart": 4.0, "purchase": 8.0, "rating": 4.0,
 }
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The catalogue fields a recaller may use, one row per item of a `Dataset`: row i
+    describes `Dataset.item_ids[i]`, and the arrays are aligned the same way.
+
+    `data.catalogue[i]` is that item as an `Item` (title, description, category, brand,
+    price, tags, in_stock, attrs); `data.catalogue.brands[i]` the same field of every item
+    at once. An item that occurs only in events (`known[i]` False) has an empty row: no
+    category, brand, price or tags, and out of stock."""
+
+    rows: tuple[Item, ...]
+    known: np.ndarray  # (n_items,) bool: the item is in the catalogue
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Item:
+        return self.rows[i]
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {item.item_id: i for i, item in enumerate(self.rows)}
+
+    def get(self, item_id: str) -> Item | None:
+        """The catalogue's item of that id; None when it is not in the catalogue."""
+        i = self.index.get(item_id)
+        return self.rows[i] if i is not None and self.known[i] else None
+
+    def text(self, i: int, fields: Iterable[str] = TEXT_FIELDS) -> str:
+        """Row i's text (`engine.item_text`): its non-empty fields joined by ". "."""
+        return item_text(self.rows[i], fields)
+
+    @cached_property
+    def categories(self) -> np.ndarray:
+        """(n_items,) str, "" when none."""
+        return np.array([item.category for item in self.rows], dtype=str)
+
+    @cached_property
+    def brands(self) -> np.ndarray:
+        """(n_items,) str, "" when none."""
+        return np.array([item.brand for item in self.rows], dtype=str)
+
+    @cached_property
+    def prices(self) -> np.ndarray:
+        """(n_items,) float64, nan when none."""
+        return np.array([np.nan if item.price is None else item.price for item in self.rows], np.float64)
+
+    @cached_property
+    def in_stock(self) -> np.ndarray:
+        """(n_items,) bool."""
+        return np.array([item.in_stock for item in self.rows], dtype=bool)
+
+    @property
+    def tags(self) -> list[tuple[str, ...]]:
+        return [item.tags for item in self.rows]
+
+    @property
+    def attrs(self) -> list[Mapping[str, Any]]:
+        return [item.attrs for item in self.rows]
 
 
 @dataclass
@@ -37,7 +99,9 @@ class Dataset:
     in_stock: np.ndarray | None = None    # (n_items,) bool; None: all in stock
     known: np.ndarray | None = None       # (n_items,) bool: item is in the catalogue
     categories: np.ndarray | None = None  # (n_items,) str
-    store: object | None = None           # engine.store.Store, for plugins reading more tables
+    store: object | None = None           # engine.store.Store: where `catalogue` and `user_attrs` come from
+    items_by_id: Mapping[str, Item] | None = None  # the catalogue's items (None: the store's)
+    _shared: dict = field(default_factory=dict, repr=False, compare=False)  # what every split shares
 
     @property
     def n_items(self) -> int:
@@ -69,6 +133,43 @@ class Dataset:
     def user_index(self) -> dict[str, int]:
         return {user: i for i, user in enumerate(self.user_ids.tolist())}
 
+    @property
+    def catalogue(self) -> Catalogue:
+        """Each item's catalogue fields (category, brand, price, tags, attributes, stock and
+        text), aligned to `item_ids`: `data.catalogue.brands[i]`, or `data.item(id).brand`.
+        Read once, when first asked for, and shared by every split of this dataset."""
+        if "catalogue" not in self._shared:
+            self._shared["catalogue"] = self._read_catalogue()
+        return self._shared["catalogue"]
+
+    def item(self, item_id: str) -> Item | None:
+        """The catalogue's item of that id (None when it is not in the catalogue)."""
+        return self.catalogue.get(item_id)
+
+    def _read_catalogue(self) -> Catalogue:
+        given = self.items_by_id
+        if given is None and self.store is not None:
+            given = {item.item_id: item for item in self.store.catalogue()}
+        known = self.known if self.known is not None else np.ones(self.n_items, bool)
+        rows = []
+        for i, item_id in enumerate(self.item_names):
+            item = given.get(item_id) if given else None
+            if item is None:  # in events only, or a dataset built without the fields
+                stock = bool(self.in_stock[i]) if self.in_stock is not None else bool(known[i])
+                category = str(self.categories[i]) if self.categories is not None else ""
+                item = Item(item_id, category=category, in_stock=stock)
+            rows.append(item)
+        return Catalogue(tuple(rows), np.asarray(known, dtype=bool))
+
+    @property
+    def user_attrs(self) -> Mapping[str, Mapping[str, Any]]:
+        """The attributes imported with the dataset's shoppers (segment, country, …), by
+        user id; shoppers without any are left out. Shared by every split."""
+        if "user_attrs" not in self._shared:
+            ids = [str(u) for u in self.user_ids]
+            self._shared["user_attrs"] = self.store.user_attrs(ids) if self.store is not None and ids else {}
+        return self._shared["user_attrs"]
+
     def kind_weight(self, kind: str) -> float:
         return float(self.kind_weights.get(kind, 1.0))
 
@@ -94,7 +195,8 @@ class Dataset:
             users=self.users[mask], items=self.items[mask], kinds=self.kinds[mask],
             values=self.values[mask], ts=self.ts[mask], kind_names=self.kind_names,
             kind_weights=self.kind_weights, in_stock=self.in_stock, known=self.known,
-            categories=self.categories, store=self.store,
+            categories=self.categories, store=self.store, items_by_id=self.items_by_id,
+            _shared=self._shared,
         )
 
     @cached_property
@@ -128,7 +230,12 @@ class Dataset:
     @classmethod
     def from_arrays(cls, user_ids, item_ids, kinds, ts, values=None, catalogue=(),
                     kind_weights=None, **extra) -> "Dataset":
-        """Build from parallel sequences of ids (used by the store and by tests)."""
+        """Build from parallel sequences of ids (used by the store and by tests).
+        `catalogue`: the catalogue's item ids, or its `Item`s (which then fill `catalogue`,
+        `in_stock` and `categories`)."""
+        catalogue = list(catalogue)
+        given = {it.item_id: it for it in catalogue if isinstance(it, Item)}
+        catalogue = [it.item_id if isinstance(it, Item) else it for it in catalogue]
         ts = np.asarray(ts, dtype=np.float64)
         order = np.argsort(ts, kind="stable")
         u_names, users = np.unique(np.asarray(user_ids, dtype=str)[order], return_inverse=True)
@@ -141,6 +248,12 @@ class Dataset:
         vals = (np.full(len(ts), np.nan, np.float32) if values is None
                 else np.asarray([np.nan if v is None else v for v in values], np.float32)[order])
         known = np.isin(i_names, cat) if len(cat) else np.ones(len(i_names), bool)
+        if given:
+            rows = [given.get(i) for i in i_names.tolist()]
+            extra = {"items_by_id": given,
+                     "in_stock": np.array([it is not None and it.in_stock for it in rows], bool),
+                     "categories": np.array([it.category if it else "" for it in rows], dtype=str),
+                     **extra}
         return cls(
             item_ids=i_names, user_ids=u_names.astype(str),
             users=users.astype(np.int32), items=items.astype(np.int32),

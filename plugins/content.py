@@ -12,10 +12,7 @@ from typing import Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from engine import Dataset, ModelState, Query, Recaller, hookimpl, mention
-
-VERBS = {"purchase": "bought", "cart": "added to your cart", "view": "viewed",
-         "click": "viewed", "rating": "rated"}
+from engine import Anchor, Dataset, ModelState, Query, Recaller, hookimpl, kind_verb, mention, recent_anchors
 
 
 class ContentConfig(BaseModel):
@@ -59,21 +56,11 @@ class ContentRecaller(Recaller):
         boost = self.config.new_item_boost
         return {item: score + (boost if item not in self.seen else 0.0) for item, score in hits.items()}
 
-    def _anchors(self, q: Query, index) -> list[tuple[str, float, str]]:
+    def _anchors(self, q: Query, index) -> list[Anchor]:
         """(item, weight, kind) of the recent distinct items that have vectors."""
-        if q.item_id is not None:
-            return [(q.item_id, 1.0, "")] if q.item_id in index else []
-        kinds: dict[str, str] = {}
-        strongest: dict[str, float] = {}
-        for step in q.history:
-            w = self.kind_weights.get(step.kind, 1.0)
-            if w >= strongest.get(step.item_id, 0.0):
-                strongest[step.item_id], kinds[step.item_id] = w, step.kind
-        out = []
-        for pos, item in enumerate(q.history_items[: self.config.history]):
-            if item in index:
-                out.append((item, self.config.decay ** pos * strongest[item], kinds[item]))
-        return out
+        return [a for a in recent_anchors(q, self.kind_weights, limit=self.config.history,
+                                          decay=self.config.decay)
+                if a.item_id in index]
 
     def recall(self, queries: Sequence[Query], n: int):
         index, encoder = self.resources.vectors, self.resources.encoder
@@ -115,7 +102,7 @@ class ContentRecaller(Recaller):
                 if q.item_id is not None:
                     reason = f"described like {mention(anchor)}"
                 else:
-                    reason = f"similar to {mention(anchor)}, which you {VERBS.get(kind, 'viewed')}"
+                    reason = f"similar to {mention(anchor)}, which you {kind_verb(kind, 'you', 'viewed')}"
             else:
                 reason = f"close in meaning to “{q.text}”"
             return f"new arrival, {reason}" if item not in self.seen else reason

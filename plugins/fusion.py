@@ -6,7 +6,6 @@ that only adds noise is turned down."""
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -14,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from engine import (
-    Candidate, CandidateSet, ModelState, Query, Ranker, RankingExample, hookimpl, recallers_of,
+    Candidate, CandidateSet, ModelState, Query, Ranker, RankingExample, hookimpl, ndcg_at, recallers_of,
 )
 
 GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -116,9 +115,9 @@ class FusionRanker(Ranker):
         rows, cols = rows[order], cols[order]
         pos = np.arange(len(rows)) - np.searchsorted(rows, rows)  # place within its row
         top = pos < k
-        gains = hits[rows[top], cols[top]] / np.log2(pos[top] + 2)
-        dcg = np.bincount(rows[top], weights=gains, minlength=self._n)
-        return float((dcg / self._idcg).mean())
+        ranked = np.zeros((self._n, k), bool)  # is each row's item at each rank relevant
+        ranked[rows[top], pos[top]] = hits[rows[top], cols[top]]
+        return float(ndcg_at(ranked, self._relevant, self.config.k).mean())
 
     def fit(self, examples, data, progress=None) -> dict[str, float]:
         examples = [ex for ex in examples if ex.relevant]
@@ -126,8 +125,7 @@ class FusionRanker(Ranker):
         arrays = _example_arrays(examples, names)
         k = self.config.k
         self._n = len(examples)
-        self._idcg = np.array([sum(1 / math.log2(i + 2) for i in range(min(len(ex.relevant), k)))
-                               for ex in examples])
+        self._relevant = np.array([len(ex.relevant) for ex in examples], dtype=np.int64)
         w = np.ones(len(names))
         best = start = self._mean_ndcg(arrays, w)
         steps, total = 0, self.config.rounds * len(names) * len(GRID)

@@ -2,8 +2,8 @@
 
 The graph links each item to entities: through the store's `item_entities` links and one
 hop of `triples` (movie —directed_by→ director), or, for items without links, entities
-derived from the catalogue (category, brand, tags, price band within the category, simple
-attributes). Entities linked to many items say little, so each item–entity edge weighs the
+derived from the dataset's catalogue (`Dataset.catalogue`: category, brand, tags, price band
+within the category, simple attributes). Entities linked to many items say little, so each item–entity edge weighs the
 entity's IDF; hubs and entities of a single item are dropped. A query scores items over the
 two-hop meta-path anchor → entity → item (`method = "meta_path"`), or by a personalised
 random walk with restart over the item–entity graph (`method = "rwr"`), and names the most
@@ -22,7 +22,9 @@ from pydantic import BaseModel, Field
 if TYPE_CHECKING:  # scipy is imported where it is used: `shelfwise --help` loads every plugin
     import scipy.sparse as sp
 
-from engine import Dataset, ModelState, Query, Recaller, banned_items, hookimpl, mention, top_n
+from engine import (
+    Dataset, ModelState, Query, Recaller, banned_items, hookimpl, mention, recent_anchors, top_n,
+)
 from engine.relations import LINK, readable_relation  # noqa: F401 (readable_relation: re-exported)
 
 
@@ -127,14 +129,12 @@ class KnowledgeGraphRecaller(Recaller):
             progress("kg", 0, 1, "building the item graph")
         ids = data.item_ids.tolist()
         index = {item: i for i, item in enumerate(ids)}
-        edges: dict[int, dict[str, str]] = {}
-        store = getattr(data, "store", None)
-        if store is not None:
-            edges, linked = _graph_from_store(store, index)
-            if cfg.derive:
-                for i, e in _derived_graph(store.catalogue(), index, linked, cfg.price_bands).items():
-                    edges.setdefault(i, {}).update(e)
+        edges, linked = _graph_from_store(data.store, index) if data.store is not None else ({}, set())
         known = data.known if data.known is not None else np.ones(len(ids), bool)
+        if cfg.derive:
+            catalogued = [data.catalogue[i] for i in np.flatnonzero(known).tolist()]
+            for i, e in _derived_graph(catalogued, index, linked, cfg.price_bands).items():
+                edges.setdefault(i, {}).update(e)
         n = max(int(known.sum()), 1)
         # entity -> items, then drop hubs and singletons
         entity_items: dict[str, list[int]] = defaultdict(list)
@@ -211,20 +211,12 @@ class KnowledgeGraphRecaller(Recaller):
     # -- serving -----------------------------------------------------------------------
 
     def _anchors(self, q: Query) -> list[tuple[int, float]]:
-        if q.item_id is not None:
-            a = self.index.get(q.item_id)
-            return [] if a is None or self.norm2[a] == 0 else [(a, 1.0)]
-        top = max(self.kind_weights.values(), default=1.0)
-        strongest: dict[str, float] = {}
-        for step in q.history:
-            kw = self.kind_weights.get(step.kind, 1.0)
-            strongest[step.item_id] = max(strongest.get(step.item_id, 0.0), kw)
-        anchors = []
-        for pos, item in enumerate(q.history_items[: self.config.history]):
-            a = self.index.get(item)
-            if a is not None and self.norm2[a] > 0:
-                anchors.append((a, self.config.decay ** pos * strongest[item] / top))
-        return anchors
+        """(item index, weight) of the query's recent items that have entities."""
+        index = self.index
+        found = ((index.get(a.item_id), a.weight)
+                 for a in recent_anchors(q, self.kind_weights, limit=self.config.history,
+                                         decay=self.config.decay, relative=True))
+        return [(i, w) for i, w in found if i is not None and self.norm2[i] > 0]
 
     def _walk(self, anchors: list[list[tuple[int, float]]]) -> np.ndarray:
         """Personalised random walk with restart: the item mass after `steps` rounds of

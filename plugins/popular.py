@@ -48,7 +48,7 @@ class PopularRecaller(Recaller):
         keep = (score > 0) & known
         order = np.argsort(-score[keep], kind="stable")
         idx = np.flatnonzero(keep)[order]
-        cats = data.categories if data.categories is not None else np.full(data.n_items, "")
+        cats = data.catalogue.categories
         self._set(data.item_ids[idx], score[idx], people[idx], recent_people[idx], cats[idx])
 
     def _set(self, item_ids, scores, people, recent, categories) -> None:

@@ -2,8 +2,10 @@
 
 import math
 
+import numpy as np
 import pytest
 
+from engine import ndcg_at
 from engine.metrics import aggregate, user_metrics
 
 
@@ -68,3 +70,28 @@ def test_aggregate_means_and_coverage():
 def test_aggregate_needs_one_list_per_user():
     with pytest.raises(ValueError):
         aggregate([["a"]], [{"a"}, {"b"}], k=1, n_items=3)
+
+
+def test_ndcg_at_one_list_by_hand():
+    # hits at ranks 2 and 4 of 5; three relevant items in all: the ideal puts them at 1, 2, 3
+    dcg = 1 / math.log2(3) + 1 / math.log2(5)
+    ideal = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert ndcg_at([False, True, False, True, False], 3, k=5) == pytest.approx(dcg / ideal)
+    assert ndcg_at([True, True], 5, k=2) == 1.0         # the ideal is capped at k
+    assert ndcg_at([False, False, True], 1, k=2) == 0.0  # a hit beyond k does not count
+    assert ndcg_at([], 2, k=10) == 0.0 and ndcg_at([True], 0, k=10) == 0.0
+
+
+def test_ndcg_at_rows_is_one_list_at_a_time_exactly():
+    rng = np.random.default_rng(0)
+    hits = rng.random((50, 7)) < 0.3
+    n_relevant = rng.integers(0, 12, size=50)
+    rows = ndcg_at(hits, n_relevant, k=10)
+    assert rows.tolist() == [ndcg_at(h, n, k=10) for h, n in zip(hits, n_relevant)]
+    assert ndcg_at(hits, n_relevant, k=3).tolist() == [ndcg_at(h, n, k=3) for h, n in zip(hits, n_relevant)]
+
+
+def test_ndcg_at_is_the_ndcg_of_user_metrics():
+    ranked, relevant = ["a", "b", "c", "d"], {"b", "d", "z"}
+    assert user_metrics(ranked, relevant, 3)["ndcg"] == \
+        ndcg_at([item in relevant for item in ranked], len(relevant), 3)

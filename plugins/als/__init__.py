@@ -12,12 +12,11 @@ from typing import Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from engine import Dataset, ModelState, Query, Recaller, banned_items, hookimpl, mention, top_n
+from engine import (
+    Dataset, ModelState, Query, Recaller, banned_items, hookimpl, kind_verb, mention, top_n,
+)
 
 from ._kernels import confidence, fold_in
-
-VERBS = {"purchase": "bought", "cart": "added", "view": "viewed", "click": "viewed",
-         "rating": "rated"}
 
 
 class AlsConfig(BaseModel):
@@ -128,7 +127,7 @@ class AlsRecaller(Recaller):
             if q.item_id is not None:
                 return f"liked by the same shoppers as {mention(anchor_id)}"
             kind = next((step.kind for step in reversed(q.history) if step.item_id == anchor_id), "")
-            return f"shoppers who {VERBS.get(kind, 'chose')} {mention(anchor_id)} also chose this"
+            return f"shoppers who {kind_verb(kind, 'shoppers', 'chose')} {mention(anchor_id)} also chose this"
         return explain
 
 

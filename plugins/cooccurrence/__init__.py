@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from engine import (
-    Dataset, Event, Interaction, ModelState, Query, Recaller, hookimpl, mention, top_n,
+    Dataset, Event, Interaction, ModelState, Query, Recaller, hookimpl, mention, recent_anchors, top_n,
 )
 
 from ._kernels import distinct_interactions, pair_counts, similarity, summed_csr
@@ -117,20 +117,12 @@ class CooccurrenceRecaller(Recaller):
         return idx, cnt.astype(np.float64), strong
 
     def _anchors(self, q: Query) -> list[tuple[int, float]]:
-        if q.item_id is not None:
-            a = self.index.get(q.item_id)
-            return [] if a is None else [(a, 1.0)]
-        top = max(self.kind_weights.values(), default=1.0)
-        strongest: dict[str, float] = {}
-        for step in q.history:
-            w = self.kind_weights.get(step.kind, 1.0)
-            strongest[step.item_id] = max(strongest.get(step.item_id, 0.0), w)
-        anchors = []
-        for pos, item in enumerate(q.history_items[: self.config.history]):
-            a = self.index.get(item)
-            if a is not None:
-                anchors.append((a, self.config.decay ** pos * strongest[item] / top))
-        return anchors
+        """(item index, weight) of the query's recent items, a purchase of the newest one 1."""
+        index = self.index
+        return [(index[a.item_id], a.weight)
+                for a in recent_anchors(q, self.kind_weights, limit=self.config.history,
+                                        decay=self.config.decay, relative=True)
+                if a.item_id in index]
 
     def recall(self, queries: Sequence[Query], n: int):
         anchors = [self._anchors(q) for q in queries]

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from engine import Dataset, ModelState, Query, Recaller, banned_items, mention, top_n
+from engine import Dataset, ModelState, Query, Recaller, banned_items, mention, recent_anchors, top_n
 
 from ._kernels import blocked_csr, distinct_interactions
 
@@ -81,15 +81,11 @@ class SequenceRecaller(Recaller):
         self._set(a["item_ids"], a["known"], a["indptr"], a["indices"], a["weights"], a["out_degree"])
 
     def _anchors(self, q: Query) -> list[tuple[int, float]]:
-        if q.item_id is not None:
-            a = self.index.get(q.item_id)
-            return [] if a is None else [(a, 1.0)]
-        anchors = []
-        for pos, item in enumerate(q.history_items[: self.config.history]):
-            a = self.index.get(item)
-            if a is not None:
-                anchors.append((a, self.config.decay ** pos))
-        return anchors
+        """(item index, weight) of the query's recent items: recency only, not the kind."""
+        index = self.index
+        return [(index[a.item_id], a.weight)
+                for a in recent_anchors(q, limit=self.config.history, decay=self.config.decay)
+                if a.item_id in index]
 
     def recall(self, queries: Sequence[Query], n: int):
         out = []

