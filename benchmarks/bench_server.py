@@ -131,7 +131,7 @@ async def phases(base: str, args, training: bool, offset: int, rng) -> dict:
 def bench_report(folder: Path, responses: int, rng) -> dict:
     """`shelfwise report` over a synthetic log: `responses` lists of 10 items, 5% of the
     impressions with an attributed click, cart or purchase."""
-    from engine import attribution
+    from engine.store import attribution
     from engine.db import open_db
 
     db = open_db(folder / "report.db")

@@ -15,8 +15,10 @@ from .helpers import TEXT_FIELDS, Anchor, item_text, kind_verb, recent_anchors
 from .kernels import erf, gelu
 from .metrics import ndcg_at
 from .textfiles import detect_encoding
+from .pipeline import Trace
+from .results import EvaluationReport, ModelScores, RankerChoice, TrainReport
 from .types import (
-    EVENT_KINDS, Candidate, Event, Interaction, Item, ItemEntity, Query, Recommendation, Record, Triple, User,
+    EVENT_KINDS, PUBLIC_EVENT_KINDS, Candidate, Event, Interaction, Item, ItemEntity, Query, Recommendation, Record, Triple, User,
     event_time_window,
 )
 
@@ -27,6 +29,8 @@ __all__ = [
     "Interaction", "Item", "ItemEntity", "ModelState", "NoConfig", "NotTrainedError",
     "PluginError", "ProgressCallback", "Query", "Ranker", "RankingExample", "Recalled", "Recaller",
     "Recommendation", "Record", "Resources", "detect_encoding", "Triple", "UnknownComponentError", "User", "hookimpl",
+    "KeyLookup", "PUBLIC_EVENT_KINDS", "Trace", "inspect", "EvaluationReport", "ImportReport",
+    "ModelScores", "RankerChoice", "TrainReport",
     "banned_items", "erf", "event_time_window", "gelu", "item_ids", "load_plugins", "recallers_of", "mention", "no_progress", "top_n",
 ]
 
@@ -43,6 +47,18 @@ def __getattr__(name: str):
         from .hosting import EngineThread
 
         return EngineThread
+    if name == "ImportReport":  # the store's (sqlite-utils)
+        from .store import ImportReport
+
+        return ImportReport
+    if name == "KeyLookup":  # the HTTP server's key checks (sqlite3, its own connection)
+        from .store.apikeys import KeyLookup
+
+        return KeyLookup
+    if name == "inspect":  # the views' read-only analyses (why_not, profiles, run comparisons)
+        import importlib
+
+        return importlib.import_module(".inspect", __name__)
     if name == "load_plugins":  # pluggy and the entry points: only for who runs an engine
         from .plugins import load_plugins
 

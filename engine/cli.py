@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli_progress import progress_for
-from .errors import EngineError
+from . import EngineError, EvaluationReport, TrainReport
 
 console = Console(stderr=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -24,7 +24,7 @@ _registry = None  # plugins loaded once per process (main() loads them for regis
 
 def registry(plugins_dir: str | None = None):
     global _registry
-    from .plugins import load_plugins
+    from . import load_plugins
 
     if plugins_dir:
         return load_plugins(plugins_dir)
@@ -40,7 +40,7 @@ class Context:
 
     def engine(self):
         if self._engine is None:
-            from .engine import Engine
+            from . import Engine
 
             self._engine = Engine(self.db, registry=registry(self.plugins_dir),
                                   config_path=self.config)
@@ -74,31 +74,32 @@ def _print_recs(recs, as_json: bool) -> None:
     out.print(table)
 
 
-def _eval_table(report: dict, slice_: str = "metrics") -> Table:
-    k = report["k"]
+def _eval_table(report: EvaluationReport, slice_: str = "metrics") -> Table:
+    k = report.k
     cols = [f"{m}@{k}" for m in ("ndcg", "recall", "hit", "mrr", "precision", "coverage")]
-    title = {"metrics": f"Evaluation on {report['users']} held-out users (run {report['run_id']})",
-             "light_users": f"Light users: the {report.get('light_users')} held-out users with at most "
-                            f"{report.get('light_user_max_items')} items before the cut (lowest quarter)",
-             "cold_start": f"Cold-start slice: {report['cold_start_users']} users whose held-out items "
+    title = {"metrics": f"Evaluation on {report.users} held-out users (run {report.run_id})",
+             "light_users": f"Light users: the {report.light_users} held-out users with at most "
+                            f"{report.light_user_max_items} items before the cut (lowest quarter)",
+             "cold_start": f"Cold-start slice: {report.cold_start_users} users whose held-out items "
                            f"had no interactions before"}[slice_]
     table = Table(title=title)
     table.add_column("model")
     for c in cols:
         table.add_column(c, justify="right")
-    for row in report["results"]:
-        if slice_ not in row:
+    for row in report.results:
+        scores = getattr(row, slice_)
+        if scores is None:
             continue
-        name = row["name"] + (f" ({row['ranker']})" if row.get("ranker") else "")
-        table.add_row(name, *(f"{row[slice_][c]:.4f}" for c in cols))
+        name = row.name + (f" ({row.ranker})" if row.ranker else "")
+        table.add_row(name, *(f"{scores[c]:.4f}" for c in cols))
     return table
 
 
-def _print_evaluation(report: dict) -> None:
+def _print_evaluation(report: EvaluationReport) -> None:
     out.print(_eval_table(report))
-    if report.get("light_users"):
+    if report.light_users:
         out.print(_eval_table(report, "light_users"))
-    if report.get("cold_start_users"):
+    if report.cold_start_users:
         out.print(_eval_table(report, "cold_start"))
 
 
@@ -186,26 +187,26 @@ def train(obj, as_json, verbose):
     with rich_progress(not as_json) as progress:
         report = obj.engine().train(progress=progress)
     if as_json:
-        click.echo(json.dumps(report, default=str))
+        click.echo(json.dumps(report.to_dict(), default=str))
     else:
         _print_train_summary(report, verbose)
 
 
-def _print_train_summary(report: dict, verbose: bool = False) -> None:
-    click.echo(f"Trained on {report['events']:,} events of {report['users']:,} users in "
-               f"{report['total_seconds']:.1f}s (run {report['run_id']}).")
-    for name, failure in report.get("failed", {}).items():
-        kept = name in {m.partition("/")[2] for m in report.get("kept_models", [])}
+def _print_train_summary(report: TrainReport, verbose: bool = False) -> None:
+    click.echo(f"Trained on {report.events:,} events of {report.users:,} users in "
+               f"{report.total_seconds:.1f}s (run {report.run_id}).")
+    for name, failure in report.failed.items():
+        kept = name in {m.partition("/")[2] for m in report.kept_models}
         console.print(f"[yellow]Warning:[/yellow] {name} failed to train ({failure['error']}); "
                       + ("its last good model keeps serving." if kept else "it is not used.")
                       + ("" if verbose else " Details: shelfwise train --verbose."), soft_wrap=True)
         if verbose:
             click.echo(failure["traceback"], err=True)
-    for name, metrics in report["rankers"].items():
+    for name, metrics in report.rankers.items():
         click.echo(f"Ranker {name}: validation NDCG@10 {metrics.get('ndcg@10', 0):.4f} "
                    f"({metrics.get('examples', 0)} users).")
-    if (report.get("ranker") or {}).get("why"):
-        click.echo(f"Serving: {report['ranker']['why']}.")
+    if report.ranker.why:
+        click.echo(f"Serving: {report.ranker.why}.")
 
 
 @cli.command()
@@ -325,10 +326,10 @@ def evaluate(obj, k, as_json, recallers, ranker):
     with rich_progress(not as_json) as progress:
         report = obj.engine().evaluate(k, progress=progress, recallers=names, ranker=ranker)
     if as_json:
-        click.echo(json.dumps(report))
+        click.echo(json.dumps(report.to_dict()))
     else:
         _print_evaluation(report)
-        for name, error in report.get("failed", {}).items():
+        for name, error in report.failed.items():
             console.print(f"[yellow]Warning:[/yellow] {name} failed to train ({error}) and is "
                           f"left out of this evaluation.", soft_wrap=True)
 
@@ -451,7 +452,7 @@ def serve(obj, host, port, cors, rate):
 
 
 def _fresh_engine(obj):
-    from .engine import Engine
+    from . import Engine
 
     return Engine(obj.db, registry=registry(obj.plugins_dir), config_path=obj.config)
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from . import answers, apikeys, attribution, erasure, flows, learning
+from . import answers, erasure, flows, learning
+from .store import apikeys, attribution
 from .components import Component, Encoder, ProgressCallback, Resources, no_progress
 from .config import Settings, load_settings
 from .dataset import Dataset
@@ -24,6 +25,7 @@ from .indexing import Vectors
 from .lineup import Lineup
 from .pipeline import Pipeline, Trace
 from .plugins import PluginRegistry, load_plugins
+from .results import EvaluationReport, TrainReport
 from .rendering import render
 from .serving import Serving
 from .store import ImportReport, Store
@@ -184,14 +186,14 @@ class Engine:
 
     # -- training and evaluation -------------------------------------------------------
 
-    def train(self, progress: ProgressCallback = no_progress) -> dict[str, Any]:
+    def train(self, progress: ProgressCallback = no_progress) -> TrainReport:
         """Fit every installed recaller and ranker on the whole store; activate them together
         (flows.train). Every recaller is fitted (so any can be asked for with `recallers=`);
         the rankers learn from the candidates of the pipeline's recallers."""
         return flows.train(self, progress)
 
     def evaluate(self, k: int = 10, progress: ProgressCallback = no_progress,
-                 recallers: Sequence[str] | None = None, ranker: str | None = None) -> dict[str, Any]:
+                 recallers: Sequence[str] | None = None, ranker: str | None = None) -> EvaluationReport:
         """Hold out each user's newest items, fit on the rest, score per recaller and pipeline."""
         return flows.evaluate(self, k, progress, recallers, ranker)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import attribution
+from .store import attribution
 from .artifacts import dump_state, load_state
 from .components import Component
 from .db import write_transaction

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -21,13 +22,14 @@ from .errors import EngineError
 from .evaluation import holdout
 from .metrics import aggregate
 from .pipeline import Pipeline
+from .results import EvaluationReport, ModelScores, RankerChoice, TrainReport
 from .training import choose_ranker, fit_pipeline
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
 
 
-def train(engine: Engine, progress: ProgressCallback) -> dict[str, Any]:
+def train(engine: Engine, progress: ProgressCallback) -> TrainReport:
     started = time.perf_counter()
     data = engine.dataset()
     if data.n_events == 0:
@@ -45,20 +47,24 @@ def train(engine: Engine, progress: ProgressCallback) -> dict[str, Any]:
         store.finish_run(run_id, {}, status="failed", note=str(exc))
         raise
     engine.serving.drop_models()
-    report.update({"vectors": vector_report, "run_id": run_id, "events": data.n_events,
-                   "users": data.n_users, "items": data.n_items, "versions": versions, "ranker": chosen,
-                   "kept_models": sorted(m["name"] for m in store.active_artifacts()
-                                         if m["name"].partition("/")[2] in report["failed"]),
-                   "total_seconds": time.perf_counter() - started})
-    store.finish_run(run_id, report)
-    report["pruned"] = store.prune_artifacts(engine.settings.store.keep_versions)
+    result = TrainReport(
+        run_id=run_id, events=data.n_events, users=data.n_users, items=data.n_items,
+        seconds=report["seconds"], rankers=report["rankers"], failed=report["failed"],
+        versions=versions, ranker=chosen, vectors=vector_report,
+        kept_models=sorted(m["name"] for m in store.active_artifacts()
+                           if m["name"].partition("/")[2] in report["failed"]),
+        total_seconds=time.perf_counter() - started, check_examples=report.get("check_examples"),
+        candidate_hit_rate=report.get("candidate_hit_rate"),
+        validation_moments=report.get("validation_moments"))
+    store.finish_run(run_id, result.to_dict())
+    result = replace(result, pruned=store.prune_artifacts(engine.settings.store.keep_versions))
     with contextlib.suppress(Exception):  # activated: too late to cancel, nothing to undo
         progress("save", 1, 1, "models activated")
-    return report
+    return result
 
 
 def _activate(engine: Engine, report: dict, recallers: dict[str, Recaller], rankers: list[Ranker],
-              progress: ProgressCallback) -> tuple[dict[str, int], dict[str, Any]]:
+              progress: ProgressCallback) -> tuple[dict[str, int], RankerChoice]:
     """Store the fitted models and activate them together: (versions, the ranker chosen).
 
     A component whose fit raised is not saved: its last good model (if any) serves on. A
@@ -82,11 +88,11 @@ def _activate(engine: Engine, report: dict, recallers: dict[str, Recaller], rank
                 {f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name in losers},
                 activate=False))
             store.deactivate([f"ranker/{name}" for name in losers])
-    return versions, {"serving": serving, "not_activated": losers, "why": why}
+    return versions, RankerChoice(serving, losers, why)
 
 
 def evaluate(engine: Engine, k: int, progress: ProgressCallback,
-             recallers: Sequence[str] | None, ranker: str | None) -> dict[str, Any]:
+             recallers: Sequence[str] | None, ranker: str | None) -> EvaluationReport:
     ps = engine.settings.pipeline
     engine.refresh_vectors(progress)
     data = engine.dataset()
@@ -109,14 +115,15 @@ def evaluate(engine: Engine, k: int, progress: ProgressCallback,
             raise EngineError("Nothing to evaluate: " + "; ".join(
                 f"{name} failed to train ({f['error']})" for name, f in failed.items()),
                 title="Training failed")
-        out = _score(engine, data, split, fresh, quotas, ranker_obj, k, progress)
-        out.update(run_id=run_id, candidate_hit_rate=fit_report.get("candidate_hit_rate"),
-                   ranker_validation=fit_report["rankers"].get(ranker_obj.name, {}) if ranker_obj else {},
-                   failed={name: f["error"] for name, f in failed.items()})
+        out = EvaluationReport(
+            run_id=run_id, **_score(engine, data, split, fresh, quotas, ranker_obj, k, progress),
+            candidate_hit_rate=fit_report.get("candidate_hit_rate"),
+            ranker_validation=fit_report["rankers"].get(ranker_obj.name, {}) if ranker_obj else {},
+            failed={name: f["error"] for name, f in failed.items()})
     except BaseException as exc:
         engine.store.finish_run(run_id, {}, status="failed", note=str(exc))
         raise
-    engine.store.finish_run(run_id, out)
+    engine.store.finish_run(run_id, out.to_dict())
     return out
 
 
@@ -159,11 +166,11 @@ def _score(engine: Engine, data, split, fresh: dict[str, Recaller], quotas: dict
         if fresh[name].text_queries:  # search answers typed queries; held-out users have none
             continue
         lists = [[c.item_id for c in per[name][:k]] for per in recalled]
-        results.append({"name": name, "kind": "recaller", **slices.score(lists)})
+        results.append(ModelScores(name, "recaller", **slices.score(lists)))
         progress("score", step, len(fresh) + 1, name)
     lists = [[c.item_id for c in cs] for cs in pipe.run(split.queries, k, recalled)]
-    results.append({"name": "pipeline", "kind": "pipeline", **slices.score(lists),
-                    "ranker": ranker.name if ranker else None})
+    results.append(ModelScores("pipeline", "pipeline", **slices.score(lists),
+                               ranker=ranker.name if ranker else None))
     progress("score", len(fresh) + 1, len(fresh) + 1, "pipeline")
     return {"k": k, "results": results, "users": len(split.queries),
             "cold_start_users": len(slices.cold_users), "light_users": len(slices.light_users),

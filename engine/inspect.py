@@ -7,7 +7,6 @@ of its own. Nothing here writes to the database."""
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import EngineError
@@ -24,35 +23,19 @@ METRICS = ("ndcg", "recall", "hit", "mrr", "precision", "coverage")
 def find_users(engine: Engine, text: str = "", limit: int = 50) -> list[dict[str, Any]]:
     """Users whose id or attributes contain `text` (case-insensitive), exact id first,
     with their number of events. An empty text lists the most active users."""
-    text = text.strip()
-    conn = engine.store.conn
-    if text:
-        like = f"%{text}%"
-        rows = conn.execute(
-            "SELECT u.user_id, u.attrs, (SELECT count(*) FROM events e WHERE e.user_id = u.user_id) "
-            "FROM users u WHERE u.user_id LIKE ? OR u.attrs LIKE ? "
-            "ORDER BY u.user_id = ? DESC, u.user_id LIMIT ?", [like, like, text, limit]).fetchall()
-    else:
-        rows = conn.execute(
-            "SELECT u.user_id, u.attrs, count(e.id) AS n FROM users u JOIN events e "
-            "ON e.user_id = u.user_id GROUP BY u.user_id ORDER BY n DESC, u.user_id LIMIT ?",
-            [limit]).fetchall()
-    return [{"user_id": r[0], "attrs": json.loads(r[1] or "{}"), "events": r[2]} for r in rows]
+    return engine.store.find_users(text.strip(), limit)
 
 
 def user_profile(engine: Engine, user_id: str, limit: int = 200) -> dict[str, Any]:
     """A user's attributes and history, newest first, with item titles and event counts by kind."""
-    row = engine.store.conn.execute("SELECT attrs FROM users WHERE user_id = ?", [user_id]).fetchone()
-    if row is None:
+    if not engine.store.has_user(user_id):
         raise EngineError(f"Unknown user {user_id!r}. Search users by id or attribute "
                           f"(for example a country or segment).", title="Unknown user")
     history = list(reversed(engine.store.history(user_id, limit)))
     items = engine.store.items(h.item_id for h in history)
-    by_kind = dict(engine.store.conn.execute(
-        "SELECT kind, count(*) FROM events WHERE user_id = ? GROUP BY kind ORDER BY 2 DESC",
-        [user_id]).fetchall())
+    by_kind = engine.store.events_by_kind(user_id=user_id)
     return {
-        "user_id": user_id, "attrs": json.loads(row[0] or "{}"),
+        "user_id": user_id, "attrs": engine.store.user_attrs([user_id]).get(user_id, {}),
         "events_by_kind": by_kind, "events": sum(by_kind.values()),
         "history": [{"item_id": h.item_id, "title": items[h.item_id].title if h.item_id in items else "",
                      "in_catalogue": h.item_id in items, "kind": h.kind, "ts": h.ts, "value": h.value}
@@ -155,11 +138,8 @@ def item_profile(engine: Engine, item_id: str, interactions: int = 50) -> dict[s
     events = engine.store.item_events(item_id, interactions)
     if item is None and not events:
         raise EngineError(f"Unknown item {item_id!r}.", title="Unknown item")
-    by_kind = dict(engine.store.conn.execute(
-        "SELECT kind, count(*) FROM events WHERE item_id = ? GROUP BY kind ORDER BY 2 DESC",
-        [item_id]).fetchall())
-    users = engine.store.conn.execute(
-        "SELECT count(DISTINCT user_id) FROM events WHERE item_id = ?", [item_id]).fetchone()[0]
+    by_kind = engine.store.events_by_kind(item_id=item_id)
+    users = engine.store.item_users(item_id)
     fields = {}
     if item is not None:
         fields = {"title": item.title, "category": item.category, "brand": item.brand,
@@ -174,24 +154,10 @@ def kg_neighbours(engine: Engine, item_id: str, limit: int = 50, examples: int =
     triple touching that entity (either direction), with the relation's readable name, the
     node at the other end (its item title when that node is a product) and the other items
     that reach the same node by the same relation; the most specific shared nodes first."""
-    conn = engine.store.conn
-    rows = conn.execute(
-        "SELECT t.relation, t.tail AS node, 'out' FROM item_entities ie "
-        "JOIN triples t ON t.head = ie.entity WHERE ie.item_id = ? "
-        "UNION SELECT t.relation, t.head AS node, 'in' FROM item_entities ie "
-        "JOIN triples t ON t.tail = ie.entity WHERE ie.item_id = ? LIMIT ?",
-        [item_id, item_id, 20 * limit]).fetchall()
     out = []
-    for relation, node, direction in rows:
-        if direction == "out":
-            sql = ("SELECT DISTINCT ie.item_id FROM triples t JOIN item_entities ie ON ie.entity = t.head "
-                   "WHERE t.tail = ? AND t.relation = ? AND ie.item_id != ?")
-        else:
-            sql = ("SELECT DISTINCT ie.item_id FROM triples t JOIN item_entities ie ON ie.entity = t.tail "
-                   "WHERE t.head = ? AND t.relation = ? AND ie.item_id != ?")
-        others = [r[0] for r in conn.execute(sql, [node, relation, item_id])]
-        node_items = [r[0] for r in conn.execute(
-            "SELECT item_id FROM item_entities WHERE entity = ? LIMIT 1", [node])]
+    for relation, node, direction in engine.store.item_links(item_id, 20 * limit):
+        others = engine.store.items_sharing(node, relation, direction, but=item_id)
+        node_items = [found] if (found := engine.store.entity_item(node)) else []
         titles = engine.store.items(others[:examples] + node_items)
         node_title = titles[node_items[0]].title if node_items and node_items[0] in titles else ""
         out.append({"relation": relation, "name": readable_relation(relation),
@@ -211,15 +177,12 @@ def kg_neighbours(engine: Engine, item_id: str, limit: int = 50, examples: int =
 def events_over_time(engine: Engine, buckets: int = 30) -> dict[str, Any]:
     """Events per time bucket and kind: {"start", "end", "bucket_seconds", "kinds":
     {kind: [count per bucket]}} over the whole span of the stored events."""
-    conn = engine.store.conn
-    start, end = conn.execute("SELECT min(ts), max(ts) FROM events").fetchone()
+    start, end = engine.store.event_span()
     if start is None:
         return {"start": None, "end": None, "bucket_seconds": 0, "kinds": {}}
     width = max((end - start) / buckets, 1e-9)
     kinds: dict[str, list[int]] = {}
-    for kind, bucket, count in conn.execute(
-            "SELECT kind, min(CAST((ts - ?) / ? AS INTEGER), ?), count(*) FROM events "
-            "GROUP BY kind, 2 ORDER BY kind", [start, width, buckets - 1]):
+    for kind, bucket, count in engine.store.events_per_bucket(start, width, buckets):
         kinds.setdefault(kind, [0] * buckets)[bucket] += count
     return {"start": start, "end": end, "bucket_seconds": width, "kinds": kinds}
 
@@ -227,9 +190,7 @@ def events_over_time(engine: Engine, buckets: int = 30) -> dict[str, Any]:
 def long_tail(engine: Engine) -> dict[str, Any]:
     """Events per catalogue item, most popular first (items never touched count 0), and how
     concentrated demand is: the share of events that go to the top 10% / 20% of items."""
-    counts = [r[0] for r in engine.store.conn.execute(
-        "SELECT count(e.id) AS n FROM items i LEFT JOIN events e ON e.item_id = i.item_id "
-        "GROUP BY i.item_id ORDER BY n DESC")]
+    counts = engine.store.item_event_counts()
     total = sum(counts)
 
     def share(fraction: float) -> float:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from . import attribution
+from .store import attribution
 from .db import write_transaction
 from .errors import EngineError
 from .types import Event

@@ -9,6 +9,8 @@ from typing import Any, Mapping
 # Event kinds Shelfwise knows by name. Sources may emit others; they get weight 1.0 unless
 # configured in [events.weights].
 EVENT_KINDS = ("view", "click", "cart", "purchase", "rating")
+# what a public API key (one in a shop's web page) may send; the rest needs a secret key
+PUBLIC_EVENT_KINDS = frozenset({"view", "click", "cart"})
 
 # When an event may have happened: imports and the API refuse times outside this window
 # (an import may opt out with --allow-any-time). Earlier is a unit mix-up or a missing value

@@ -376,6 +376,21 @@ def test_evaluate_reports_every_recaller_and_the_pipeline(trained):
     assert second["results"] == report["results"], "evaluation must be reproducible"
 
 
+def test_evaluate_answers_a_typed_report_that_is_also_the_stored_json(trained):
+    import json
+
+    from engine import EvaluationReport, ModelScores
+
+    report = trained.evaluate(k=5)
+    assert isinstance(report, EvaluationReport) and report.k == 5
+    pipeline = report.scores("pipeline")
+    assert isinstance(pipeline, ModelScores) and pipeline.kind == "pipeline" and pipeline.ranker
+    assert METRIC_KEYS <= set(pipeline.metrics)
+    stored = trained.store.run(report.run_id)["metrics"]
+    assert stored == json.loads(json.dumps(report.to_dict())), "the run row is the report"
+    assert report["results"][-1]["metrics"] == pipeline.metrics, "also reads as its JSON"
+
+
 def test_evaluate_does_not_touch_the_served_models(trained):
     before = trained.store.active_artifacts()
     trained.evaluate(k=3, recallers=["popular"])

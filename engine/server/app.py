@@ -16,7 +16,7 @@ from typing import Any, Callable
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
-from ..hosting import EngineThread
+from .. import EngineThread
 from . import problems
 from .problems import Problem
 from .routes import GROUPS
@@ -106,7 +106,7 @@ def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = N
     before each answer, and the state is a cache of them that a retrain rebuilds."""
     if engine_factory is None:
         def engine_factory():
-            from ..engine import Engine
+            from .. import Engine
 
             return Engine(db_path)
 

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ArtifactError, EngineError, NotTrainedError, UnknownComponentError
+from .. import ArtifactError, EngineError, NotTrainedError, UnknownComponentError
 
 log = logging.getLogger("shelfwise.server")
 

@@ -13,8 +13,7 @@ from fastapi import Depends, FastAPI, Path as PathParam, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import StringConstraints
 
-from ..apikeys import PUBLIC_EVENT_KINDS
-from ..types import Recommendation
+from .. import PUBLIC_EVENT_KINDS, Recommendation
 from . import problems
 from .problems import Problem
 from .schemas import (

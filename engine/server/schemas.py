@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..types import EVENT_KINDS, Event, Item, Recommendation, event_time_window
+from .. import EVENT_KINDS, Event, Item, Recommendation, event_time_window
 
 # Ids: letters, digits and . _ : @ + - (no spaces, slashes or control characters), 1-128 long.
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}"

@@ -7,8 +7,6 @@ only; as soon as one key exists, every API route needs one."""
 from __future__ import annotations
 
 import math
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import apikeys
+from .. import KeyLookup
 from .problems import Problem, problem_response
 
 OPEN = {"id": None, "name": "", "scope": "secret"}  # no keys configured: loopback only
@@ -29,23 +27,18 @@ class KeyRing:
     answers are remembered for `ttl` seconds, so a revoked key stops working within it."""
 
     def __init__(self, db_path: str | Path, ttl: float = 2.0):
-        self._conn = sqlite3.connect(str(db_path), check_same_thread=False)
-        self._conn.execute("PRAGMA busy_timeout = 2000")
-        self._lock = threading.Lock()
+        self._keys = KeyLookup(db_path)
         self.ttl = ttl
         self._seen: dict[str, tuple[float, dict | None]] = {}
         self._count: tuple[float, int] = (-math.inf, 0)
-        self._stamped: dict[int, float] = {}  # key id -> when last_used_at was written
 
     def close(self) -> None:
-        self._conn.close()
+        self._keys.close()
 
     def active(self) -> int:
         at, count = self._count
         if time.monotonic() - at > self.ttl:
-            with self._lock:
-                count = self._conn.execute(
-                    "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0]
+            count = self._keys.active()
             self._count = (time.monotonic(), count)
         return count
 
@@ -53,19 +46,7 @@ class KeyRing:
         found = self._seen.get(key)
         if found is not None and time.monotonic() - found[0] <= self.ttl:
             return found[1]
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT id, name, scope FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-                [apikeys._hash(key)]).fetchone()
-            if row is not None and time.monotonic() - self._stamped.get(row[0], -math.inf) > 60:
-                self._stamped[row[0]] = time.monotonic()
-                try:  # once a minute at most; a busy database only delays the stamp
-                    self._conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?",
-                                       [time.time(), row[0]])
-                    self._conn.commit()
-                except sqlite3.OperationalError:
-                    self._conn.rollback()
-        info = {"id": row[0], "name": row[1], "scope": row[2]} if row else None
+        info = self._keys.find(key)
         if len(self._seen) > 10_000:
             self._seen.clear()
         self._seen[key] = (time.monotonic(), info)

@@ -18,7 +18,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from ..errors import EngineError
+from .. import EngineError
 
 TRAIN_NICENESS = 10  # the training process yields the CPU to the serving one
 
@@ -38,8 +38,7 @@ def _train_in_process(db_path: str, config_path: str | None, plugins_dir: str | 
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, spare)  # read when torch and the BLAS load, below
 
-    from ..engine import Engine
-    from ..plugins import load_plugins
+    from .. import Engine, load_plugins
 
     def stop(signum, frame):  # the server shuts down: end as a failed run, nothing activated
         raise KeyboardInterrupt("stopped: the server shut down during training")
@@ -57,7 +56,7 @@ def _train_in_process(db_path: str, config_path: str | None, plugins_dir: str | 
     try:
         engine = Engine(db_path, registry=load_plugins(plugins_dir), config_path=config_path)
         report = engine.train(progress=progress)
-        queue.put(("done", report.get("run_id"), engine.dataset_events_upto))
+        queue.put(("done", report.run_id, engine.dataset_events_upto))
     except BaseException as exc:
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -106,7 +105,7 @@ class Trainer:
         try:
             engine = self._factory()
             report = engine.train(progress=self._progress)
-            self.state.update(run_id=report.get("run_id"), stage="done")
+            self.state.update(run_id=report.run_id, stage="done")
             self._finished(engine.dataset_events_upto)
         except BaseException as exc:  # reported through /status, never lost
             self.state.update(error=f"{type(exc).__name__}: {exc}", stage="failed",

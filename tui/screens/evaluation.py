@@ -162,8 +162,8 @@ class EvaluationScreen(EngineScreen):
             self.notify("Nothing to cancel.")
 
     def on_job_panel_finished(self, event: JobPanel.Finished) -> None:
-        self.notify(f"Evaluation run {event.result['run_id']} finished.", title="Evaluation")
-        self.marked = {"a": self.marked["b"], "b": event.result["run_id"]}
+        self.notify(f"Evaluation run {event.result.run_id} finished.", title="Evaluation")
+        self.marked = {"a": self.marked["b"], "b": event.result.run_id}
         self.load_runs()
 
     def on_job_panel_stopped(self, event: JobPanel.Stopped) -> None:

@@ -72,8 +72,8 @@ class TrainScreen(EngineScreen):
         self._idle()
         self.app.models_changed()
         report = event.result
-        self.notify(f"Trained on {report['events']:,} events of {report['users']:,} users in "
-                    f"{report['total_seconds']:.1f}s (run {report['run_id']}). New models are active.",
+        self.notify(f"Trained on {report.events:,} events of {report.users:,} users in "
+                    f"{report.total_seconds:.1f}s (run {report.run_id}). New models are active.",
                     title="Training complete")
         self.show_models()
 

@@ -18,11 +18,12 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import sqlite_utils
 
-from .dataset import DEFAULT_KIND_WEIGHTS, Dataset
-from .db import write_transaction
-from .errors import ArtifactError, ImportDataError
-from .catalogue import CatalogueView
-from .types import Event, Interaction, Item, ItemEntity, Record, Triple, User
+from ..dataset import DEFAULT_KIND_WEIGHTS, Dataset
+from ..db import write_transaction
+from ..errors import ArtifactError, ImportDataError
+from ..catalogue import CatalogueView
+from .views import ViewQueries
+from ..types import Event, Interaction, Item, ItemEntity, Record, Triple, User
 
 CHUNK = 20_000
 
@@ -65,7 +66,7 @@ def row_to_item(row: Mapping[str, Any]) -> Item:
     )
 
 
-class Store:
+class Store(ViewQueries):
     def __init__(self, db: sqlite_utils.Database):
         self.db = db
         self.conn = db.conn

@@ -9,16 +9,22 @@ slow hash needed: nothing to guess)."""
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
+import sqlite3
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from .errors import EngineError
+from ..errors import EngineError
+from ..types import PUBLIC_EVENT_KINDS
 
 SCOPES = ("public", "secret")
-PUBLIC_EVENT_KINDS = frozenset({"view", "click", "cart"})
+__all__ = ["KeyLookup", "PUBLIC_EVENT_KINDS", "SCOPES", "active_keys", "create_key", "list_keys",
+           "lookup", "revoke_key"]
 _PREFIX = {"public": "sw_pk_", "secret": "sw_sk_"}
 
 
@@ -67,3 +73,37 @@ def lookup(db: sqlite_utils.Database, key: str) -> dict[str, Any] | None:
     row = db.conn.execute("SELECT id, name, scope FROM api_keys WHERE key_hash = ? AND "
                           "revoked_at IS NULL", [_hash(key)]).fetchone()
     return {"id": row[0], "name": row[1], "scope": row[2]} if row else None
+
+
+class KeyLookup:
+    """The server's own read connection for keys (the engine thread stays free): the
+    active key a request presents, and how many keys are active. A key's `last_used_at`
+    is written at most once a minute; a busy database only delays it."""
+
+    def __init__(self, db_path: str | Path):
+        self._conn = sqlite3.connect(str(db_path), check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout = 2000")
+        self._lock = threading.Lock()
+        self._stamped: dict[int, float] = {}  # key id -> when last_used_at was written
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def active(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0]
+
+    def find(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT id, name, scope FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+                [_hash(key)]).fetchone()
+            if row is not None and time.monotonic() - self._stamped.get(row[0], -math.inf) > 60:
+                self._stamped[row[0]] = time.monotonic()
+                try:
+                    self._conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?",
+                                       [time.time(), row[0]])
+                    self._conn.commit()
+                except sqlite3.OperationalError:
+                    self._conn.rollback()
+        return {"id": row[0], "name": row[1], "scope": row[2]} if row else None

@@ -23,8 +23,8 @@ from typing import Any, Mapping, Sequence
 
 import sqlite_utils
 
-from .errors import EngineError
-from .types import Event, Recommendation
+from ..errors import EngineError
+from ..types import Event, Recommendation
 
 CLICK_KINDS = ("view", "click")
 GROUPS = {"recaller": "source", "ranker": "ranker", "placement": "placement",

@@ -1,0 +1,11 @@
+"""The store layer: every read and write of the shop's SQLite file (sqlite-utils), and the
+only place SQL is written.
+
+  core.Store          catalogue, users, events, embeddings, model artifacts, runs
+  views.ViewQueries   the read-only questions of the views (part of Store)
+  attribution         logged impressions, attributed events, the online report
+  apikeys             the HTTP API's keys (hashed), and their lookup for the server"""
+
+from .core import CHUNK, ImportReport, Store, event_id_for, row_to_item
+
+__all__ = ["CHUNK", "ImportReport", "Store", "event_id_for", "row_to_item"]
