@@ -46,7 +46,7 @@ def _graph_from_store(store, item_index: dict[str, int]) -> tuple[dict[int, dict
     """item -> {entity: relation} from item_entities + one hop of triples; and linked items."""
     edges: dict[int, dict[str, str]] = defaultdict(dict)
     by_entity: dict[str, list[int]] = defaultdict(list)
-    for item_id, entity in store.conn.execute("SELECT item_id, entity FROM item_entities"):
+    for item_id, entity in store.item_entities():
         i = item_index.get(item_id)
         if i is not None:
             by_entity[entity].append(i)
@@ -54,7 +54,7 @@ def _graph_from_store(store, item_index: dict[str, int]) -> tuple[dict[int, dict
     linked = set(edges)
     if by_entity:
         inverse: list[tuple[int, str, str]] = []
-        for head, relation, tail in store.conn.execute("SELECT head, relation, tail FROM triples"):
+        for head, relation, tail in store.triples():
             for i in by_entity.get(head, ()):
                 edges[i][tail] = relation  # forward relations win over inverse ones
             for i in by_entity.get(tail, ()):

@@ -416,6 +416,14 @@ class Store(ViewQueries):
         return CatalogueView(available={r[0] for r in rows if r[2]},
                              categories={r[0]: r[1] or "" for r in rows}, untouched=untouched)
 
+    def item_entities(self) -> Iterator[tuple[str, str]]:
+        """(item_id, entity) links of the knowledge graph."""
+        return iter(self.conn.execute("SELECT item_id, entity FROM item_entities"))
+
+    def triples(self) -> Iterator[tuple[str, str, str]]:
+        """(head, relation, tail) triples of the knowledge graph."""
+        return iter(self.conn.execute("SELECT head, relation, tail FROM triples"))
+
     def users_with_events(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT user_id FROM events ORDER BY user_id")]
 
