@@ -1,7 +1,8 @@
 """The store layer: every read and write of the shop's SQLite file (sqlite-utils), and the
 only place SQL is written.
 
-  core.Store          catalogue, users, events, embeddings, model artifacts, runs
+  core.Store          catalogue, users and events: imports, reads, what changed
+  models.ModelStore   item vectors, full-text search, model artifacts, runs (part of Store)
   views.ViewQueries   the read-only questions of the views (part of Store)
   attribution         logged impressions, attributed events, the online report
   apikeys             the HTTP API's keys (hashed), and their lookup for the server"""

@@ -8,9 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import re
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -19,9 +16,9 @@ import numpy as np
 import sqlite_utils
 
 from ..dataset import DEFAULT_KIND_WEIGHTS, Dataset
-from ..db import write_transaction
-from ..errors import ArtifactError, ImportDataError
+from ..errors import ImportDataError
 from ..catalogue import CatalogueView
+from .models import ModelStore
 from .views import ViewQueries
 from ..types import Event, Interaction, Item, ItemEntity, Record, Triple, User
 
@@ -66,7 +63,7 @@ def row_to_item(row: Mapping[str, Any]) -> Item:
     )
 
 
-class Store(ViewQueries):
+class Store(ViewQueries, ModelStore):
     def __init__(self, db: sqlite_utils.Database):
         self.db = db
         self.conn = db.conn
@@ -447,230 +444,3 @@ class Store(ViewQueries):
         data.in_stock = np.array([stock.get(i, False) for i in ids], dtype=bool)
         data.categories = np.array([category.get(i, "") for i in ids], dtype=str)
         return data
-
-    # -- embeddings --------------------------------------------------------------------
-
-    def embedding_hashes(self, encoder: str) -> dict[str, str]:
-        return dict(self.conn.execute(
-            "SELECT item_id, content_hash FROM embeddings WHERE encoder = ?", [encoder]))
-
-    def save_embeddings(self, encoder: str, ids: Sequence[str], hashes: Sequence[str],
-                        vectors: np.ndarray) -> None:
-        """Upsert item vectors (little-endian float32 BLOBs): the source of truth for the index."""
-        vectors = np.ascontiguousarray(vectors, dtype="<f4")
-        with self.db.atomic():
-            self.conn.executemany(
-                "INSERT INTO embeddings (encoder, item_id, content_hash, dim, vector) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(encoder, item_id) DO UPDATE SET "
-                "content_hash = excluded.content_hash, dim = excluded.dim, vector = excluded.vector",
-                [(encoder, i, h, vectors.shape[1], v.tobytes())
-                 for i, h, v in zip(ids, hashes, vectors)])
-
-    def delete_embeddings(self, encoder: str, ids: Iterable[str]) -> None:
-        with self.db.atomic():
-            self.conn.executemany("DELETE FROM embeddings WHERE encoder = ? AND item_id = ?",
-                                  [(encoder, i) for i in ids])
-
-    def embeddings(self, encoder: str, ids: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
-        """(item ids, their vectors as rows) of every item, or of `ids` (those stored)."""
-        if ids is None:
-            rows = self.conn.execute("SELECT item_id, dim, vector FROM embeddings WHERE encoder = ? "
-                                     "ORDER BY item_id", [encoder]).fetchall()
-        else:
-            wanted = list(ids)
-            rows = [row for start in range(0, len(wanted), 500) for row in self.conn.execute(
-                f"SELECT item_id, dim, vector FROM embeddings WHERE encoder = ? AND item_id IN "
-                f"({','.join('?' * len(wanted[start:start + 500]))})",
-                [encoder, *wanted[start:start + 500]])]
-        if not rows:
-            return [], np.zeros((0, 0), np.float32)
-        dim = rows[0][1]
-        return [r[0] for r in rows], np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(-1, dim)
-
-    # -- full-text search --------------------------------------------------------------
-
-    def text_search(self, text: str, limit: int = 100) -> list[tuple[str, float]]:
-        """Catalogue items matching any word of `text`, best BM25 first, as (item_id, score)
-        with score > 0 (higher is better). Words are quoted, so user input is never FTS syntax."""
-        words = [w for w in re.findall(r"\w+", text.lower()) if w]
-        if not words:
-            return []
-        match = " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
-        rows = self.conn.execute(
-            "SELECT items.item_id, -bm25(items_fts, 10.0, 5.0, 2.0, 2.0, 1.0, 0.5) AS score "
-            "FROM items_fts JOIN items ON items.rowid = items_fts.rowid "
-            "WHERE items_fts MATCH ? ORDER BY score DESC LIMIT ?", [match, limit]).fetchall()
-        return [(r[0], float(r[1])) for r in rows]
-
-    # -- artifacts ---------------------------------------------------------------------
-
-    def save_artifacts(self, blobs: Mapping[str, tuple[bytes, str, dict]], activate: bool = True) -> dict[str, int]:
-        """Store new versions of several artifacts and (optionally) make them the active
-        ones, all in one transaction. Returns name -> version."""
-        versions = {}
-        now = time.time()
-        with write_transaction(self.db):
-            for name, (payload, fmt, meta) in blobs.items():
-                version = (self.conn.execute("SELECT max(version) FROM artifacts WHERE name = ?",
-                                             [name]).fetchone()[0] or 0) + 1
-                self.conn.execute(
-                    "INSERT INTO artifacts (name, version, format, bytes, sha256, size, meta, "
-                    "created_at, active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
-                    [name, version, fmt, payload, hashlib.sha256(payload).hexdigest(),
-                     len(payload), json.dumps(meta), now])
-                versions[name] = version
-            if activate:
-                for name, version in versions.items():
-                    self._activate(name, version)
-        return versions
-
-    def _activate(self, name: str, version: int) -> None:
-        if self.conn.execute("SELECT 1 FROM artifacts WHERE name = ? AND version = ?",
-                             [name, version]).fetchone() is None:
-            raise ArtifactError(f"Artifact {name!r} has no version {version}; nothing was "
-                                f"activated.")
-        self.conn.execute("UPDATE artifacts SET active = 0 WHERE name = ? AND active = 1", [name])
-        self.conn.execute("UPDATE artifacts SET active = 1 WHERE name = ? AND version = ?",
-                          [name, version])
-
-    def activate(self, versions: Mapping[str, int]) -> None:
-        with self.db.atomic():
-            for name, version in versions.items():
-                self._activate(name, version)
-
-    def deactivate(self, names: Iterable[str]) -> None:
-        with self.db.atomic():
-            for name in names:
-                self.conn.execute("UPDATE artifacts SET active = 0 WHERE name = ?", [name])
-
-    def active_artifacts(self, prefix: str = "") -> list[dict[str, Any]]:
-        """Metadata (no bytes) of the active artifacts."""
-        return [dict(r, meta=json.loads(r["meta"] or "{}")) for r in self.db.query(
-            "SELECT name, version, format, sha256, size, meta, created_at FROM artifacts "
-            "WHERE active = 1 AND name LIKE ? ORDER BY name", [prefix + "%"])]
-
-    def model_names(self) -> list[str]:
-        """Every stored recaller and ranker model's name (active or not)."""
-        return [r[0] for r in self.conn.execute(
-            "SELECT DISTINCT name FROM artifacts WHERE name LIKE 'recaller/%' OR name LIKE 'ranker/%'")]
-
-    def delete_versions_except(self, name: str, version: int) -> None:
-        self.conn.execute("DELETE FROM artifacts WHERE name = ? AND version != ?", [name, version])
-
-    def delete_inactive_incremental(self, names: Sequence[str]) -> None:
-        """Drop the superseded incremental copies of these models (meta "incremental")."""
-        self.conn.execute(f"DELETE FROM artifacts WHERE name IN ({','.join('?' * len(names))}) "
-                          f"AND active = 0 AND json_extract(meta, '$.incremental')", list(names))
-
-    def latest_artifact(self, name: str) -> dict[str, Any] | None:
-        """Metadata (no bytes) of the newest stored version, active or not."""
-        rows = list(self.db.query(
-            "SELECT name, version, active, size, created_at FROM artifacts WHERE name = ? "
-            "ORDER BY version DESC LIMIT 1", [name]))
-        return rows[0] if rows else None
-
-    def load_artifact(self, name: str, version: int | None = None) -> tuple[bytes, str, dict] | None:
-        """The active (or given) version's bytes, format and meta, checked against its sha256."""
-        if version is None:
-            row = self.conn.execute("SELECT bytes, format, meta, sha256, version FROM artifacts "
-                                    "WHERE name = ? AND active = 1", [name]).fetchone()
-        else:
-            row = self.conn.execute("SELECT bytes, format, meta, sha256, version FROM artifacts "
-                                    "WHERE name = ? AND version = ?", [name, version]).fetchone()
-        if row is None:
-            return None
-        payload, fmt, meta, digest, version = row
-        if hashlib.sha256(payload).hexdigest() != digest:
-            raise ArtifactError(
-                f"Artifact {name!r} version {version} is corrupted (sha256 mismatch). "
-                f"Run \"shelfwise train\" to rebuild it.")
-        return payload, fmt, json.loads(meta or "{}")
-
-    # -- runs --------------------------------------------------------------------------
-
-    def start_run(self, kind: str, config: Mapping[str, Any]) -> int:
-        return self.db["runs"].insert({
-            "kind": kind, "status": "running", "started_at": time.time(),
-            "config": json.dumps(config, default=str), "metrics": "{}", "note": "",
-            "pid": os.getpid(), "host": socket.gethostname(),
-        }).last_pk
-
-    def mark_interrupted_runs(self) -> int:
-        """Runs left `running` by a process that is gone (killed, or the machine restarted)
-        become `interrupted`. A run of another host is left alone (its pid means nothing
-        here). Returns how many were marked."""
-        here = socket.gethostname()
-        gone = [run_id for run_id, pid, host in self.conn.execute(
-                    "SELECT id, pid, host FROM runs WHERE status = 'running'")
-                if host is None or (host == here and not _alive(pid))]  # None: before pids were kept
-        if gone:
-            with write_transaction(self.db):
-                self.conn.executemany(
-                    "UPDATE runs SET status = 'interrupted', finished_at = ?, "
-                    "note = 'its process ended before it finished' WHERE id = ? AND status = 'running'",
-                    [(time.time(), run_id) for run_id in gone])
-        return len(gone)
-
-    def prune_artifacts(self, keep: int, convert: bool = True) -> dict[str, int]:
-        """Keep, of each stored model, the active version and the newest others up to `keep`
-        versions in all; delete the rest and give their space back to the file system
-        (`convert`: a database without incremental auto-vacuum may be rewritten once, see
-        `reclaim_space`). Returns {"deleted": versions deleted, "freed_bytes": how much the
-        file shrank}."""
-        size = self._file_bytes()
-        with write_transaction(self.db):
-            deleted = self.conn.execute(
-                "DELETE FROM artifacts WHERE active = 0 AND id IN (SELECT id FROM ("
-                " SELECT id, row_number() OVER (PARTITION BY name ORDER BY active DESC, version DESC) AS n"
-                " FROM artifacts) WHERE n > ?)", [max(keep, 1)]).rowcount
-        if deleted:
-            self.reclaim_space(convert)
-        return {"deleted": deleted, "freed_bytes": max(size - self._file_bytes(), 0)}
-
-    def reclaim_space(self, convert: bool = True) -> None:
-        """Return free pages to the file system: at once with incremental auto-vacuum; a
-        database made before it was on converts (`convert`) with one full VACUUM when free
-        pages are a quarter of the file or more — at `train`, not in a request."""
-        mode = self.conn.execute("PRAGMA auto_vacuum").fetchone()[0]
-        if mode == 2:  # incremental
-            # stepped to the end by sqlite3_exec: Python's execute frees one page per step
-            self.conn.executescript("PRAGMA incremental_vacuum;")
-        elif convert:
-            free, total = (self.conn.execute(f"PRAGMA {p}").fetchone()[0]
-                           for p in ("freelist_count", "page_count"))
-            if free * 4 >= total:
-                self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-                self.conn.execute("VACUUM")
-        self.checkpoint()
-
-    def _file_bytes(self) -> int:
-        count, size = (self.conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "page_size"))
-        return count * size
-
-    def finish_run(self, run_id: int, metrics: Mapping[str, Any], status: str = "ok", note: str = "") -> None:
-        self.db["runs"].update(run_id, {"status": status, "finished_at": time.time(),
-                                        "metrics": json.dumps(metrics), "note": note})
-
-    def runs(self, kind: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        where, params = ("WHERE kind = ?", [kind]) if kind else ("", [])
-        rows = self.db.query(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?", [*params, limit])
-        return [dict(r, config=json.loads(r["config"] or "{}"), metrics=json.loads(r["metrics"] or "{}"))
-                for r in rows]
-
-    def run(self, run_id: int) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
-        return dict(rows[0], config=json.loads(rows[0]["config"] or "{}"),
-                    metrics=json.loads(rows[0]["metrics"] or "{}")) if rows else None
-
-
-def _alive(pid: int | None) -> bool:
-    """Whether a process with this id runs on this machine."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
