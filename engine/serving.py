@@ -206,5 +206,6 @@ class Serving:
             self.store.delete_inactive_incremental(list(blobs))
             mine = self.store.active_model_ids()
         self.adopt(models=mine, own=True)
-        self.store.reclaim_space(convert=False)  # the superseded copies' pages go back
+        # the superseded copy's pages are free and the next save reuses them: no vacuum or
+        # log checkpoint here, in the request path (a TRUNCATE checkpoint waits for readers)
         return versions
