@@ -19,17 +19,22 @@ from . import shop
 from .conftest import CORE_PLUGINS
 
 
-def build_shop_db(folder: Path, n_users: int = 120, per_user: int = 15) -> Path:
-    """The synthetic shop (tests/shop.py), imported and trained with the core plugins."""
-    path = folder / "shop.db"
+def _trained(path: Path, plugins: str, fill) -> Path:
+    """A database at `path`, filled by fill(engine) and trained with `plugins`."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SHELFWISE_LOAD_PLUGINS", CORE_PLUGINS)
+        mp.setenv("SHELFWISE_LOAD_PLUGINS", plugins)
         mp.delenv("SHELFWISE_CONFIG", raising=False)
         eng = Engine(path, registry=load_plugins())
-        eng.store.write(shop.catalogue() + shop.events(n_users, per_user))
+        fill(eng)
         eng.train()
         eng.close()
     return path
+
+
+def build_shop_db(folder: Path, n_users: int = 120, per_user: int = 15) -> Path:
+    """The synthetic shop (tests/shop.py), imported and trained with the core plugins."""
+    return _trained(folder / "shop.db", CORE_PLUGINS,
+                    lambda eng: eng.store.write(shop.catalogue() + shop.events(n_users, per_user)))
 
 
 SEMANTIC_PLUGINS = CORE_PLUGINS + ",minilm,content,search"
@@ -37,15 +42,8 @@ SEMANTIC_PLUGINS = CORE_PLUGINS + ",minilm,content,search"
 
 def build_semantic_db(folder: Path, users: int = 300, items: int = 200) -> Path:
     """A small demo shop trained with the semantic layer (real MiniLM, real HNSW index)."""
-    path = folder / "demo.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SHELFWISE_LOAD_PLUGINS", SEMANTIC_PLUGINS)
-        mp.delenv("SHELFWISE_CONFIG", raising=False)
-        eng = Engine(path, registry=load_plugins())
-        eng.import_data("demo", None, seed=7, users=users, items=items)
-        eng.train()
-        eng.close()
-    return path
+    return _trained(folder / "demo.db", SEMANTIC_PLUGINS,
+                    lambda eng: eng.import_data("demo", None, seed=7, users=users, items=items))
 
 
 def copy_db(src: Path, dest_dir: Path) -> Path:
