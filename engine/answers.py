@@ -5,6 +5,7 @@ trace), what a visitor without history sees, search, similar items, every shoppe
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from .components import ProgressCallback, no_progress
@@ -51,8 +52,25 @@ def recommend(engine: Engine, user_id: str | None, n: int = 10, recallers: Seque
     pipe = engine.lineup.pipeline(recallers, ranker)
     query = query_for(engine, user_id, category, exclude, items, text)
     recs = render(engine.store, pipe.run([query], n)[0], pipe.ranker_name)
+    why = fallback(engine, user_id, query, items, text)
+    if why:
+        recs = [replace(r, fallback=why) for r in recs]
     engine.serving.cache.put(key, user_id, tuple(recs))
     return recs
+
+
+def fallback(engine: Engine, user_id: str | None, query: Query, items: Sequence[str],
+             text: str | None) -> str:
+    """Why an answer is the cold-start one, in a few words ("" when it is personal): the
+    shopper is unknown or has no events yet, or none of the items named is a product."""
+    if text:
+        return ""
+    if items:
+        return "" if any(engine.store.item(i) is not None for i in items) or \
+            len(query.history) > len(items) else "unknown item"
+    if user_id is None or query.history:
+        return ""
+    return "no history yet" if engine.store.has_user(user_id) else "unknown user"
 
 
 def trace(engine: Engine, user_id: str | None, n: int = 10, recallers: Sequence[str] | None = None,
@@ -97,13 +115,17 @@ def search(engine: Engine, text: str, n: int = 10, category: str | None = None) 
 
 
 def recommend_all(engine: Engine, n: int = 10, batch: int = 512,
-                  progress: ProgressCallback = no_progress) -> Iterator[tuple[str, list[Recommendation]]]:
-    """Recommendations for every user with at least one event, in batches."""
-    pipe = engine.pipeline()
+                  progress: ProgressCallback = no_progress, recallers: Sequence[str] | None = None,
+                  ranker: str | None = None,
+                  category: str | None = None) -> Iterator[tuple[str, list[Recommendation]]]:
+    """Recommendations for every user with at least one event, in batches, with the same
+    choices `recommend` takes (recallers, ranker, category)."""
+    pipe = engine.pipeline(recallers, ranker)
     users = engine.store.users_with_events()
+    progress("recommend", 0, len(users), f"{len(users):,} shoppers")
     for start in range(0, len(users), batch):
         part = users[start:start + batch]
-        queries = [query_for(engine, u) for u in part]
+        queries = [query_for(engine, u, category) for u in part]
         shown = pipe.run(queries, n)
         items = items_named(engine.store, (c for cands in shown for c in cands))  # one read a batch
         for u, cands in zip(part, shown):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
+from pathlib import Path
 import time
 import warnings
 
 import click
-from click_default_group import DefaultGroup
 from rich.console import Console
 from rich.table import Table
 
@@ -38,17 +39,33 @@ class Context:
         self.db, self.plugins_dir, self.config = db, plugins_dir, config
         self._engine = None
 
-    def engine(self):
+    def engine(self, create: bool = False):
+        """The Engine over --db. Only commands that make a shop (`create`: init, import,
+        demo) may create the file; the others say it is missing and create nothing."""
         if self._engine is None:
             from . import Engine
 
+            if not create and not Path(self.db).exists():
+                raise EngineError(f"There is no database at {self.db}. Make one with \"shelfwise "
+                                  f"--db {self.db} import ...\" or \"shelfwise --db {self.db} demo\", "
+                                  f"or give the right path with --db (or SHELFWISE_DB).",
+                                  title="No database")
             self._engine = Engine(self.db, registry=registry(self.plugins_dir),
                                   config_path=self.config)
         return self._engine
 
 
-class ShelfwiseGroup(DefaultGroup):
-    """Turns every EngineError into one clear line on stderr and exit status 1."""
+class ShelfwiseGroup(click.Group):
+    """Turns every EngineError into one clear line on stderr and exit status 1, and names
+    the closest command when one is mistyped."""
+
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1, cutoff=0.6)
+            hint = f" Did you mean \"shelfwise {close[0]}\"?" if close else " See \"shelfwise --help\"."
+            ctx.fail(f"No such command {name!r}.{hint}")
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx):
         try:
@@ -103,8 +120,7 @@ def _print_evaluation(report: EvaluationReport) -> None:
         out.print(_eval_table(report, "cold_start"))
 
 
-@click.group(cls=ShelfwiseGroup, default="demo", default_if_no_args=False,
-             context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ShelfwiseGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="shelfwise")
 @click.option("--db", default="shelfwise.db", envvar="SHELFWISE_DB", show_default=True,
               type=click.Path(dir_okay=False), help="The shop's SQLite file (env SHELFWISE_DB).")
@@ -118,7 +134,7 @@ def cli(ctx, db, plugins_dir, config):
 
     \b
     Quick start:
-      shelfwise demo                      # the demo shop, trained and evaluated
+      shelfwise demo                      # the demo shop, trained, with recommendations
       shelfwise import csv --items items.csv --events events.csv
       shelfwise train
       shelfwise recommend USER_ID -n 10
@@ -130,7 +146,7 @@ def cli(ctx, db, plugins_dir, config):
 @click.pass_obj
 def init(obj):
     """Create the database (or bring its schema up to date)."""
-    engine = obj.engine()
+    engine = obj.engine(create=True)
     click.echo(f"Database ready: {engine.db_path}")
 
 
@@ -169,7 +185,7 @@ def import_(obj, source, location, items, users, events, triples, links, extra, 
     if allow_any_time:
         options["allow_any_time"] = "true"
     with rich_progress(not as_json) as progress:
-        report = obj.engine().import_data(source, location, progress=progress, **options)
+        report = obj.engine(create=True).import_data(source, location, progress=progress, **options)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:
@@ -236,13 +252,16 @@ def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, ite
       shelfwise recommend u42 --explain                     # how the list was made
     """
     engine = obj.engine()
+    names = [r.strip() for r in recallers.split(",") if r.strip()] if recallers else None
     if all_users:
-        if user:
-            raise click.UsageError("Give either USER or --all, not both.")
+        if user or items or text or explain:
+            raise click.UsageError("--all writes every shopper's list: give no USER, --item, "
+                                   "--text or --explain with it.")
         if fmt == "tsv":
             click.echo("user_id\titem_id\trank\tscore")
         with rich_progress() as progress:  # on stderr: stdout is the campaign file
-            for user_id, recs in engine.recommend_all(n, progress=progress):
+            for user_id, recs in engine.recommend_all(n, progress=progress, recallers=names,
+                                                      ranker=ranker, category=category):
                 for r in recs:
                     if fmt == "tsv":
                         click.echo(f"{user_id}\t{r.item_id}\t{r.rank}\t{r.score:.6f}")
@@ -251,7 +270,6 @@ def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, ite
         return
     if not user and not items and not text:
         raise click.UsageError("Missing USER (or --item / --text for a visitor, or --all).")
-    names = [r.strip() for r in recallers.split(",") if r.strip()] if recallers else None
     if explain:
         trace = engine.trace(user, n, recallers=names, ranker=ranker, category=category,
                              items=items, text=text)
@@ -263,6 +281,11 @@ def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, ite
         return
     recs = engine.recommend(user, n, recallers=names, ranker=ranker, category=category,
                             items=items, text=text)
+    if recs and recs[0].fallback:
+        who = {"unknown user": f"{user!r} is not a known shopper",
+               "no history yet": f"{user!r} has no events yet",
+               "unknown item": "none of the items given is in the catalogue"}[recs[0].fallback]
+        console.print(f"[yellow]Note:[/yellow] {who}: showing what a new visitor sees.")
     _print_recs(recs, as_json)
 
 
@@ -291,6 +314,35 @@ def _print_trace(trace, recs) -> None:
                           if trace.recall_rank(name, c.item_id))
         console.print(f"   {r.rank:>2}. {r.title or r.item_id}  [dim]({r.item_id}; {found})[/]")
         console.print(f"       {r.reason}")
+
+
+@cli.command()
+@click.argument("text")
+@click.option("-n", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True, help="JSON list of the products.")
+@click.pass_obj
+def items(obj, text, n, as_json):
+    """Find products by id, title, category, brand, tag or attribute.
+
+    \b
+    Examples:
+      shelfwise items p00042
+      shelfwise items "rain jacket" --json
+    """
+    found = obj.engine().find_items(text, n)
+    if as_json:
+        click.echo(json.dumps([item.to_dict() for item in found], indent=2))
+        return
+    if not found:
+        console.print(f"No product has the id {text!r} or mentions it.")
+        return
+    table = Table(pad_edge=False)
+    for col in ("item", "title", "category", "brand", "price", "stock"):
+        table.add_column(col, overflow="fold")
+    for item in found:
+        table.add_row(item.item_id, item.title, item.category, item.brand,
+                      "" if item.price is None else f"{item.price:,.2f}", "yes" if item.in_stock else "no")
+    out.print(table)
 
 
 @cli.command()
@@ -340,10 +392,18 @@ def evaluate(obj, k, as_json, recallers, ranker):
 @click.pass_obj
 def plugins(obj, show_all, as_json):
     """Loaded plugins, their hooks and the components they register."""
-    engine = obj.engine()
-    info = engine.plugins()
-    if show_all or as_json:
-        info["components"] = engine.components()
+    if Path(obj.db).exists():
+        engine = obj.engine()
+        info = engine.plugins()
+        if show_all or as_json:
+            info["components"] = engine.components()
+    else:  # nothing trained to show: the plugins alone, and no database made for it
+        reg = registry(obj.plugins_dir)
+        info = {"plugins": reg.plugins(), "failures": [f.__dict__ for f in reg.failures]}
+        if show_all or as_json:
+            from . import describe_components
+
+            info["components"] = describe_components(reg)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -392,7 +452,7 @@ def status(obj, as_json):
 def demo(obj, seed, users, items, run_eval):
     """Create the demo shop, train, show recommendations with reasons (and, with
     --evaluate, the offline evaluation)."""
-    engine = obj.engine()
+    engine = obj.engine(create=True)
     with rich_progress() as progress:
         report = engine.import_data("demo", None, progress=progress, seed=seed, users=users, items=items)
         trained = engine.train(progress=progress)
@@ -454,6 +514,7 @@ def serve(obj, host, port, cors, rate):
 def _fresh_engine(obj):
     from . import Engine
 
+    obj.engine()  # says so when the database is missing
     return Engine(obj.db, registry=registry(obj.plugins_dir), config_path=obj.config)
 
 

@@ -11,6 +11,7 @@ A thin facade over named parts, each in its own module:
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -151,11 +152,13 @@ class Engine:
 
     def import_data(self, source: str, location: str | None = None,
                     progress: ProgressCallback | None = None, **options: Any) -> ImportReport:
+        started = time.perf_counter()
         reader = self.make("sources", source)
         report = self.store.write(reader.read(location, **options), progress=progress)
         self._catalogue_changed()
         if report.items and self.vectors() is not None:
             self.refresh_vectors(progress or no_progress)  # new products are recommendable at once
+        report.seconds = time.perf_counter() - started  # the encoding of new products included
         return report
 
     def _catalogue_changed(self) -> None:
@@ -226,10 +229,11 @@ class Engine:
         """Catalogue search through the recallers that answer text queries."""
         return answers.search(self, text, n, category)
 
-    def recommend_all(self, n: int = 10, batch: int = 512,
-                      progress: ProgressCallback = no_progress) -> Iterator[tuple[str, list[Recommendation]]]:
+    def recommend_all(self, n: int = 10, batch: int = 512, progress: ProgressCallback = no_progress,
+                      recallers: Sequence[str] | None = None, ranker: str | None = None,
+                      category: str | None = None) -> Iterator[tuple[str, list[Recommendation]]]:
         """Recommendations for every user with at least one event, in batches."""
-        return answers.recommend_all(self, n, batch, progress)
+        return answers.recommend_all(self, n, batch, progress, recallers, ranker, category)
 
     def similar(self, item_id: str, n: int = 10) -> list[Recommendation]:
         """Items like this one (the recallers that answer item queries, interleaved)."""
@@ -244,6 +248,10 @@ class Engine:
 
     def item(self, item_id: str) -> Item | None:
         return self.store.item(item_id)
+
+    def find_items(self, text: str, limit: int = 20) -> list[Item]:
+        """Products by id, or whose title, category, brand, tags or attributes contain `text`."""
+        return self.store.find_items(text.strip(), limit)
 
     def upsert_items(self, items: Sequence[Item], progress: ProgressCallback = no_progress) -> dict[str, Any]:
         """Add or update catalogue items (stock, prices, new products) in one transaction;
@@ -312,6 +320,13 @@ class Engine:
             elif kind == "index":
                 self.vectors()
         return {"db": str(self.db_path), "counts": self.store.counts(),
-                "models": models, "broken": dict(self.broken),
+                "models": [{**m, "meta": _brief(m["meta"])} for m in models], "broken": dict(self.broken),
                 "last_train": next(iter(self.store.runs("train", 1)), None),
                 "last_evaluation": next(iter(self.store.runs("evaluate", 1)), None)}
+
+
+def _brief(meta: dict) -> dict:
+    """A model's metadata without its long lists (an index's labels, say): a status line
+    says what a model is, not what it holds."""
+    return {k: v if not isinstance(v, (list, dict)) or len(v) <= 50 else f"{len(v):,} entries"
+            for k, v in meta.items()}

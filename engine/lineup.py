@@ -22,20 +22,7 @@ class Lineup:
         self.registry, self.settings, self.serving, self._make = registry, settings, serving, make
 
     def described(self, active_models: list[dict]) -> dict[str, list[dict]]:
-        """Every installed component by kind, with whether (and when) it was trained and
-        whether it is in the pipeline by default."""
-        out: dict[str, list[dict]] = {}
-        active = {a["name"]: a for a in active_models}
-        for kind, found in self.registry.components().items():
-            out[kind] = []
-            for name, (plugin, cls) in sorted(found.items()):
-                art = active.get(f"{kind[:-1]}/{name}")
-                out[kind].append({
-                    "name": name, "plugin": plugin, "description": cls.description,
-                    "trained": art is not None, "trained_at": art["created_at"] if art else None,
-                    "default": (getattr(cls, "default_quota", 0) > 0) if kind == "recallers" else None,
-                })
-        return out
+        return describe_components(self.registry, active_models)
 
     def quotas(self, names: Sequence[str] | None = None) -> dict[str, int]:
         """Recallers and their quotas: `names` (each checked to be installed), else the
@@ -131,3 +118,21 @@ class Lineup:
             name = self.ranker_name(ranker) or self.ranker_name(ranker, fitted_only=False)
             rankers = [self._make("rankers", name)] if name else []
         return quotas, fresh, rankers
+
+
+def describe_components(registry: PluginRegistry, active_models: Sequence[dict] = ()) -> dict[str, list[dict]]:
+    """Every installed component by kind: its plugin and description, whether (and when)
+    it was trained (`active_models`: the store's active artifacts), and whether it is in
+    the pipeline by default."""
+    out: dict[str, list[dict]] = {}
+    active = {a["name"]: a for a in active_models}
+    for kind, found in registry.components().items():
+        out[kind] = []
+        for name, (plugin, cls) in sorted(found.items()):
+            art = active.get(f"{kind[:-1]}/{name}")
+            out[kind].append({
+                "name": name, "plugin": plugin, "description": cls.description,
+                "trained": art is not None, "trained_at": art["created_at"] if art else None,
+                "default": (getattr(cls, "default_quota", 0) > 0) if kind == "recallers" else None,
+            })
+    return out

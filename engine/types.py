@@ -37,6 +37,11 @@ class Item:
     attrs: Mapping[str, Any] = field(default_factory=dict)
     origin: str = field(default="", compare=False)  # "items.csv line 14", for error messages
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "title": self.title, "description": self.description,
+                "category": self.category, "brand": self.brand, "price": self.price,
+                "tags": list(self.tags), "in_stock": self.in_stock, "attrs": dict(self.attrs)}
+
 
 @dataclass(frozen=True, slots=True)
 class User:
@@ -143,6 +148,7 @@ class Recommendation:
     ranker: str = ""
     category: str = ""
     price: float | None = None
+    fallback: str = ""  # why this is the cold-start answer ("unknown user"); "" when personal
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,4 +162,5 @@ class Recommendation:
             "ranker": self.ranker,
             "category": self.category,
             "price": self.price,
+            "fallback": self.fallback or None,
         }

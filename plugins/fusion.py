@@ -168,6 +168,12 @@ class FusionRanker(Ranker):
         answered = present.any(axis=0)
         weights = np.array([self.weights.get(r, 1.0) if answered[j] else 0.0
                             for j, r in enumerate(cands.names)])
+        if any(w > 0 and name not in cands.names for name, w in self.weights.items()):
+            # a request for some recallers only (`--recallers als,popular`): a weight tuned
+            # to 0 meant "adds nothing beside the others", and some of those are not asked;
+            # each asked recaller counts at least as much as the least of the others
+            positive = weights[weights > 0]
+            weights = np.where(answered & (weights == 0), positive.min() if positive.size else 1.0, weights)
         if not weights.any():  # only recallers tuned to 0 were asked: keep their order
             weights = answered.astype(np.float64)
         parts = np.where(present, weights / (c + np.where(present, ranks, 0)), 0.0)

@@ -255,6 +255,7 @@ def test_recommend_before_train(tmp_path, csv_files):
 
 
 def test_train_an_empty_database(tmp_path):
+    assert run(tmp_path / "empty.db", "init").exit_code == 0
     assert_clean_error(run(tmp_path / "empty.db", "train"), "no events")
 
 
@@ -293,7 +294,77 @@ def test_similar_unknown_item(shop_db):
 
 def test_database_in_a_missing_folder(tmp_path):
     result = run(tmp_path / "missing" / "x.db", "status")
-    assert_clean_error(result, "does not exist")
+    assert_clean_error(result, "There is no database at")
+
+
+@pytest.mark.parametrize("command", [["status"], ["recommend", "u1"], ["similar", "p1"], ["train"],
+                                     ["items", "boot"], ["evaluate"], ["search", "boot"], ["plugins"],
+                                     ["report"], ["users", "show", "u1"]])
+def test_reading_a_missing_database_says_so_and_creates_nothing(tmp_path, command):
+    db = tmp_path / "missing.db"
+    result = run(db, *command)
+    if command == ["plugins"]:  # needs no shop: lists the plugins
+        assert result.exit_code == 0 and "als" in result.output, result.output
+    else:
+        assert_clean_error(result, f"There is no database at {db}", "import", "demo")
+    assert not db.exists() and not list(tmp_path.iterdir()), "nothing left behind"
+
+
+def test_a_mistyped_command_is_named_with_the_closest_one(shop_db):
+    db, _ = shop_db
+    result = run(db, "recomend", "user001")
+    assert result.exit_code == 2
+    assert "No such command 'recomend'" in result.output and 'Did you mean "shelfwise recommend"' in result.output
+    assert "No such command 'xyzzy'" in run(db, "xyzzy").output
+
+
+def test_items_finds_products_by_id_title_or_category(shop_db):
+    db, _ = shop_db
+    item = shop.item_id(2, 4)
+    by_id = json.loads(run(db, "items", item, "--json").stdout)
+    assert by_id[0]["item_id"] == item and by_id[0]["title"]
+    by_title = json.loads(run(db, "items", by_id[0]["title"], "--json").stdout)
+    assert by_title[0]["item_id"] == item
+    table = run(db, "items", item)
+    assert table.exit_code == 0 and item in table.output
+    assert "No product" in run(db, "items", "no such thing").output
+
+
+def test_unknown_shoppers_get_the_fallback_and_are_told(shop_db):
+    db, _ = shop_db
+    result = run(db, "recommend", "nobody-at-all", "-n", "3", "--json")
+    assert result.exit_code == 0, result.output
+    recs = json.loads(result.stdout)
+    assert len(recs) == 3 and {r["fallback"] for r in recs} == {"unknown user"}
+    assert "'nobody-at-all' is not a known shopper" in result.stderr
+    known = json.loads(run(db, "recommend", "user001", "-n", "3", "--json").stdout)
+    assert {r["fallback"] for r in known} == {None}
+
+
+def test_recommend_all_honours_ranker_recallers_and_category(shop_db):
+    db, _ = shop_db
+
+    def rows(*args):
+        result = run(db, "recommend", "--all", "-n", "3", *args)
+        assert result.exit_code == 0, result.output
+        return result.stdout.splitlines()[1:]
+
+    everything = rows()
+    popular = rows("--recallers", "popular")
+    assert popular != everything
+    for line in popular[:30]:
+        user, item = line.split("\t")[:2]
+        single = json.loads(run(db, "recommend", user, "-n", "3", "--recallers", "popular", "--json").stdout)
+        assert item in [r["item_id"] for r in single]
+    category = shop.catalogue()[0].category
+    in_category = {i.item_id for i in shop.catalogue() if i.category == category}
+    assert {line.split("\t")[1] for line in rows("--category", category)} <= in_category
+
+
+def test_status_json_stays_small(shop_db):
+    db, _ = shop_db
+    result = run(db, "status", "--json")
+    assert result.exit_code == 0 and len(result.stdout) < 20_000, len(result.stdout)
 
 
 def test_recommend_needs_a_user_or_all(shop_db):
@@ -301,7 +372,7 @@ def test_recommend_needs_a_user_or_all(shop_db):
     result = run(db, "recommend")
     assert result.exit_code == 2 and "Missing USER" in result.output
     both = run(db, "recommend", "user001", "--all")
-    assert both.exit_code == 2 and "not both" in both.output
+    assert both.exit_code == 2 and "give no USER" in both.output
 
 
 def test_plugins_dir(tmp_path):
@@ -342,7 +413,7 @@ def test_plugin_with_an_unknown_hook(tmp_path):
 
 def test_bad_settings_file(tmp_path):
     (tmp_path / "shelfwise.toml").write_text("[pipeline]\nrecallers = { popular = 'many' }\n")
-    result = run(tmp_path / "x.db", "status")
+    result = run(tmp_path / "x.db", "init")
     assert_clean_error(result, "shelfwise.toml", "recallers")
 
 

@@ -68,6 +68,24 @@ def test_fusion_keeps_the_order_of_recallers_it_tuned_to_zero():
     assert ranked[0].score > ranked[-1].score > 0
 
 
+def test_fusion_counts_every_asked_recaller_when_only_some_are_asked():
+    """Tuned on the whole pipeline, als got 0 beside sequence; asked for als and popular
+    alone (`--recallers als,popular`), als's best items must not vanish behind popular's."""
+    ranker = FusionRanker()
+    ranker.load(ModelState(meta={"weights": {"als": 0.0, "popular": 0.1, "sequence": 4.0}, "lone": 0.0}))
+    cands = [Candidate("a1", 1.0, "als", "als", ranks={"als": 1}),
+             Candidate("p1", 1.0, "popular", "pop", ranks={"popular": 1}),
+             Candidate("p2", 0.5, "popular", "pop", ranks={"popular": 2}),
+             Candidate("p3", 0.3, "popular", "pop", ranks={"popular": 3})]
+    ranked = [c.item_id for c in ranker.rank(Query(user_id="u"), cands)]
+    assert ranked.index("a1") < ranked.index("p2"), ranked
+    full = [Candidate("a1", 1.0, "als", "als", ranks={"als": 1, "sequence": 9}),
+            Candidate("s1", 1.0, "sequence", "seq", ranks={"sequence": 1}),
+            Candidate("p1", 1.0, "popular", "pop", ranks={"popular": 1})]
+    weights = {c.item_id: c.score for c in ranker.rank(Query(user_id="u"), full)}
+    assert weights["a1"] == pytest.approx(4.0 / (ranker.config.c + 9)), "the whole pipeline: as tuned"
+
+
 def test_fusion_tunes_on_the_ndcg_a_plain_loop_computes():
     """The vectorised NDCG that tunes the weights equals the textbook one: each example's
     candidates ordered by fused score (ties keep recall order), DCG of the top k over the

@@ -112,6 +112,8 @@ def test_unknown_user_gets_the_cold_start_fallback_not_an_error(client):
     unknown = ids(client.get("/recommend/never-seen-before?n=5"))
     assert len(unknown) == 5
     assert unknown == ids(client.get("/popular?n=5")), "a stranger sees what visitors see"
+    assert client.get("/recommend/never-seen-before?n=5").json()["fallback"] == "unknown user", "and is told"
+    assert client.get("/recommend/user001?n=5").json()["fallback"] is None
 
 
 def test_category_and_exclude_filter_the_answer(client):

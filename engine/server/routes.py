@@ -80,7 +80,7 @@ def _answer(engine, recs: list[Recommendation], user_id: str | None, placement: 
             cached: bool = False) -> RecList:
     rid = engine.log_impressions(recs, user_id, placement)
     return RecList(recommendation_id=rid, placement=placement, cached=cached,
-                   items=[RecItem.of(r) for r in recs])
+                   fallback=recs[0].fallback or None if recs else None, items=[RecItem.of(r) for r in recs])
 
 
 def run(request: Request):

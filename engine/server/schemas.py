@@ -108,6 +108,8 @@ class RecList(BaseModel):
     recommendation_id: str = Field(description="send it back with events to attribute them")
     placement: str = ""
     cached: bool = Field(False, description="served from the per-user cache")
+    fallback: str | None = Field(None, description="why this is the cold-start answer: \"unknown user\", "
+                                                  "\"no history yet\", \"unknown item\" (null: personal)")
     items: list[RecItem]
 
 

@@ -338,10 +338,13 @@ class Store(ViewQueries, ModelStore):
             yield row_to_item(row)
 
     def find_items(self, text: str, limit: int = 20) -> list[Item]:
+        """Products whose id is `text`, or whose title, category, brand, tags or attributes
+        contain it (case-insensitive): the exact id first, then shorter titles."""
         like = f"%{text}%"
         rows = self.db.query(
-            "SELECT * FROM items WHERE item_id = ? OR title LIKE ? ORDER BY "
-            "item_id = ? DESC, length(title) LIMIT ?", [text, like, text, limit])
+            "SELECT * FROM items WHERE item_id = ? OR title LIKE ? OR category LIKE ? OR brand LIKE ? "
+            "OR tags LIKE ? OR attrs LIKE ? ORDER BY item_id = ? DESC, title LIKE ? DESC, length(title) "
+            "LIMIT ?", [text, like, like, like, like, like, text, like, limit])
         return [row_to_item(r) for r in rows]
 
     def available_items(self) -> set[str]:
