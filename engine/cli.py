@@ -158,25 +158,30 @@ def init(obj):
 @click.option("--events", help="Events file.")
 @click.option("--triples", help="Knowledge-graph triples file (head, relation, tail).")
 @click.option("--links", help="Item-entity links file (item_id, entity).")
+@click.option("--products", help="A shop's products export (shopify, woocommerce).")
+@click.option("--orders", help="A shop's orders export (shopify, woocommerce).")
+@click.option("--customers", help="A shop's customers export (shopify).")
 @click.option("-o", "--option", "extra", multiple=True, metavar="KEY=VALUE",
               help="Any other option of the source, e.g. -o seed=3.")
 @click.option("--allow-any-time", is_flag=True,
               help="Accept event times before 1990 or more than a day ahead (csv, jsonl).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
-def import_(obj, source, location, items, users, events, triples, links, extra, allow_any_time,
-            as_json):
+def import_(obj, source, location, items, users, events, triples, links, products, orders, customers,
+            extra, allow_any_time, as_json):
     """Import data with a source plugin: csv, jsonl, recbole, demo, ...
 
     \b
     Examples:
       shelfwise import csv --items items.csv --events events.csv
+      shelfwise import shopify --products products_export.csv --orders orders_export.csv
       shelfwise import jsonl exports/          # items.jsonl, events.jsonl, ... in a folder
       shelfwise import recbole path/to/ml-100k
       shelfwise import demo -o seed=3
     """
-    options = {k: v for k, v in dict(items=items, users=users, events=events,
-                                     triples=triples, links=links).items() if v}
+    options = {k: v for k, v in dict(items=items, users=users, events=events, triples=triples,
+                                     links=links, products=products, orders=orders,
+                                     customers=customers).items() if v}
     for pair in extra:
         if "=" not in pair:
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--option")
