@@ -361,6 +361,7 @@ def test_hook_register_commands(monkeypatch, tmp_path):
     group.commands = dict(engine.cli.cli.commands)
     engine.cli.load_plugin_commands(group)
     assert "hello" in group.commands and "hello" not in engine.cli.cli.commands
+    assert CliRunner().invoke(group, ["--db", str(tmp_path / "x.db"), "init"]).exit_code == 0
     result = CliRunner().invoke(group, ["--db", str(tmp_path / "x.db"), "hello", "shop"])
     assert result.exit_code == 0, result.output
     assert "hello shop, 0 items" in result.output
