@@ -4,6 +4,7 @@ documented, and the page's examples load as plugins and work on a small shop."""
 
 import ast
 import copy
+import importlib.util
 import re
 import textwrap
 from pathlib import Path
@@ -47,12 +48,12 @@ def doc_text() -> str:
 
 
 def python_blocks() -> list[str]:
-    return re.findall(r"^```python[ \t]*\n(.*?)^```[ \t]*$", doc_text(), flags=re.M | re.S)
+    return re.findall(r"^```python[ \t]*\n(.*?)^```[ \t]*$", doc_text(), flags=re.MULTILINE | re.DOTALL)
 
 
 def example(hook: str) -> str:
     """The docs' complete plugin for `hook`: the python block that implements it."""
-    found = [b for b in python_blocks() if re.search(rf"^@hookimpl\s*\ndef {hook}\(", b, re.M)]
+    found = [b for b in python_blocks() if re.search(rf"^@hookimpl\s*\ndef {hook}\(", b, re.MULTILINE)]
     assert len(found) == 1, f"docs/plugins.md needs one python example implementing {hook}"
     return found[0]
 
@@ -75,7 +76,7 @@ def test_plugin_api_names_are_public():
 @pytest.mark.parametrize("hook", sorted(HOOKS))
 def test_every_hook_is_documented(hook):
     text = doc_text()
-    headings = re.findall(r"^#{2,4} (\S.*?)\s*$", text, flags=re.M)
+    headings = re.findall(r"^#{2,4} (\S.*?)\s*$", text, flags=re.MULTILINE)
     assert HOOKS[hook] in headings, f'docs/plugins.md needs a heading "### {HOOKS[hook]}"'
     example(hook)
 
@@ -207,10 +208,11 @@ def test_docs_command_runs(tmp_path, monkeypatch):
     folder = tmp_path / "docs_plugins"
     write_plugin(folder, "doc_recallers", example("register_recallers"))
     registry = load_plugins(folder)
-    namespace: dict = {}
-    exec(compile(example("register_commands"), "docs/plugins.md", "exec"), namespace)
-    plugin = type("DocsCommands", (), {"register_commands": staticmethod(namespace["register_commands"])})
-    registry.pm.register(plugin(), name="doc-commands")
+    path = write_plugin(tmp_path / "installed", "doc_commands", example("register_commands"))
+    spec = importlib.util.spec_from_file_location("doc_commands", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    registry.pm.register(module, name="doc-commands")   # as an installed plugin is
     db = tmp_path / "shop.db"
     eng = Engine(db, registry=registry)
     brand_shop(eng)
