@@ -29,7 +29,7 @@ __all__ = [
     "Interaction", "Item", "ItemEntity", "ModelState", "NoConfig", "NotTrainedError",
     "PluginError", "ProgressCallback", "Query", "Ranker", "RankingExample", "Recalled", "Recaller",
     "Recommendation", "Record", "Resources", "detect_encoding", "Triple", "UnknownComponentError", "User", "hookimpl",
-    "KeyLookup", "PUBLIC_EVENT_KINDS", "describe_components", "Trace", "inspect", "EvaluationReport", "ImportReport",
+    "KeyLookup", "PUBLIC_EVENT_KINDS", "describe_components", "new_plugin", "Trace", "inspect", "EvaluationReport", "ImportReport",
     "ModelScores", "RankerChoice", "TrainReport",
     "banned_items", "erf", "event_time_window", "gelu", "item_ids", "load_plugins", "recallers_of", "mention", "no_progress", "top_n",
 ]
@@ -51,6 +51,10 @@ def __getattr__(name: str):
         from .store import ImportReport
 
         return ImportReport
+    if name == "new_plugin":  # `shelfwise plugin new`: a ready package to start from
+        from .scaffold import new_plugin
+
+        return new_plugin
     if name == "describe_components":  # the installed components, with or without a shop
         from .lineup import describe_components
 

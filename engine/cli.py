@@ -621,6 +621,22 @@ def users_erase(obj, user_id, yes, as_json):
                      "; the write-ahead log was busy and still holds old pages until the next checkpoint."))
 
 
+@cli.group()
+def plugin():
+    """Write Shelfwise plugins."""
+
+
+@plugin.command(name="new")
+@click.argument("name")
+@click.option("--kind", required=True, type=click.Choice(["recaller", "ranker", "source", "encoder"]))
+@click.option("--dir", "folder", default=".", type=click.Path(file_okay=False), show_default=True)
+def plugin_new(name, kind, folder):
+    """Write a ready plugin package NAME: then `pip install -e NAME && pytest NAME`."""
+    from . import new_plugin
+
+    click.echo(f"Wrote {new_plugin(name, kind, folder)}")
+
+
 def load_plugin_commands(group: click.Group = cli) -> None:
     """Let plugins add commands (register_commands hook)."""
     try:

@@ -66,3 +66,17 @@ def test_an_existing_package_is_not_overwritten(tmp_path):
     with pytest.raises(EngineError, match="already exists"):
         new_plugin("picks", "recaller", tmp_path)
     assert module.read_text() == "# my work\n"
+
+
+def test_plugin_new_from_the_command_line(tmp_path):
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    result = CliRunner().invoke(cli, ["plugin", "new", "brand-picks", "--kind", "ranker", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"Wrote {tmp_path / 'shelfwise-brand-picks'}" in result.output
+    assert (tmp_path / "shelfwise-brand-picks" / "pyproject.toml").exists()
+    again = CliRunner().invoke(cli, ["plugin", "new", "brand-picks", "--kind", "ranker", "--dir", str(tmp_path)])
+    assert again.exit_code != 0 and "Traceback" not in again.output
+    assert not list(tmp_path.glob("*.db")), "no database made for it"
