@@ -8,7 +8,11 @@
 
 Every built-in recaller and ranker passes these; so should yours. The mixins build a small
 "checkerboard" shop: two groups of users, each interacting only with its own half of the
-catalogue, so any sensible recaller must recommend a user's own half.
+catalogue, so any sensible recaller must recommend a user's own half. The halves differ in
+what a catalogue says too (category, brand, price, tags, text), so a recaller that reads
+the catalogue (`Dataset.catalogue`) can learn them as well as one that reads behaviour.
+
+`SourceContract` and `EncoderContract` do the same for data sources and text encoders.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from .artifacts import dump_state, load_state
 from .components import Ranker, RankingExample, Recaller
 from .dataset import Dataset
 from .pipeline import merge
-from .types import Candidate, Interaction, Query
+from .errors import ImportDataError
+from .types import Candidate, Event, Interaction, Item, Query, Record, User
 
 N_USERS, N_ITEMS, PER_USER = 40, 40, 8
 T0 = 1_700_000_000.0
@@ -40,8 +45,22 @@ def checkerboard(seed: int = 0) -> Dataset:
             items.append(f"i{i:02d}")
             kinds.append(str(rng.choice(["view", "cart", "purchase"], p=[0.6, 0.25, 0.15])))
             ts.append(t)
-    catalogue = [f"i{i:02d}" for i in range(N_ITEMS)]
-    return Dataset.from_arrays(users, items, kinds, ts, catalogue=catalogue)
+    return Dataset.from_arrays(users, items, kinds, ts, catalogue=checkerboard_items())
+
+
+def checkerboard_items() -> list[Item]:
+    """The checkerboard's catalogue: even items are teas, odd items coffees (category,
+    brand, price band, tags and description differ by half); one coffee is out of stock."""
+    out = []
+    for i in range(N_ITEMS):
+        tea = i % 2 == 0
+        kind = "tea" if tea else "coffee"
+        out.append(Item(f"i{i:02d}", title=f"{'Green' if tea else 'Dark roast'} {kind} no. {i}",
+                        description=f"A {'delicate loose-leaf tea' if tea else 'bold espresso coffee'}.",
+                        category="Tea" if tea else "Coffee", brand="Leafline" if tea else "Roastery",
+                        price=8.0 + i % 5 if tea else 15.0 + i % 7, tags=(kind, "gift" if i % 3 == 0 else "daily"),
+                        in_stock=i != 39, attrs={"origin": "Japan" if tea else "Brazil"}))
+    return out
 
 
 def query_for(data: Dataset, user: str, exclude_history: bool = True) -> Query:
@@ -96,12 +115,17 @@ class RecallerContract:
                 assert c.item_id in data.item_index
 
     def test_contract_learns_the_checkerboard(self):
-        """Users should mostly get items of their own half of the catalogue."""
+        """Users should mostly get items of their own half of the catalogue (among what
+        they have not met yet); and a recaller that proposes nothing at all for shoppers
+        with a history fails (unless it answers only typed text: `text_queries`)."""
         r, data = self.fitted()
+        users = ("u0", "u1", "u2", "u3")
+        if not r.text_queries:
+            proposed = sum(len(r.recall([query_for(data, u, exclude_history=False)], 3)[0]) for u in users)
+            assert proposed, f"{r.name} proposed nothing for shoppers with a history"
         right = total = 0
-        for user in ("u0", "u1", "u2", "u3"):
-            q = query_for(data, user)
-            for c in r.recall([q], 3)[0]:
+        for user in users:
+            for c in r.recall([query_for(data, user)], 3)[0]:
                 total += 1
                 right += int(c.item_id[1:]) % 2 == int(user[1:]) % 2
         if total:
@@ -244,3 +268,73 @@ class _AllRecaller(_HalfRecaller):
             out.append(self.candidates([(str(self.ids[i]), float(self.pop[i]), "popular")
                                         for i in order[:n]]))
         return out
+
+
+class SourceContract:
+    """What every data source promises. Override `make()` and `sample(folder)`, which writes
+    a small valid input into `folder` and returns (location, options) for `read`; and
+    `broken(folder)`, which writes an input with one bad value (same return)."""
+
+    def make(self):
+        raise NotImplementedError
+
+    def sample(self, folder) -> tuple[str | None, dict]:
+        raise NotImplementedError
+
+    def broken(self, folder) -> tuple[str | None, dict]:
+        raise NotImplementedError
+
+    def test_contract_source_has_name_and_description(self):
+        source = self.make()
+        assert source.name and source.description
+
+    def test_contract_reads_records_of_known_kinds(self, tmp_path):
+        location, options = self.sample(tmp_path)
+        records = list(self.make().read(location, **options))
+        assert records, "the sample gave no records"
+        assert all(isinstance(r, Record) for r in records)
+        assert any(isinstance(r, Event) for r in records) or any(isinstance(r, Item) for r in records)
+        for r in records:
+            if isinstance(r, Event):
+                assert r.user_id and r.item_id and r.kind and r.ts > 0
+            if isinstance(r, (Item, User)):
+                assert (r.item_id if isinstance(r, Item) else r.user_id)
+
+    def test_contract_reading_twice_gives_the_same_records(self, tmp_path):
+        location, options = self.sample(tmp_path)
+        first = list(self.make().read(location, **dict(options)))
+        assert first == list(self.make().read(location, **dict(options)))
+
+    def test_contract_bad_input_names_where(self, tmp_path):
+        location, options = self.broken(tmp_path)
+        try:
+            list(self.make().read(location, **options))
+        except ImportDataError as exc:
+            assert str(exc), "an ImportDataError says what is wrong"
+        else:
+            raise AssertionError("bad input was accepted")
+
+
+class EncoderContract:
+    """What every text encoder promises. Override `make()`."""
+
+    texts = ["green tea, loose leaf", "dark roast espresso coffee", "green tea, loose leaf"]
+
+    def make(self):
+        raise NotImplementedError
+
+    def test_contract_vectors_are_unit_float32_rows_of_dim(self):
+        enc = self.make()
+        vectors = enc.encode(self.texts)
+        assert vectors.dtype == np.float32 and vectors.shape == (len(self.texts), enc.dim)
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+        assert np.allclose(vectors[0], vectors[2], atol=1e-5), "the same text, the same vector"
+
+    def test_contract_items_encode_by_their_text_and_hash_by_it(self):
+        enc = self.make()
+        items = checkerboard_items()[:2]
+        vectors = enc.encode_items(items)
+        assert vectors.shape == (2, enc.dim)
+        renamed = Item(items[0].item_id, title="Something else entirely", category="Other")
+        assert enc.content_hash(items[0]) == enc.content_hash(items[0])
+        assert enc.content_hash(items[0]) != enc.content_hash(renamed), "an edit is seen"

@@ -12,6 +12,7 @@ from engine import Event, Item, ItemEntity, Query, Triple
 from engine.artifacts import dump_state, load_state
 from engine.db import open_db
 from engine.store import Store
+from engine import Dataset
 from engine.testing import T0, RecallerContract, checkerboard
 from engine.types import Interaction
 from plugins.kg import KnowledgeGraphRecaller, readable_relation
@@ -60,8 +61,12 @@ def events(pairs):
 
 
 def test_bare_dataset_without_store_gives_empty_lists():
+    """No graph, and a catalogue of bare ids (nothing to derive entities from): nothing."""
+    shop = checkerboard()
+    bare = Dataset.from_arrays(shop.user_ids[shop.users], shop.item_ids[shop.items],
+                               np.asarray(shop.kind_names)[shop.kinds], shop.ts, catalogue=list(shop.item_ids))
     r = KnowledgeGraphRecaller()
-    r.fit(checkerboard())
+    r.fit(bare)
     assert r.is_fitted()
     q = Query(user_id="u0", history=(Interaction("i00", "view", T0),))
     assert r.recall([q, Query(item_id="i02")], 5) == [[], []]

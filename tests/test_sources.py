@@ -12,6 +12,7 @@ import pytest
 from engine import EngineError, Event, ImportDataError, Item, ItemEntity, Triple, User
 from engine.db import open_db
 from engine.store import Store
+from engine.testing import SourceContract
 from plugins import files, recbole
 from plugins.files import CsvSource, JsonlSource
 from plugins.recbole import RecBoleSource
@@ -495,3 +496,16 @@ def test_utf16_and_binary_files_are_named_as_such(tmp_path, store, raw, expected
     path.write_bytes(raw)
     with pytest.raises(ImportDataError, match=re.escape(expected)):
         store.write(CsvSource().read(None, events=str(path)))
+
+
+class TestCsvSourceContract(SourceContract):
+    def make(self):
+        return CsvSource()
+
+    def sample(self, folder):
+        items = write(folder, "items.csv", lines("item_id,title,category,price", "A,Apple,fruit,1.5", "B,Pear,fruit,2"))
+        events = write(folder, "events.csv", lines("user_id,item_id,kind,ts", f"u,A,view,{NOW}", f"u,B,purchase,{NOW + 60}"))
+        return None, {"items": items, "events": events}
+
+    def broken(self, folder):
+        return None, {"items": write(folder, "items.csv", lines("item_id,title,price", "A,Apple,cheap"))}
