@@ -179,8 +179,16 @@ def test_train_keeps_the_old_ranker_when_bert_does_not_win(tmp_path, monkeypatch
     eng.close()
 
 
-def test_cross_encoder_round_trip_gives_identical_scores():
-    """The text path (top layer fine-tuned, item states cached) survives save and load."""
+def test_cross_encoder_round_trip_gives_identical_scores(tmp_path):
+    """The text path (top layer fine-tuned, item states cached) survives save and load; the
+    loaded ranker reads the item texts from the shop's store, as a server's does."""
+    from engine import Resources
+    from engine.db import open_db
+    from engine.store import Store
+    from engine.testing import checkerboard_items
+
+    store = Store(open_db(tmp_path / "shop.db"))
+    store.write(checkerboard_items())
     examples, data = TestBertContract().examples()
     ranker = BertRanker({**TINY, "feature_steps": 4, "max_steps": 4})
     ranker.fit(examples, data)
@@ -195,6 +203,7 @@ def test_cross_encoder_round_trip_gives_identical_scores():
     payload, fmt, meta = dump_state(ranker.state())
     assert meta["config"]["text"] is True
     clone = BertRanker(TINY)
+    clone.attach(Resources(store=store))
     clone.load(load_state(payload, fmt, json.loads(json.dumps(meta))))
     assert clone.net.use_text
     for ex in examples[:4]:

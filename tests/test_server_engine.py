@@ -106,7 +106,9 @@ def test_erase_user_forgets_events_and_cached_lists(eng):
     assert erased["cached_lists"] == 1 and erased["impressions"] == 5, "one row per position"
     assert erased["attributed_events"] == 1
     assert eng.store.history("user080") == () and not eng.store.has_user("user080")
-    assert eng.recommend("user080", 5) == eng.recommend(None, 5)
+    after = eng.recommend("user080", 5)
+    assert [r.item_id for r in after] == [r.item_id for r in eng.recommend(None, 5)], "a stranger now"
+    assert {r.fallback for r in after} == {"unknown user"}
 
 
 def test_events_stored_during_a_retrain_are_folded_into_the_new_models(eng):
