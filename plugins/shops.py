@@ -230,14 +230,7 @@ class ShopifySource(_ShopSource):
         orders: dict[str, dict[str, str]] = {}
         for line, row in table:
             with table.blame(line):
-                number = _text(row["order"], "order")
-                if not number:
-                    raise _Bad("order", "is empty; every line names its order")
-                order = orders.setdefault(number, {"lines": 0})
-                for field in ("email", "financial", "created", "cancelled", "id"):
-                    if not order.get(field):
-                        order[field] = _text(row[field], field)
-                order["lines"] += 1
+                order = _order_of(orders, row, ("email", "financial", "created", "cancelled", "id"))
                 if (order["cancelled"] or order["financial"].lower() in SKIPPED_STATUSES
                         or not order["email"]):
                     continue
@@ -250,7 +243,7 @@ class ShopifySource(_ShopSource):
                                else f"{row['price']!r} is negative")
                 yield Event(_customer(order["email"], key), item, "purchase",
                             _when(order["created"], window), _value(qty * price),
-                            f"shopify:{order['id'] or number}:{order['lines']}", table.origin(line))
+                            f"shopify:{order['id'] or order['number']}:{order['lines']}", table.origin(line))
 
 
 class WooCommerceSource(_ShopSource):
@@ -335,14 +328,7 @@ class WooCommerceSource(_ShopSource):
         orders: dict[str, dict[str, Any]] = {}
         for line, row in table:
             with table.blame(line):
-                number = _text(row["order"], "order")
-                if not number:
-                    raise _Bad("order", "is empty; every line names its order")
-                order = orders.setdefault(number, {"lines": 0})
-                for field in ("status", "created", "email"):
-                    if not order.get(field):
-                        order[field] = _text(row[field], field)
-                order["lines"] += 1
+                order = _order_of(orders, row, ("status", "created", "email"))
                 status = order["status"].lower().removeprefix("wc-")
                 if status in SKIPPED_STATUSES or not order["email"]:
                     continue
@@ -360,7 +346,7 @@ class WooCommerceSource(_ShopSource):
                     raise _Bad("cost", "is negative; a price is 0 or more")
                 yield Event(_customer(order["email"], key), item, "purchase",
                             _when(order["created"], window), _value(value),
-                            f"woocommerce:{number}:{row['item'] or order['lines']}",
+                            f"woocommerce:{order['number']}:{row['item'] or order['lines']}",
                             table.origin(line))
 
 
@@ -534,3 +520,18 @@ def _shopify_customers(table: _Table, key: bytes) -> Iterator[User]:
 @hookimpl
 def register_sources(register):
     register(ShopifySource, WooCommerceSource)
+
+
+def _order_of(orders: dict[str, dict[str, Any]], row, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The order a line belongs to (by its number), counting the line; the order-level
+    `fields` come from the first of its lines that has them (exports leave them empty on
+    the later lines)."""
+    number = _text(row["order"], "order")
+    if not number:
+        raise _Bad("order", "is empty; every line names its order")
+    order = orders.setdefault(number, {"lines": 0, "number": number})
+    for field in fields:
+        if not order.get(field):
+            order[field] = _text(row[field], field)
+    order["lines"] += 1
+    return order
