@@ -114,7 +114,8 @@ async def settle(pilot, rounds: int = 3) -> None:
         clean = clean + 1 if not any(w.is_running for w in pilot.app.workers) else 0
         if clean >= rounds:
             break
-    await pilot.pause(0.05)  # tables re-measure their columns on the next refresh
+    for _ in range(4):  # tables re-measure their columns on a later refresh (slower when busy)
+        await pilot.pause(0.05)
 
 
 def rows(table: DataTable) -> list[list[str]]:
