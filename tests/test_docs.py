@@ -76,3 +76,22 @@ def test_plugin_hooks_have_tests():
     missing = [name for name in sorted(HOOKS)
                if not re.search(rf"^\s*(?:async\s+)?def test_hook_{name}\b", text, flags=re.M)]
     assert not missing, "no test function named " + ", ".join(f"test_hook_{m}" for m in missing)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_links_to_docs_pages_and_their_headings():
+    """README is the front page; the reference lives in docs/: every link from README into
+    docs/ (and every in-page link) reaches a file and a heading that exist."""
+    text = README.read_text()
+    links = re.findall(r"\]\(((?:docs/[\w./-]+)?)(#[\w-]+)?\)", text)
+    assert any(path for path, _ in links), "README links to its docs pages"
+    for path, anchor in links:
+        target = ROOT / path if path else README
+        assert target.exists(), path
+        if anchor:
+            headings = [_anchor(h) for h in re.findall(r"^#+ (.+)$", target.read_text(), flags=re.M)]
+            assert anchor[1:] in headings, f"{path or 'README.md'}{anchor}"
