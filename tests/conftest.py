@@ -1,5 +1,4 @@
 import importlib.metadata
-import sys
 
 import pytest
 
@@ -42,6 +41,23 @@ def semantic_shop_db(tmp_path_factory):
     from .server_support import build_semantic_db
 
     return build_semantic_db(tmp_path_factory.mktemp("semantic-shop"))
+
+
+@pytest.fixture
+def make_engine(tmp_path):
+    """make(registry) -> an Engine over tmp_path/shop.db with those plugins, closed after the test."""
+    from engine.engine import Engine
+
+    engines = []
+
+    def make(registry):
+        eng = Engine(tmp_path / "shop.db", registry=registry)
+        engines.append(eng)
+        return eng
+
+    yield make
+    for eng in engines:
+        eng.close()
 
 
 @pytest.fixture

@@ -122,20 +122,6 @@ def docs_plugins(tmp_path, monkeypatch):
     return folder
 
 
-@pytest.fixture
-def make_engine(tmp_path):
-    engines = []
-
-    def make(registry):
-        eng = Engine(tmp_path / "shop.db", registry=registry)
-        engines.append(eng)
-        return eng
-
-    yield make
-    for eng in engines:
-        eng.close()
-
-
 def test_docs_examples_register(docs_plugins, make_engine):
     registry = load_plugins(docs_plugins)
     components = {kind: {c["name"]: c for c in cs}

@@ -37,20 +37,6 @@ def plugins_dir(tmp_path):
     return folder
 
 
-@pytest.fixture
-def make_engine(tmp_path):
-    engines = []
-
-    def make(registry):
-        eng = Engine(tmp_path / "shop.db", registry=registry)
-        engines.append(eng)
-        return eng
-
-    yield make
-    for eng in engines:
-        eng.close()
-
-
 def small_shop(engine):
     records = [Item(f"i{i}", title=f"Item {i}", category="c") for i in range(6)]
     for u in range(4):
