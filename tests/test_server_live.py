@@ -210,6 +210,9 @@ def test_shutdown_during_a_retrain_keeps_the_active_models(big_shop, tmp_path):
     db = copy_db(big_shop, tmp_path)
     with uvicorn_server(create_app(db)) as url, httpx.Client(base_url=url, timeout=60) as c:
         before = c.get("/status").json()["models"]
+        probe = Engine(db)
+        runs_before = probe.store.runs("train", 1)
+        probe.close()
         assert c.post("/train").status_code == 202
         deadline = time.monotonic() + 60
         while c.get("/status").json()["training"]["stage"] in ("starting", ""):
@@ -219,6 +222,7 @@ def test_shutdown_during_a_retrain_keeps_the_active_models(big_shop, tmp_path):
     last = eng.store.runs("train", 1)[0]
     models = eng.store.active_artifacts()
     eng.close()
+    assert not runs_before or last["id"] != runs_before[0]["id"], "the stopped run was recorded"
     assert last["status"] == "failed" and "server shut down" in last["note"]
     assert [(m["name"], m["version"]) for m in models] == [(m["name"], m["version"]) for m in before]
 
