@@ -463,10 +463,15 @@ def demo(obj, seed, users, items, run_eval):
         trained = engine.train(progress=progress)
     click.echo(f"Demo shop in {engine.db_path}: {report.items:,} items, {report.events:,} new events.")
     _print_train_summary(trained)
-    for user_id in engine.store.users_with_events()[:3]:
-        history = engine.store.history(user_id, 3)
-        seen = ", ".join(f"{h.kind} {h.item_id}" for h in reversed(history))
-        out.print(f"\n[bold]Recommendations for {user_id}[/bold] (recently: {seen})")
+    from rich.markup import escape
+
+    from .inspect import find_users, user_profile
+
+    for shopper in find_users(engine, "", limit=3):  # the most active ones
+        user_id = shopper["user_id"]
+        recent = user_profile(engine, user_id, limit=3)["history"]
+        seen = ", ".join(f"{h['kind']} “{h['title'] or h['item_id']}”" for h in recent)
+        out.print(f"\n[bold]Recommendations for {escape(user_id)}[/bold] (recently: {escape(seen)})")
         _print_recs(engine.recommend(user_id, 5), as_json=False)
     if run_eval:
         with rich_progress() as progress:

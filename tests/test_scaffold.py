@@ -80,3 +80,28 @@ def test_plugin_new_from_the_command_line(tmp_path):
     again = CliRunner().invoke(cli, ["plugin", "new", "brand-picks", "--kind", "ranker", "--dir", str(tmp_path)])
     assert again.exit_code != 0 and "Traceback" not in again.output
     assert not list(tmp_path.glob("*.db")), "no database made for it"
+
+
+@pytest.mark.slow
+def test_generated_package_installs_and_registers_through_its_entry_point(tmp_path):
+    """What the package README promises: `pip install` it, and Shelfwise finds it by its
+    entry point (no path tricks), and its tests pass against the installed module."""
+    package = new_plugin("brand-picks", "recaller", tmp_path)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(package)], check=True, timeout=300)
+    assert (site / "shelfwise_brand_picks.py").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "test_brand_picks.py").write_text(
+        (package / "tests" / "test_brand_picks.py").read_text())  # no conftest: the installed module
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
+    env.pop("SHELFWISE_LOAD_PLUGINS", None)
+    listed = subprocess.run([sys.executable, "-c", "from engine.cli import main; main()", "plugins", "--json"],
+                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    assert "brand_picks" in listed.stdout
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "."],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert " passed" in tests.stdout
