@@ -206,6 +206,19 @@ class CandidateSet(_Candidates):
         gives when it credits the strongest recall)."""
         return best_rank_column(self.ranks)
 
+    def without(self, name: str) -> "CandidateSet":
+        """These candidates as if recaller `name` had not been asked: its column dropped and
+        the items only it proposed gone, in the order the others' ranks give."""
+        if name not in self.names:
+            return self
+        r = self.names.index(name)
+        keep = [c for c in range(len(self.names)) if c != r]
+        ranks = self.ranks[:, keep]
+        rows = np.flatnonzero((ranks > 0).any(axis=1))
+        lists = None if self.lists is None else {k: v for k, v in self.lists.items() if k != name}
+        return CandidateSet([self.items[j] for j in rows.tolist()], [self.names[c] for c in keep],
+                            self.scores[rows][:, keep], ranks[rows], lists=lists)
+
     def compact(self) -> "CandidateSet":
         """Without the reasons, scores stored as float32: what validation moments keep
         (rankers learn from scores and ranks; 9,000 moments x 450 candidates)."""

@@ -180,10 +180,15 @@ class Recaller(Component):
 
     `default_quota` > 0 puts the recaller in the default pipeline (with that many
     candidates per request) when it is installed; 0 means "only when configured".
+    `on_trial` makes that conditional: at each `train` it joins the default pipeline only
+    if the pipeline's candidates rank the validation shoppers' next items better with it
+    than without it (otherwise its new model is kept inactive; naming it in
+    `[pipeline] recallers` makes it serve whatever the trial says).
     `similar_items` says whether it answers item-to-item queries (`query.item_id`),
     `text_queries` whether it is a search recaller (answers `query.text` on its own)."""
 
     default_quota: ClassVar[int] = 0
+    on_trial: ClassVar[bool] = False
     similar_items: ClassVar[bool] = True
     text_queries: ClassVar[bool] = False  # answers `query.text` (used by Engine.search)
 

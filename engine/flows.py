@@ -55,7 +55,7 @@ def train(engine: Engine, progress: ProgressCallback) -> TrainReport:
                            if m["name"].partition("/")[2] in report["failed"]),
         total_seconds=time.perf_counter() - started, check_examples=report.get("check_examples"),
         candidate_hit_rate=report.get("candidate_hit_rate"),
-        validation_moments=report.get("validation_moments"))
+        validation_moments=report.get("validation_moments"), trials=report.get("trials", {}))
     store.finish_run(run_id, result.to_dict())
     result = replace(result, pruned=store.prune_artifacts(engine.settings.store.keep_versions))
     with contextlib.suppress(Exception):  # activated: too late to cancel, nothing to undo
@@ -70,7 +70,9 @@ def _activate(engine: Engine, report: dict, recallers: dict[str, Recaller], rank
     A component whose fit raised is not saved: its last good model (if any) serves on. A
     ranker of higher priority is activated only if it beat the others on the held-back
     validation users; otherwise its new version is kept inactive and the old one retired,
-    so the winner serves (unless shelfwise.toml names a ranker)."""
+    so the winner serves (unless shelfwise.toml names a ranker). A recaller on trial that
+    did not improve the validation candidates is kept inactive the same way (unless
+    shelfwise.toml's `[pipeline] recallers` names it)."""
     failed = report["failed"]
     recallers = {n: r for n, r in recallers.items() if n not in failed}
     rankers = [r for r in rankers if r.name not in failed]
@@ -78,16 +80,19 @@ def _activate(engine: Engine, report: dict, recallers: dict[str, Recaller], rank
     serving, losers, why = choose_ranker(report, rankers)
     if engine.settings.pipeline.ranker:
         serving, losers, why = engine.settings.pipeline.ranker, [], "named in shelfwise.toml"
-    blobs = {f"recaller/{n}": dump_state(r.state()) for n, r in recallers.items()}
+    named = engine.settings.pipeline.recallers or {}
+    out = [name for name, verdict in report["trials"].items()
+           if not verdict["joined"] and name not in named and name in recallers]
+    blobs = {f"recaller/{n}": dump_state(r.state()) for n, r in recallers.items() if n not in out}
     blobs.update({f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name not in losers})
+    inactive = {f"recaller/{n}": dump_state(recallers[n].state()) for n in out}
+    inactive.update({f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name in losers})
     store = engine.store
     with write_transaction(engine.db):
         versions = store.save_artifacts(blobs)
-        if losers:
-            versions.update(store.save_artifacts(
-                {f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name in losers},
-                activate=False))
-            store.deactivate([f"ranker/{name}" for name in losers])
+        if inactive:  # kept for a look, not served
+            versions.update(store.save_artifacts(inactive, activate=False))
+            store.deactivate(list(inactive))
     return versions, RankerChoice(serving, losers, why)
 
 

@@ -67,7 +67,7 @@ class Lineup:
                 fitted[name] = r
             elif recallers:
                 serving.refuse_broken(f"recaller/{name}")
-                raise NotTrainedError(f"Recaller {name!r} has not been trained. Run \"shelfwise train\".")
+                raise NotTrainedError(self._recaller_not_serving(name))
         if not fitted:
             raise NotTrainedError("No trained recallers in this database. Import data, then run "
                                   "\"shelfwise train\" (or \"shelfwise demo\" for the demo shop).")
@@ -86,6 +86,20 @@ class Lineup:
     def only(self, pipe: Pipeline, which: Callable[[Recaller], bool]) -> Pipeline:
         """The pipeline with only the recallers `which` accepts, and no ranker."""
         return replace(pipe, recallers={k: r for k, r in pipe.recallers.items() if which(r)}, ranker=None)
+
+    def _recaller_not_serving(self, name: str) -> str:
+        """Why a recaller asked for by name has no active model: never trained, or on trial
+        and left out by the last `train`."""
+        store = self.serving.store
+        if store.latest_artifact(f"recaller/{name}") is None:
+            return f"Recaller {name!r} has not been trained. Run \"shelfwise train\"."
+        runs = [r for r in store.runs("train", 5) if r["status"] == "ok"]
+        verdict = (runs[0]["metrics"].get("trials") or {}).get(name) if runs else None
+        why = (f" (validation NDCG@10 of the candidates {verdict['ndcg@10_with']:.4f} with it, "
+               f"{verdict['ndcg@10_without']:.4f} without)") if verdict else ""
+        return (f"Recaller {name!r} was trained but did not join the pipeline: the candidates "
+                f"were not better with it{why}. To use it anyway, name it under [pipeline] "
+                f"recallers in shelfwise.toml and run \"shelfwise train\".")
 
     def _not_serving(self, ranker: str) -> str:
         """Why a ranker asked for by name has no active model, and what to do about it."""

@@ -64,6 +64,7 @@ class TrainReport(_AsDict):
     check_examples: int | None = None          # validation moments no ranker learned from
     candidate_hit_rate: float | None = None    # share of validation moments the candidates cover
     validation_moments: int | None = None
+    trials: dict[str, dict[str, Any]] = field(default_factory=dict)  # recallers on trial: joined?
 
 
 @dataclass(frozen=True, eq=False)

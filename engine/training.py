@@ -17,7 +17,7 @@ from .components import ProgressCallback, Ranker, RankingExample, Recaller, no_p
 from .config import PipelineSettings
 from .dataset import Dataset
 from .evaluation import holdout
-from .metrics import user_metrics
+from .metrics import ndcg_at, user_metrics
 from .candidates import item_ids
 from .pipeline import Pipeline
 
@@ -169,6 +169,41 @@ def validation_examples(data: Dataset, recallers: Mapping[str, Recaller], quotas
     return latest, earlier
 
 
+def fused_ndcg(examples: Sequence[RankingExample], leave_out: str | None = None, k: int = CHECK_K,
+               c: float = 60.0) -> float:
+    """Mean NDCG@k of the examples' candidates ordered by plain reciprocal-rank fusion (each
+    recaller's 1 / (c + rank), summed), optionally as if recaller `leave_out` were absent: a
+    ranker-free measure of what a recaller adds to the others."""
+    total = 0.0
+    for ex in examples:
+        cands = ex.candidates.without(leave_out) if leave_out else ex.candidates
+        if not len(cands):
+            continue
+        ranks = np.asarray(cands.ranks, np.float64)
+        score = np.where(ranks > 0, 1.0 / (c + ranks), 0.0).sum(axis=1)
+        top = np.argsort(-score, kind="stable")[:k]
+        total += ndcg_at([cands.items[j] in ex.relevant for j in top.tolist()], len(ex.relevant), k)
+    return total / max(len(examples), 1)
+
+
+def try_out(latest: list[RankingExample], earlier: list[RankingExample],
+            on_trial: Sequence[str]) -> tuple[dict[str, dict], list, list]:
+    """Recallers on trial join the pipeline only if the validation moments' candidates rank
+    better with them than without (`fused_ndcg`). Returns each one's verdict and the moments
+    without the candidates of those that lost (the rankers learn what will serve)."""
+    verdicts: dict[str, dict] = {}
+    for name in on_trial:
+        with_it, without = fused_ndcg(latest), fused_ndcg(latest, leave_out=name)
+        verdicts[name] = {"joined": with_it > without, f"ndcg@{CHECK_K}_with": round(with_it, 6),
+                          f"ndcg@{CHECK_K}_without": round(without, 6)}
+        if with_it <= without:
+            def strip(moments, name=name):
+                return [RankingExample(ex.query, ex.candidates.without(name), ex.relevant, ex.known)
+                        for ex in moments]
+            latest, earlier = strip(latest), strip(earlier)
+    return verdicts, latest, earlier
+
+
 def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mapping[str, int],
                  rankers: Sequence[Ranker], settings: PipelineSettings,
                  progress: ProgressCallback = no_progress) -> dict:
@@ -177,10 +212,12 @@ def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mappi
     the recallers again on all of `data`. Only recallers in `quotas` feed the rankers.
     Returns timings, each ranker's validation metrics and the candidates' hit rate."""
     failed: dict = {}  # component -> {"error", "traceback"}: it is not saved, the rest is
-    report: dict = {"seconds": {}, "rankers": {}, "failed": failed}
+    report: dict = {"seconds": {}, "rankers": {}, "failed": failed, "trials": {}}
     if rankers:
         in_pipeline = {name: recallers[name] for name in quotas}
         latest, earlier = validation_examples(data, in_pipeline, quotas, settings, progress, failed)
+        report["trials"], latest, earlier = try_out(
+            latest, earlier, [n for n, r in in_pipeline.items() if r.on_trial and n not in failed])
         examples = latest + earlier
         progress("candidates", len(examples), len(examples), f"{len(examples)} validation moments")
         # the rankers are compared on users of the latest cut that none of them learned from

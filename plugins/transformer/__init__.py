@@ -1,0 +1,204 @@
+"""`transformer`: a learned sequence model of what shoppers do next (SASRec-style).
+
+Causal self-attention over the shopper's last `max_len` items (in time order) predicts the
+next item among the whole catalogue. Item vectors are learned, plus a learned projection of
+the item's text vector (MiniLM) when the catalogue is encoded — so similar products share
+what is learned, and a product added after training is not blind: its text gives it a
+vector. Trained on CPU with early stopping on each shopper's newest item (see `_training`);
+the weights are stored as safetensors.
+
+At request time it reads the shopper's current history, so the newest click changes the
+next list without a retrain; queries are answered in batches (one forward pass each)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine import Dataset, ModelState, Query, Recaller, banned_items, hookimpl, mention, top_n
+
+
+class TransformerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_len: int = Field(50, ge=2, le=512, description="most recent items of a shopper the model reads")
+    dim: int = Field(64, ge=8, description="size of item vectors and hidden states")
+    layers: int = Field(2, ge=1, description="self-attention blocks")
+    heads: int = Field(2, ge=1, description="attention heads per block (must divide dim)")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1, description="sequence windows per training step")
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(5, ge=1, description="epochs without a better validation score before stopping")
+    budget_seconds: float = Field(900.0, gt=0, description="CPU seconds of training steps at most")
+    validation_users: int = Field(2000, ge=0, description="shoppers whose newest item is held out to stop training")
+    text: bool = Field(True, description="add a learned projection of the item's text vector (MiniLM)")
+    full_softmax_items: int = Field(20000, ge=1, description="above this many items, train against a sample")
+    negatives: int = Field(2000, ge=1, description="sampled items per step beyond full_softmax_items")
+    threads: int = Field(1, ge=0, description="torch threads (0: torch's default; more than one spins and slows down on a busy machine)")
+    seed: int = 0
+
+
+class TransformerRecaller(Recaller):
+    name = "transformer"
+    description = "A self-attentive sequence model of what shoppers do next (SASRec-style, trained)"
+    Config = TransformerConfig
+    default_quota = 100
+    on_trial = True  # joins the default pipeline only when it improves it on validation
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self._net = None
+        self.report: dict = {}
+
+    # -- fitting -----------------------------------------------------------------------
+
+    def _torch(self):
+        import torch
+
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        return torch
+
+    def _text_vectors(self, item_ids: Sequence[str]) -> np.ndarray | None:
+        """The items' text vectors from the engine's index (zeros where an item has none),
+        or None when there is no index or `text` is off."""
+        index = self.resources.vectors
+        if not self.config.text or index is None or not len(index):
+            return None
+        dim = index.dim
+        out = np.zeros((len(item_ids), dim), np.float32)
+        for j, item in enumerate(item_ids):
+            v = index.vector(item)
+            if v is not None:
+                out[j] = v
+        return out
+
+    def fit(self, data: Dataset, progress=None) -> None:
+        from . import _training
+        from ._model import SequenceModel
+
+        cfg = self.config
+        torch = self._torch()
+        torch.manual_seed(cfg.seed)
+        seqs = _training.user_sequences(data.users, data.items, data.ts)
+        prep = _training.prepare(seqs, cfg.max_len, cfg.validation_users, cfg.seed)
+        ids = [str(i) for i in data.item_ids]
+        text = self._text_vectors(ids)
+        net = SequenceModel(len(ids), cfg.dim, cfg.max_len, cfg.layers, cfg.heads, cfg.dropout,
+                            None if text is None else torch.from_numpy(text))
+        if len(prep.inputs):
+            self.report = _training.train(net, torch, prep, cfg, progress)
+        known = data.known if data.known is not None else np.ones(data.n_items, bool)
+        with torch.no_grad():
+            vectors = net.item_vectors().numpy().copy()
+        project = net.project.weight.detach().numpy().copy() if net.project is not None else None
+        self._set(net, ids, np.asarray(known, bool), vectors, project)
+
+    def _set(self, net, ids: list[str], known: np.ndarray, vectors: np.ndarray,
+             project: np.ndarray | None) -> None:
+        self._net, self.ids, self.known = net, ids, known
+        self.trained_vectors, self.project = vectors, project
+        self._serving = None  # (index of ids, ids, recallable, torch vectors), built on first use
+        self._fitted = True
+
+    # -- state ---------------------------------------------------------------------------
+
+    def state(self) -> ModelState:
+        arrays = {k: v.detach().numpy() for k, v in self._net.state_dict().items()
+                  if not k.startswith(("item.", "project."))}
+        arrays["vectors"] = self.trained_vectors
+        arrays["known"] = self.known.astype(np.uint8)
+        if self.project is not None:
+            arrays["project"] = self.project
+        cfg = self.config
+        meta = {"item_ids": self.ids, "report": self.report,
+                "shape": {"dim": cfg.dim, "max_len": cfg.max_len, "layers": cfg.layers,
+                          "heads": cfg.heads}}
+        return ModelState(arrays=arrays, meta=meta, format="safetensors")
+
+    def load(self, state: ModelState) -> None:
+        from ._model import SequenceModel
+
+        torch = self._torch()
+        shape, a = state.meta["shape"], state.arrays
+        ids = list(state.meta["item_ids"])
+        net = SequenceModel(len(ids), shape["dim"], shape["max_len"], shape["layers"], shape["heads"], 0.0)
+        weights = {k: torch.from_numpy(np.array(v)) for k, v in a.items()
+                   if k not in ("vectors", "known", "project")}
+        weights["item.weight"] = torch.from_numpy(np.array(a["vectors"]))  # the combined vectors
+        net.load_state_dict(weights, strict=True)
+        net.eval()
+        self.report = state.meta.get("report", {})
+        self._set(net, ids, np.asarray(a["known"], bool), np.array(a["vectors"]),
+                  np.array(a["project"]) if "project" in a else None)
+
+    # -- serving -------------------------------------------------------------------------
+
+    def _serving_items(self):
+        """The items the model can name: those it was trained with, and — when it learned
+        from text — every product encoded since (its vector is the projection of its text).
+        Rebuilt when the vector index grows."""
+        index = self.resources.vectors
+        size = len(index) if index is not None else 0
+        if self._serving is not None and self._serving[0] == size:
+            return self._serving[1:]
+        torch = self._torch()
+        ids, vectors, known = list(self.ids), self.trained_vectors, self.known
+        position = {item: j for j, item in enumerate(ids)}
+        if self.project is not None and index is not None:
+            new = [item for item in index.ids() if item not in position]
+            if new:
+                text = np.stack([index.vector(item) for item in new]).astype(np.float32)
+                vectors = np.concatenate([vectors, text @ self.project.T])
+                known = np.concatenate([known, np.ones(len(new), bool)])
+                position.update({item: len(ids) + j for j, item in enumerate(new)})
+                ids = ids + new
+        self._serving = (size, position, ids, known, torch.from_numpy(np.ascontiguousarray(vectors, np.float32)))
+        return self._serving[1:]
+
+    def _inputs(self, q: Query, position: dict[str, int]) -> list[int]:
+        """The model rows of the query's recent items, oldest first (an item-to-item query:
+        that item alone); the same item twice in a row counts once."""
+        steps = [h.item_id for h in q.history] if q.history else ([q.item_id] if q.item_id else [])
+        rows: list[int] = []
+        for item in steps:
+            j = position.get(item)
+            if j is not None and (not rows or rows[-1] != j + 1):
+                rows.append(j + 1)
+        return rows[-self._net.max_len:]
+
+    def recall(self, queries: Sequence[Query], n: int):
+        position, ids, known, vectors = self._serving_items()
+        torch = self._torch()
+        length = self._net.max_len
+        inputs = [self._inputs(q, position) for q in queries]
+        asked = [j for j, rows in enumerate(inputs) if rows]
+        scores: dict[int, np.ndarray] = {}
+        with torch.no_grad():
+            for lo in range(0, len(asked), 256):
+                part = asked[lo:lo + 256]
+                seqs = np.zeros((len(part), length), np.int64)
+                for r, j in enumerate(part):
+                    seqs[r, length - len(inputs[j]):] = inputs[j]
+                out = self._net.last_scores(torch.from_numpy(seqs), vectors).numpy()
+                scores.update(zip(part, out))
+        results = []
+        for j, q in enumerate(queries):
+            if j not in scores:
+                results.append(self.candidates([]))
+                continue
+            rows = inputs[j]
+            banned = banned_items(known, position, q.exclude, [r - 1 for r in rows])
+            top = top_n(scores[j], n, banned)
+            recent = list(dict.fromkeys(ids[r - 1] for r in reversed(rows)))[:2]
+            reason = "follows your recent " + ", ".join(mention(item) for item in recent)
+            results.append(self.recalled([ids[i] for i in top.tolist()], scores[j][top], reason))
+        return results
+
+
+@hookimpl
+def register_recallers(register):
+    register(TransformerRecaller)

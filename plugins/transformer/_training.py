@@ -1,0 +1,144 @@
+"""Training the sequence model: shoppers' item sequences, windows of them, and epochs until
+the validation score stops improving.
+
+Validation is each (sampled) shopper's newest item, when it is one they had not met before:
+the model learns from everything before it and is scored on ranking it among all items but
+the shopper's earlier ones (NDCG@10). The weights of the best epoch are kept. A budget of
+CPU seconds spent in training steps (validation and waiting for a busy machine do not
+count) stops a run that would not converge in time; with the default settings early
+stopping ends it first, so the same data gives the same model bit for bit."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def user_sequences(users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> list[np.ndarray]:
+    """Each shopper's items in time order (ties by item), as model rows (item index + 1);
+    the same item met again straight away (viewed, then carted) counts once."""
+    order = np.lexsort((items, ts, users))
+    u, i = users[order], items[order].astype(np.int64) + 1
+    keep = np.ones(len(i), bool)
+    keep[1:] = (i[1:] != i[:-1]) | (u[1:] != u[:-1])
+    u, i = u[keep], i[keep]
+    return np.split(i, np.flatnonzero(np.diff(u)) + 1) if len(i) else []
+
+
+@dataclass
+class Prepared:
+    inputs: np.ndarray    # (windows, L) model rows, right-aligned, 0 = padding
+    targets: np.ndarray   # (windows, L) the next item at each step, 0 = none
+    val_inputs: np.ndarray  # (shoppers, L)
+    val_targets: np.ndarray  # (shoppers,) model rows
+
+
+def prepare(seqs: list[np.ndarray], max_len: int, val_users: int, seed: int) -> Prepared:
+    rng = np.random.default_rng(seed)
+    eligible = [j for j, s in enumerate(seqs) if len(s) >= 3 and s[-1] not in s[:-1]]
+    if len(eligible) > val_users:
+        eligible = sorted(rng.choice(eligible, val_users, replace=False).tolist())
+    held = {j: row for row, j in enumerate(eligible)}
+    val_in = np.zeros((len(eligible), max_len), np.int64)
+    val_t = np.zeros(len(eligible), np.int64)
+    windows_in, windows_t = [], []
+    for j, s in enumerate(seqs):
+        if j in held:
+            before = s[:-1][-max_len:]
+            val_in[held[j], max_len - len(before):] = before
+            val_t[held[j]] = s[-1]
+            s = s[:-1]
+        for end in range(len(s), 1, -max_len):  # windows from the newest back, each step a target once
+            w = s[max(0, end - max_len - 1):end]
+            windows_in.append(w[:-1])
+            windows_t.append(w[1:])
+    inputs = np.zeros((len(windows_in), max_len), np.int64)
+    targets = np.zeros((len(windows_in), max_len), np.int64)
+    for r, (a, b) in enumerate(zip(windows_in, windows_t)):
+        inputs[r, max_len - len(a):] = a
+        targets[r, max_len - len(b):] = b
+    return Prepared(inputs, targets, val_in, val_t)
+
+
+def validation_ndcg(net, torch, prep: Prepared, k: int = 10, batch: int = 256) -> float:
+    """NDCG@k of each held-out newest item ranked among all items but the shopper's earlier ones."""
+    if not len(prep.val_targets):
+        return 0.0
+    net.eval()
+    total = 0.0
+    with torch.no_grad():
+        vectors = net.item_vectors()
+        for lo in range(0, len(prep.val_targets), batch):
+            seqs = torch.from_numpy(prep.val_inputs[lo:lo + batch])
+            target = torch.from_numpy(prep.val_targets[lo:lo + batch]) - 1
+            scores = net.last_scores(seqs, vectors)
+            seen = (seqs - 1).clamp(min=0)
+            scores.scatter_(1, seen, float("-inf"))
+            own = scores.gather(1, target[:, None])
+            rank = (scores > own).sum(1)
+            total += float(torch.where(rank < k, 1.0 / torch.log2(rank.double() + 2), 0.0).sum())
+    return total / len(prep.val_targets)
+
+
+def train(net, torch, prep: Prepared, cfg, progress) -> dict:
+    """Epochs of next-item cross-entropy over all items (sampled items beyond
+    `cfg.full_softmax_items`), early stopping on validation NDCG@10. Returns a report."""
+    gen = np.random.default_rng(cfg.seed)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_items = net.n_items
+    best, best_epoch, best_state, stale, epochs = -1.0, 0, None, 0, 0
+    cpu_used, history = 0.0, []
+    stopped = "max_epochs"
+    for epoch in range(1, cfg.max_epochs + 1):
+        started = time.process_time()
+        net.train()
+        order = gen.permutation(len(prep.inputs))
+        losses = []
+        for lo in range(0, len(order), cfg.batch_size):
+            rows = order[lo:lo + cfg.batch_size]
+            seqs = torch.from_numpy(prep.inputs[rows])
+            target = torch.from_numpy(prep.targets[rows])
+            real = target > 0
+            vectors = net.item_vectors()
+            h = net.hidden(seqs, vectors)[real]          # (steps, dim)
+            t = target[real] - 1
+            if n_items <= cfg.full_softmax_items:
+                logits = h @ vectors[1:].T
+                loss = torch.nn.functional.cross_entropy(logits, t)
+            else:  # the targets against a shared sample of other items
+                sample = torch.from_numpy(gen.integers(0, n_items, cfg.negatives))
+                pos = (h * vectors[1:][t]).sum(1, keepdim=True)
+                neg = h @ vectors[1:][sample].T
+                neg = neg.masked_fill(sample[None] == t[:, None], float("-inf"))
+                loss = torch.nn.functional.cross_entropy(torch.cat([pos, neg], 1),
+                                                         torch.zeros(len(t), dtype=torch.long))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        cpu_used += time.process_time() - started
+        epochs = epoch
+        score = validation_ndcg(net, torch, prep)
+        history.append(round(score, 6))
+        if progress:
+            progress("transformer", epoch, cfg.max_epochs,
+                     f"epoch {epoch}: loss {np.mean(losses):.3f}, validation NDCG@10 {score:.4f}")
+        if score > best:
+            best, best_epoch, stale = score, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                stopped = "early stopping"
+                break
+        if cpu_used >= cfg.budget_seconds:
+            stopped = "budget"
+            break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+    return {"epochs": epochs, "best_epoch": best_epoch, "validation_ndcg@10": round(best, 6),
+            "stopped": stopped, "cpu_seconds": round(cpu_used, 1), "curve": history,
+            "windows": int(len(prep.inputs)), "validation_users": int(len(prep.val_targets))}

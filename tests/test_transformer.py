@@ -1,0 +1,178 @@
+"""The `transformer` recaller: a learned sequence model of what shoppers do next."""
+
+import numpy as np
+import pytest
+
+from engine import Dataset, Interaction, Query
+from engine.artifacts import dump_state, load_state
+from engine.testing import T0, RecallerContract
+from plugins.transformer import TransformerRecaller
+
+FAST = {"dim": 16, "max_len": 8, "layers": 1, "heads": 1, "max_epochs": 40, "patience": 40,
+        "dropout": 0.0, "lr": 0.01, "threads": 1}
+
+
+class TestTransformerContract(RecallerContract):
+    def make(self):
+        return TransformerRecaller(FAST)
+
+
+def cycle_shop(n_users: int = 60, n_items: int = 12, steps: int = 10, seed: int = 0) -> Dataset:
+    """Every shopper walks the same cycle i00 → i01 → … → i11 → i00 from a random start: what
+    comes next depends only on the newest item, which counting co-occurrence cannot tell
+    from what came before it."""
+    rng = np.random.default_rng(seed)
+    users, items, kinds, ts = [], [], [], []
+    for u in range(n_users):
+        start = int(rng.integers(n_items))
+        for s in range(steps):
+            users.append(f"u{u}")
+            items.append(f"i{(start + s) % n_items:02d}")
+            kinds.append("view")
+            ts.append(T0 + u * 1000 + s)
+    return Dataset.from_arrays(users, items, kinds, ts, catalogue=[f"i{i:02d}" for i in range(n_items)])
+
+
+def ask(recaller, items, n=3, exclude=()):
+    history = tuple(Interaction(item, "view", T0 + j) for j, item in enumerate(items))
+    return recaller.recall([Query(user_id="new", history=history, exclude=frozenset(exclude))], n)[0]
+
+
+@pytest.fixture(scope="module")
+def cycle_model():
+    recaller = TransformerRecaller(FAST)
+    recaller.fit(cycle_shop())
+    return recaller
+
+
+def test_it_learns_what_comes_next_and_says_what_it_follows(cycle_model):
+    walked = ["i00", "i01", "i02", "i03", "i04", "i05"]
+    answer = ask(cycle_model, walked)
+    assert answer[0].item_id == "i06"
+    assert answer[0].reason.startswith("follows your recent ") and "i05" in answer[0].reason
+    assert {c.item_id for c in answer}.isdisjoint(walked)  # what it read is not proposed
+
+
+def test_the_newest_step_changes_the_list_without_a_retrain(cycle_model):
+    walked = ["i00", "i01", "i02", "i03", "i04"]
+    assert ask(cycle_model, walked)[0].item_id == "i05"
+    assert ask(cycle_model, walked + ["i05"])[0].item_id == "i06"
+
+
+def test_it_stops_early_on_validation_and_reports_it():
+    recaller = TransformerRecaller(dict(FAST, max_epochs=200, patience=2))
+    recaller.fit(cycle_shop())
+    report = recaller.report
+    assert report["stopped"] == "early stopping" and report["epochs"] < 200
+    assert report["best_epoch"] == report["epochs"] - 2
+    assert report["validation_ndcg@10"] == max(report["curve"]) > 0.5
+
+
+def test_queries_are_answered_in_one_batch_like_one_at_a_time(cycle_model):
+    queries = [Query(user_id=f"q{j}", history=(Interaction(f"i{j:02d}", "view", T0),)) for j in range(12)]
+    together = cycle_model.recall(queries, 4)
+    alone = [cycle_model.recall([q], 4)[0] for q in queries]
+    assert [[c.item_id for c in a] for a in together] == [[c.item_id for c in a] for a in alone]
+
+
+def test_weights_are_safetensors_and_reload_to_the_same_answers(cycle_model):
+    payload, fmt, meta = dump_state(cycle_model.state())
+    assert fmt == "safetensors"
+    again = TransformerRecaller(FAST)
+    again.load(load_state(payload, fmt, meta))
+    for items in (["i01"], ["i07", "i08"]):
+        a, b = ask(cycle_model, items, 5), ask(again, items, 5)
+        assert [c.item_id for c in a] == [c.item_id for c in b]
+        np.testing.assert_allclose([c.score for c in a], [c.score for c in b], rtol=1e-5)
+
+
+def test_same_data_same_model():
+    a, b = TransformerRecaller(FAST), TransformerRecaller(FAST)
+    a.fit(cycle_shop())
+    b.fit(cycle_shop())
+    assert a.report["curve"] == b.report["curve"]
+    assert np.array_equal(a.trained_vectors, b.trained_vectors)
+
+
+TRIAL_PLUGIN = '''
+from engine import Recaller, hookimpl
+from plugins.cooccurrence import CooccurrenceRecaller
+
+
+class Helpful(CooccurrenceRecaller):   # "bought together": helps a popularity-only pipeline
+    name = "helpful"
+    on_trial = True
+
+
+class Noise(Recaller):                  # the same few unpopular items for everyone
+    name = "noise"
+    default_quota = 50
+    on_trial = True
+
+    def fit(self, data, progress=None):
+        counts = {}
+        for i in data.items.tolist():
+            counts[i] = counts.get(i, 0) + 1
+        self.items = [str(data.item_ids[i]) for i in sorted(counts, key=counts.get)[:30]]
+        self._fitted = True
+
+    def state(self):
+        from engine import ModelState
+        return ModelState(meta={"items": self.items})
+
+    def load(self, state):
+        self.items, self._fitted = list(state.meta["items"]), True
+
+    def recall(self, queries, n):
+        return [self.candidates([(i, 1.0 / (1 + j), "filler") for j, i in enumerate(
+            [i for i in self.items if i not in q.exclude][:n])]) for q in queries]
+
+
+@hookimpl
+def register_recallers(register):
+    register(Helpful, Noise)
+'''
+
+
+def test_a_recaller_on_trial_joins_only_when_it_improves_validation(tmp_path, monkeypatch, make_engine):
+    """Train fits every recaller; one `on_trial` joins the default pipeline only if the
+    validation candidates rank better with it, else its model is kept inactive and asking
+    for it by name says why."""
+    from engine import NotTrainedError
+    from engine.plugins import load_plugins
+
+    from . import shop
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "trial.py").write_text(TRIAL_PLUGIN)
+    monkeypatch.setenv("SHELFWISE_LOAD_PLUGINS", "files,popular,fusion")
+    eng = make_engine(load_plugins(plugins))
+    eng.store.write(shop.catalogue() + shop.events())
+    report = eng.train()
+    assert report.trials["helpful"]["joined"] is True
+    assert report.trials["noise"]["joined"] is False
+    assert report.trials["noise"]["ndcg@10_with"] < report.trials["noise"]["ndcg@10_without"]
+    assert set(eng.pipeline().recallers) == {"popular", "helpful"}
+    active = {m["name"] for m in eng.store.active_artifacts()}
+    assert "recaller/helpful" in active and "recaller/noise" not in active
+    with pytest.raises(NotTrainedError, match="did not join the pipeline.*without"):
+        eng.recommend("user001", recallers=["noise"])
+    assert eng.recommend("user001", recallers=["helpful"])
+
+
+def test_naming_a_recaller_in_the_settings_overrules_its_trial(tmp_path, monkeypatch, make_engine):
+    from engine.plugins import load_plugins
+
+    from . import shop
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "trial.py").write_text(TRIAL_PLUGIN)
+    (tmp_path / "shelfwise.toml").write_text('[pipeline]\nrecallers = { popular = 50, noise = 20 }\n')
+    monkeypatch.setenv("SHELFWISE_LOAD_PLUGINS", "files,popular,fusion")
+    eng = make_engine(load_plugins(plugins))
+    eng.store.write(shop.catalogue() + shop.events())
+    report = eng.train()
+    assert report.trials["noise"]["joined"] is False
+    assert set(eng.pipeline().recallers) == {"popular", "noise"}
