@@ -176,3 +176,38 @@ def test_naming_a_recaller_in_the_settings_overrules_its_trial(tmp_path, monkeyp
     report = eng.train()
     assert report.trials["noise"]["joined"] is False
     assert set(eng.pipeline().recallers) == {"popular", "noise"}
+
+
+def test_a_fit_on_more_of_the_data_starts_warm_and_one_on_less_starts_afresh():
+    full, part = cycle_shop(), cycle_shop(n_users=40)
+    recaller = TransformerRecaller(dict(FAST, patience=3, max_epochs=100))
+    recaller.fit(part)
+    assert recaller.report["warm_start"] is False
+    first = recaller.report["epochs"]
+    recaller.fit(full)  # like the final fit after the validation cuts
+    assert recaller.report["warm_start"] is True
+    assert recaller.report["epochs"] <= first
+    recaller.fit(part)  # an earlier cut after a later one: no knowledge of later steps
+    assert recaller.report["warm_start"] is False
+
+
+def test_in_the_pipeline_the_rankers_take_its_score_and_rank(tmp_path, monkeypatch, make_engine):
+    """Installed, it is fitted at `train`, tried on validation, and — in the pipeline —
+    a feature of the ranker; its reason reaches the shopper."""
+    from engine.plugins import load_plugins
+
+    from . import shop
+
+    monkeypatch.setenv("SHELFWISE_LOAD_PLUGINS", "files,popular,cooccurrence,fusion,transformer")
+    (tmp_path / "shelfwise.toml").write_text(
+        "[pipeline]\nrecallers = { popular = 50, cooccurrence = 50, transformer = 50 }\n"
+        "[plugins.transformer]\ndim = 16\nmax_len = 10\nlayers = 1\nheads = 1\nmax_epochs = 15\n")
+    eng = make_engine(load_plugins())
+    eng.store.write(shop.catalogue() + shop.events())
+    report = eng.train()
+    assert "transformer" in report.trials and "recaller/transformer" in report.versions
+    fusion = eng.pipeline().ranker
+    assert "transformer" in fusion.weights
+    recs = eng.recommend("user001", 50, recallers=["transformer"], ranker="")
+    assert recs and all(r.reason.startswith("follows your recent") for r in recs)
+    assert all("“" in r.reason for r in recs), "item titles, not ids, in the reason"

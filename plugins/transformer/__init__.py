@@ -52,6 +52,9 @@ class TransformerRecaller(Recaller):
         super().__init__(config)
         self._net = None
         self.report: dict = {}
+        self._fit_ids: list[str] = []
+        self._fit_size = (0, 0.0)  # the last fit's (events, newest time)
+        self._fit_trained = None  # the last fit's weights (a warm start for the next fit)
 
     # -- fitting -----------------------------------------------------------------------
 
@@ -89,13 +92,42 @@ class TransformerRecaller(Recaller):
         text = self._text_vectors(ids)
         net = SequenceModel(len(ids), cfg.dim, cfg.max_len, cfg.layers, cfg.heads, cfg.dropout,
                             None if text is None else torch.from_numpy(text))
+        self.report = {"warm_start": False}
+        size = (data.n_events, float(data.ts.max()) if data.n_events else 0.0)
+        self._warm_start(net, ids, torch, size)
         if len(prep.inputs):
-            self.report = _training.train(net, torch, prep, cfg, progress)
+            self.report.update(_training.train(net, torch, prep, cfg, progress))
+        self._fit_ids, self._fit_size = ids, size
+        self._fit_trained = {k: v.detach().clone() for k, v in net.state_dict().items()}
         known = data.known if data.known is not None else np.ones(data.n_items, bool)
         with torch.no_grad():
             vectors = net.item_vectors().numpy().copy()
         project = net.project.weight.detach().numpy().copy() if net.project is not None else None
         self._set(net, ids, np.asarray(known, bool), vectors, project)
+
+    def _warm_start(self, net, ids: list[str], torch, data_size: tuple[int, float]) -> None:
+        """A fit on more of the same data than the previous fit of this instance (in a
+        `train`, the validation cuts come first, each on less data than the one before, and
+        the fit on all of it last) starts from the previous weights, item rows matched by id,
+        so it needs a few epochs instead of dozens. A fit on less data starts afresh: a model
+        that saw a shopper's later steps must not propose them at an earlier cut."""
+        previous = self._net
+        if previous is None or self._fit_trained is None or \
+                (previous.dim, previous.max_len) != (net.dim, net.max_len) or \
+                self._fit_size[0] > data_size[0] or self._fit_size[1] > data_size[1]:
+            return
+        old = self._fit_trained
+        row = {item: j for j, item in enumerate(self._fit_ids)}
+        with torch.no_grad():
+            for name, value in net.state_dict().items():
+                if name in old and old[name].shape == value.shape and name != "item.weight":
+                    value.copy_(old[name])
+            weight = net.item.weight
+            for j, item in enumerate(ids):
+                k = row.get(item)
+                if k is not None:
+                    weight[j + 1] = old["item.weight"][k + 1]
+        self.report["warm_start"] = True
 
     def _set(self, net, ids: list[str], known: np.ndarray, vectors: np.ndarray,
              project: np.ndarray | None) -> None:
