@@ -226,6 +226,10 @@ def _print_train_summary(report: TrainReport, verbose: bool = False) -> None:
     for name, metrics in report.rankers.items():
         click.echo(f"Ranker {name}: validation NDCG@10 {metrics.get('ndcg@10', 0):.4f} "
                    f"({metrics.get('examples', 0)} users).")
+    for name, verdict in report.trials.items():
+        joined = "joins the pipeline" if verdict["joined"] else "stays out of the pipeline"
+        click.echo(f"Recaller {name} {joined}: validation candidates NDCG@10 "
+                   f"{verdict['ndcg@10_with']:.4f} with it, {verdict['ndcg@10_without']:.4f} without.")
     if report.ranker.why:
         click.echo(f"Serving: {report.ranker.why}.")
 

@@ -146,15 +146,21 @@ def validation_examples(data: Dataset, recallers: Mapping[str, Recaller], quotas
     fitted again). Returns (moments of the latest cut, moments of the earlier cuts)."""
     latest: list[RankingExample] = []
     earlier: list[RankingExample] = []
-    visible = data
-    for window in range(settings.validation_windows):
+    splits, visible = [], data
+    for window in range(settings.validation_windows):  # the cuts, newest first
         split = holdout(visible, settings.validation_share, settings.min_interactions,
                         history=settings.history, max_users=settings.validation_users,
                         seed=settings.seed + window)
         if not split.queries:
             break
+        splits.append(split)
+        visible = split.visible
+    failed = {} if failed is None else failed
+    # fitted oldest cut first: each fit sees more of the same data than the one before (and
+    # the final fit on all of it comes last), so a recaller may start from its previous fit
+    for window in reversed(range(len(splits))):
+        split = splits[window]
         label = "validate" if window == 0 else f"validate (cut {window + 1})"
-        failed = {} if failed is None else failed
         fit_recallers(split.visible, recallers, progress, label=label, failed=failed)
         working = {name: r for name, r in recallers.items() if name not in failed}
         progress("candidates", 0, len(split.queries), f"recalling for validation users ({label})")
@@ -164,8 +170,8 @@ def validation_examples(data: Dataset, recallers: Mapping[str, Recaller], quotas
             progress("candidates", len(cands), len(split.queries), f"recalling for validation users ({label})")
         moments = [RankingExample(q, c, rel, split.visible)
                    for q, c, rel in zip(split.queries, cands, split.relevant)]
-        (latest if window == 0 else earlier).extend(moments)
-        visible = split.visible
+        (latest if window == 0 else earlier)[:0] = moments  # newest cut's moments first
+        splits[window] = None  # its candidates are kept, the split's queries are not needed
     return latest, earlier
 
 

@@ -32,6 +32,7 @@ class TransformerConfig(BaseModel):
     batch_size: int = Field(128, ge=1, description="sequence windows per training step")
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(5, ge=1, description="epochs without a better validation score before stopping")
+    warm_patience: int = Field(2, ge=1, description="the same for a fit that starts from the previous fit")
     budget_seconds: float = Field(900.0, gt=0, description="CPU seconds of training steps at most")
     validation_users: int = Field(2000, ge=0, description="shoppers whose newest item is held out to stop training")
     text: bool = Field(True, description="add a learned projection of the item's text vector (MiniLM)")
@@ -96,6 +97,8 @@ class TransformerRecaller(Recaller):
         size = (data.n_events, float(data.ts.max()) if data.n_events else 0.0)
         self._warm_start(net, ids, torch, size)
         if len(prep.inputs):
+            if self.report["warm_start"]:
+                cfg = cfg.model_copy(update={"patience": cfg.warm_patience})
             self.report.update(_training.train(net, torch, prep, cfg, progress))
         self._fit_ids, self._fit_size = ids, size
         self._fit_trained = {k: v.detach().clone() for k, v in net.state_dict().items()}
