@@ -72,9 +72,12 @@ class TrainScreen(EngineScreen):
         self._idle()
         self.app.models_changed()
         report = event.result
+        trials = "".join(f"\n{name} {'joins' if v['joined'] else 'stays out of'} the pipeline "
+                         f"(validation NDCG@10 {v['ndcg@10_with']:.4f} with it, "
+                         f"{v['ndcg@10_without']:.4f} without)." for name, v in report.trials.items())
         self.notify(f"Trained on {report.events:,} events of {report.users:,} users in "
-                    f"{report.total_seconds:.1f}s (run {report.run_id}). New models are active.",
-                    title="Training complete")
+                    f"{report.total_seconds:.1f}s (run {report.run_id}). New models are active."
+                    + trials, title="Training complete")
         self.show_models()
 
     def on_job_panel_stopped(self, event: JobPanel.Stopped) -> None:
