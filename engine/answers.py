@@ -1,6 +1,10 @@
 """What the views ask of the engine, answered: a shopper's recommendations (and their
 trace), what a visitor without history sees, search, similar items, every shopper's list.
-`Engine`'s methods of the same names call these."""
+`Engine`'s methods of the same names call these.
+
+The merchandising rules of the request's `placement` shape recommendations, the
+visitor's list and similar items (each affected line names its rule in `rules`); search
+answers what was typed, untouched by them."""
 
 from __future__ import annotations
 
@@ -36,27 +40,37 @@ def query_for(engine: Engine, user_id: str | None, category: str | None = None,
 def recommend(engine: Engine, user_id: str | None, n: int = 10, recallers: Sequence[str] | None = None,
               ranker: str | None = None, category: str | None = None,
               exclude: Iterable[str] = (), items: Sequence[str] = (),
-              text: str | None = None) -> list[Recommendation]:
+              text: str | None = None, placement: str = "") -> list[Recommendation]:
     """Personalised recommendations. An unknown user (or None) gets the cold-start
-    path: popular items, or content neighbours of `items` / matches of `text`."""
+    path: popular items, or content neighbours of `items` / matches of `text`.
+    `placement`: where the list is shown (its merchandising rules apply)."""
     if n < 1:
         raise EngineError(f"n must be at least 1, not {n}.")
     engine.sync()
     if not engine.serving.loaded:  # models dropped (a retrain, a reload): their answers are stale
         engine.serving.cache.clear()
     key = (user_id, n, tuple(recallers or ()), ranker, category, frozenset(exclude),
-           tuple(items), text)
+           tuple(items), text, placement or "")
     found = engine.serving.cache.get(key)
     if found is not None:
         return list(found)
-    pipe = engine.lineup.pipeline(recallers, ranker)
+    pipe = engine.with_rules(engine.lineup.pipeline(recallers, ranker), placement)
     query = query_for(engine, user_id, category, exclude, items, text)
-    recs = render(engine.store, pipe.run([query], n)[0], pipe.ranker_name)
+    traces: list[Trace] = []
+    shown = pipe.run([query], n, traces=traces)[0]
+    recs = with_rules(render(engine.store, shown, pipe.ranker_name), traces[0].notes)
     why = fallback(engine, user_id, query, items, text)
     if why:
         recs = [replace(r, fallback=why) for r in recs]
     engine.serving.cache.put(key, user_id, tuple(recs))
     return recs
+
+
+def with_rules(recs: list[Recommendation], notes: dict[str, list[str]]) -> list[Recommendation]:
+    """The recommendations with the merchandising rules that placed each ("pinned by rule 3")."""
+    if not notes:
+        return recs
+    return [replace(r, rules=tuple(notes[r.item_id])) if r.item_id in notes else r for r in recs]
 
 
 def fallback(engine: Engine, user_id: str | None, query: Query, items: Sequence[str],
@@ -75,23 +89,26 @@ def fallback(engine: Engine, user_id: str | None, query: Query, items: Sequence[
 
 def trace(engine: Engine, user_id: str | None, n: int = 10, recallers: Sequence[str] | None = None,
           ranker: str | None = None, category: str | None = None,
-          exclude: Iterable[str] = (), items: Sequence[str] = (), text: str | None = None) -> Trace:
+          exclude: Iterable[str] = (), items: Sequence[str] = (), text: str | None = None,
+          placement: str = "") -> Trace:
     """What `recommend` with these arguments does, stage by stage (never cached): each
     recaller's proposals, what each filter removed, the ranker's order, what the re-rank
-    rules moved, and the list shown. `ranker=""` leaves the ranker out."""
+    rules (the merchandising rules among them) moved, and the list shown. `ranker=""`
+    leaves the ranker out."""
     if n < 1:
         raise EngineError(f"n must be at least 1, not {n}.")
-    pipe = engine.pipeline(recallers, ranker)
+    pipe = engine.pipeline(recallers, ranker, placement)
     return pipe.trace(query_for(engine, user_id, category, exclude, items, text), n)
 
 
-def popular(engine: Engine, n: int = 10, category: str | None = None) -> list[Recommendation]:
+def popular(engine: Engine, n: int = 10, category: str | None = None,
+            placement: str = "") -> list[Recommendation]:
     """What a visitor without history sees: the pipeline's answer for nobody (the
     `popular` recaller's list, ranked); when no trained model can give one (before the
     first train, or every model damaged), the products most shoppers chose, counted
     from the events — this answer never depends on a model."""
     try:
-        recs = engine.recommend(None, n, category=category)
+        recs = engine.recommend(None, n, category=category, placement=placement)
     except (NotTrainedError, ArtifactError):
         recs = []
     if recs:
@@ -106,7 +123,7 @@ def search(engine: Engine, text: str, n: int = 10, category: str | None = None) 
     """Catalogue search through the recallers that answer text queries."""
     if not text.strip():
         raise EngineError("The search text is empty. Example: shelfwise search \"red shoes\".")
-    pipe = engine.lineup.only(engine.pipeline(), lambda r: r.text_queries)
+    pipe = replace(engine.lineup.only(engine.pipeline(), lambda r: r.text_queries), merchandising=None)
     if not pipe.recallers:
         raise NotTrainedError("No trained recaller answers text queries. Install a search "
                               "plugin and run \"shelfwise train\".")
@@ -116,27 +133,31 @@ def search(engine: Engine, text: str, n: int = 10, category: str | None = None) 
 
 def recommend_all(engine: Engine, n: int = 10, batch: int = 512,
                   progress: ProgressCallback = no_progress, recallers: Sequence[str] | None = None,
-                  ranker: str | None = None,
-                  category: str | None = None) -> Iterator[tuple[str, list[Recommendation]]]:
+                  ranker: str | None = None, category: str | None = None,
+                  placement: str = "") -> Iterator[tuple[str, list[Recommendation]]]:
     """Recommendations for every user with at least one event, in batches, with the same
-    choices `recommend` takes (recallers, ranker, category)."""
-    pipe = engine.pipeline(recallers, ranker)
+    choices `recommend` takes (recallers, ranker, category, placement)."""
+    pipe = engine.pipeline(recallers, ranker, placement)
     users = engine.store.users_with_events()
     progress("recommend", 0, len(users), f"{len(users):,} shoppers")
     for start in range(0, len(users), batch):
         part = users[start:start + batch]
         queries = [query_for(engine, u, category) for u in part]
-        shown = pipe.run(queries, n)
+        traces: list[Trace] = []
+        shown = pipe.run(queries, n, traces=traces)
         items = items_named(engine.store, (c for cands in shown for c in cands))  # one read a batch
-        for u, cands in zip(part, shown):
-            yield u, render(engine.store, cands, pipe.ranker_name, items)
+        for u, cands, done in zip(part, shown, traces):
+            yield u, with_rules(render(engine.store, cands, pipe.ranker_name, items), done.notes)
         progress("recommend", min(start + batch, len(users)), len(users), "")
 
 
-def similar(engine: Engine, item_id: str, n: int = 10) -> list[Recommendation]:
+def similar(engine: Engine, item_id: str, n: int = 10, placement: str = "") -> list[Recommendation]:
+    """Items like this one, blended from the recallers that answer item queries (no
+    ranker), with the merchandising rules of `placement`."""
     if engine.store.item(item_id) is None and not engine.store.item_events(item_id, 1):
         raise EngineError(f"Unknown item {item_id!r}. Find ids with \"shelfwise items QUERY\".",
                           title="Unknown item")
-    pipe = engine.lineup.only(engine.pipeline(), lambda r: r.similar_items)
+    pipe = engine.lineup.only(engine.pipeline(placement=placement), lambda r: r.similar_items)
     query = Query(item_id=item_id, exclude=frozenset([item_id]), now=time.time())
-    return render(engine.store, pipe.candidates([query], blend=interleave)[0][:n], None)
+    shown, notes = pipe.finish(query, pipe.candidates([query], blend=interleave)[0], n, rerank=False)
+    return with_rules(render(engine.store, shown, None), notes)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import difflib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 import time
 import warnings
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .cli_progress import progress_for
@@ -87,7 +89,8 @@ def _print_recs(recs, as_json: bool) -> None:
     for col in ("#", "item", "title", "score", "source", "why"):
         table.add_column(col, overflow="fold")
     for r in recs:
-        table.add_row(str(r.rank), r.item_id, r.title, f"{r.score:.4f}", r.source, r.reason)
+        why = r.reason + (f" [{'; '.join(r.rules)}]" if r.rules else "")
+        table.add_row(str(r.rank), r.item_id, r.title, f"{r.score:.4f}", r.source, escape(why))
     out.print(table)
 
 
@@ -248,8 +251,11 @@ def _print_train_summary(report: TrainReport, verbose: bool = False) -> None:
               "the filters removed, the ranker's order, what the re-rank rules moved.")
 @click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv",
               show_default=True, help="Output format with --all.")
+@click.option("--placement", default="", help="Where the list is shown (home, product-page, ...): "
+              "its merchandising rules apply (see \"shelfwise rules\").")
 @click.pass_obj
-def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, items, text, explain, fmt):
+def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, items, text, explain, fmt,
+              placement):
     """Personalised recommendations for USER, with the reason for each.
 
     \b
@@ -270,7 +276,8 @@ def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, ite
             click.echo("user_id\titem_id\trank\tscore")
         with rich_progress() as progress:  # on stderr: stdout is the campaign file
             for user_id, recs in engine.recommend_all(n, progress=progress, recallers=names,
-                                                      ranker=ranker, category=category):
+                                                      ranker=ranker, category=category,
+                                                      placement=placement):
                 for r in recs:
                     if fmt == "tsv":
                         click.echo(f"{user_id}\t{r.item_id}\t{r.rank}\t{r.score:.6f}")
@@ -281,15 +288,16 @@ def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, ite
         raise click.UsageError("Missing USER (or --item / --text for a visitor, or --all).")
     if explain:
         trace = engine.trace(user, n, recallers=names, ranker=ranker, category=category,
-                             items=items, text=text)
-        recs = engine.render(trace.shown, trace.ranker)
+                             items=items, text=text, placement=placement)
+        recs = [replace(r, rules=tuple(trace.notes.get(r.item_id, ())))
+                for r in engine.render(trace.shown, trace.ranker)]
         if as_json:
             click.echo(json.dumps({**trace.to_dict(), "items": [r.to_dict() for r in recs]}))
         else:
             _print_trace(trace, recs)
         return
     recs = engine.recommend(user, n, recallers=names, ranker=ranker, category=category,
-                            items=items, text=text)
+                            items=items, text=text, placement=placement)
     if recs and recs[0].fallback:
         who = {"unknown user": f"{user!r} is not a known shopper",
                "no history yet": f"{user!r} has no events yet",
@@ -309,20 +317,21 @@ def _print_trace(trace, recs) -> None:
     for name, found in trace.recalled.items():
         console.print(f"   {name:<16}{len(found):>5} of {trace.quotas.get(name, 0)}")
     console.print(f"[bold]2. Merge[/] — {len(trace.merged):,} distinct candidates")
-    removed = ", ".join(f"{len(found):,} {FILTER_WORDS.get(name, name)}" for name, found in trace.removed.items())
+    removed = ", ".join(f"{len(found):,} {FILTER_WORDS.get(name, f'by {name}')}" for name, found in trace.removed.items())
     console.print(f"[bold]3. Filters[/] — removed {removed or 'nothing'}; {len(trace.ranked):,} left")
     by = f"the {trace.ranker} ranker" if trace.ranker else "no ranker (merged order)"
     console.print(f"[bold]4. Rank[/] — ordered by {by}")
     moved = trace.moved()
     console.print("[bold]5. Re-rank rules[/] — " + ("; ".join(
-        f"{item} from {'beyond the list' if was is None else f'#{was}'} to #{now}" for item, was, now in moved)
+        f"{item} from {'beyond the list' if was is None else f'#{was}'} to #{now}"
+        + (f" ({', '.join(trace.notes[item])})" if trace.notes.get(item) else "") for item, was, now in moved)
         if moved else "no change"))
     console.print(f"[bold]6. Shown[/] — top {trace.n}:")
     for r, c in zip(recs, trace.shown):
         found = ", ".join(f"{name} #{trace.recall_rank(name, c.item_id)}" for name in trace.recalled
                           if trace.recall_rank(name, c.item_id))
         console.print(f"   {r.rank:>2}. {r.title or r.item_id}  [dim]({r.item_id}; {found})[/]")
-        console.print(f"       {r.reason}")
+        console.print(f"       {escape(r.reason)}" + (f"  [bold]{escape('; '.join(r.rules))}[/]" if r.rules else ""))
 
 
 @cli.command()
@@ -593,6 +602,130 @@ def keys_revoke(obj, key_id):
     """Revoke a key by id (see "shelfwise keys list"); servers stop accepting it within seconds."""
     obj.engine().revoke_key(key_id)
     click.echo(f"Key {key_id} revoked.")
+
+
+@cli.group()
+def rules():
+    """Merchandising rules: pin, boost, bury or filter products in the lists, at once
+    (no retrain), optionally for one placement and until a date.
+
+    \b
+    Examples:
+      shelfwise rules add pin p00042 --position 1 --placement home --until 2026-12-24
+      shelfwise rules add boost --where 'brand = "Acme"' --weight 5
+      shelfwise rules add bury --where 'tags contains "winter"' --weight 10
+      shelfwise rules add filter --where 'price > 200 and not in_stock = true'
+      shelfwise rules list
+      shelfwise rules remove 3
+
+    \b
+    Conditions (--where) over the catalogue fields: item_id, title, category, brand
+    (text), price (number), in_stock (true/false), tags (list), attrs.NAME; comparisons
+    = != < <= > >=, in ["a", "b"], contains; and, or, not, parentheses; "texts" in
+    quotes. Text comparisons ignore case.
+    """
+
+
+@rules.group(name="add")
+def rules_add():
+    """Add a rule: pin, boost, bury or filter."""
+
+
+_placement = click.option("--placement", default="", help="Only lists of this placement "
+                          "(home, product-page, ...); default: every list.")
+_until = click.option("--until", "until", metavar="DATE", help="The last day the rule applies "
+                      "(YYYY-MM-DD, local time); default: until removed.")
+_json = click.option("--json", "as_json", is_flag=True, help="Print the rule as JSON.")
+
+
+def _added(rule, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rule.to_dict(), indent=2))
+        return
+    click.echo(f"Rule {rule.id} added: {rule.describe()}"
+               + (f" on {rule.placement}" if rule.placement else "")
+               + (f", until {rule.until_date}" if rule.until is not None else "") + ".")
+    if rule.status != "active":
+        console.print(f"[yellow]Note:[/yellow] rule {rule.id} is {rule.status}: {rule.note}.")
+
+
+@rules_add.command(name="pin")
+@click.argument("item")
+@click.option("--position", type=int, required=True, help="1 = first place.")
+@_placement
+@click.option("--category", help="Only lists of this category (requests with --category).")
+@_until
+@_json
+@click.pass_obj
+def rules_add_pin(obj, item, position, placement, category, until, as_json):
+    """Put ITEM at --position in every list (unless it is out of stock, already bought by
+    the shopper, of another category than the list, or filtered: those win)."""
+    _added(obj.engine().add_rule("pin", item_id=item, position=position, placement=placement,
+                                 category=category, until=until), as_json)
+
+
+def _weighted(kind: str, direction: str):
+    @rules_add.command(name=kind, help=f"Move the products --where matches {direction} by "
+                       f"--weight places in the ranker's order.")
+    @click.option("--where", required=True, metavar="CONDITION", help='e.g. \'brand = "Acme"\'')
+    @click.option("--weight", type=float, required=True, help=f"Places to move {direction}.")
+    @_placement
+    @_until
+    @_json
+    @click.pass_obj
+    def add(obj, where, weight, placement, until, as_json):
+        _added(obj.engine().add_rule(kind, where=where, weight=weight, placement=placement,
+                                     until=until), as_json)
+    return add
+
+
+_weighted("boost", "up")
+_weighted("bury", "down")
+
+
+@rules_add.command(name="filter")
+@click.option("--where", required=True, metavar="CONDITION", help="e.g. 'price > 200'")
+@_placement
+@_until
+@_json
+@click.pass_obj
+def rules_add_filter(obj, where, placement, until, as_json):
+    """Never show the products --where matches."""
+    _added(obj.engine().add_rule("filter", where=where, placement=placement, until=until), as_json)
+
+
+@rules.command(name="list")
+@click.option("--placement", default=None, help="Only the rules that apply to this placement.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def rules_list(obj, placement, as_json):
+    """Every rule and whether it applies now (active, expired, or not shown and why)."""
+    found = obj.engine().rules(placement)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in found], indent=2))
+        return
+    if not found:
+        console.print("No rules. Add one with \"shelfwise rules add pin|boost|bury|filter ...\".")
+        return
+    table = Table(pad_edge=False)
+    for col in ("id", "kind", "what", "placement", "until", "status"):
+        table.add_column(col, overflow="fold")
+    for r in found:
+        what = f"{r.item_id} at {r.position}" + (f" in {r.category}" if r.category else "") \
+            if r.kind == "pin" else r.where + (f" by {r.weight:g}" if r.weight is not None else "")
+        status = r.status + (f": {r.note}" if r.note else "")
+        table.add_row(str(r.id), r.kind, escape(what), r.placement or "all", r.until_date or "",
+                      status)
+    out.print(table)
+
+
+@rules.command(name="remove")
+@click.argument("rule_id", type=int)
+@click.pass_obj
+def rules_remove(obj, rule_id):
+    """Remove rule RULE_ID (see "shelfwise rules list"); lists follow at once."""
+    rule = obj.engine().remove_rule(rule_id)
+    click.echo(f"Rule {rule_id} removed ({rule.describe()}).")
 
 
 @cli.group()

@@ -7,11 +7,13 @@ A thin facade over named parts, each in its own module:
   flows              the train and evaluate jobs
   rendering          candidates as people read them
   erasure            forgetting a shopper
+  merchandising      the shop owner's rules (pins, boosts, burials, filters) and their state
   store.Store        every read and write of the database (all the SQL)"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -24,6 +26,7 @@ from .db import open_db
 from .errors import EngineError, NotTrainedError, UnknownComponentError
 from .indexing import Vectors
 from .lineup import Lineup
+from .merchandising import Merchandising, Rule
 from .pipeline import Pipeline, Trace
 from .plugins import PluginRegistry, load_plugins
 from .results import EvaluationReport, TrainReport
@@ -46,6 +49,7 @@ class Engine:
         self.index = Vectors(self.serving, self._choose_encoder)
         self.serving.on_new_models = self.index.forget
         self.lineup = Lineup(self.registry, self.settings, self.serving, self.make)
+        self.merch = Merchandising(self.store, self.serving)
         self.dataset_events_upto = 0  # the newest event the last `dataset()` holds
 
     # incremental state (events folded in, catalogue edits) is saved at most this often,
@@ -128,14 +132,22 @@ class Engine:
         return self.lineup.ranker_name()
 
     def sync(self) -> None:
-        """Notice what other connections changed (serving.Serving.sync). Called before serving."""
+        """Notice what other connections changed (serving.Serving.sync; the merchandising
+        rules: Merchandising.sync). Called before serving."""
         self.serving.sync()
+        self.merch.sync()
 
-    def pipeline(self, recallers: Sequence[str] | None = None, ranker: str | None = None) -> Pipeline:
-        """The serving pipeline, from trained components only. `ranker=""`: none (the
-        candidates in merged order, as a ranker would receive them)."""
+    def pipeline(self, recallers: Sequence[str] | None = None, ranker: str | None = None,
+                 placement: str = "") -> Pipeline:
+        """The serving pipeline, from trained components only, with the merchandising rules
+        of `placement`. `ranker=""`: none (the candidates in merged order, as a ranker
+        would receive them)."""
         self.sync()
-        return self.lineup.pipeline(recallers, ranker)
+        return self.with_rules(self.lineup.pipeline(recallers, ranker), placement)
+
+    def with_rules(self, pipe: Pipeline, placement: str = "") -> Pipeline:
+        """`pipe` with the merchandising rules that apply to `placement` now."""
+        return replace(pipe, merchandising=self.merch.for_request(placement or ""))
 
     def warm(self, limit: int = 64) -> int:
         """One small step of precomputing the serving components' caches (`Component.warm`);
@@ -210,20 +222,24 @@ class Engine:
 
     def recommend(self, user_id: str | None, n: int = 10, recallers: Sequence[str] | None = None,
                   ranker: str | None = None, category: str | None = None, exclude: Iterable[str] = (),
-                  items: Sequence[str] = (), text: str | None = None) -> list[Recommendation]:
+                  items: Sequence[str] = (), text: str | None = None,
+                  placement: str = "") -> list[Recommendation]:
         """Personalised recommendations. An unknown user (or None) gets the cold-start
-        path: popular items, or content neighbours of `items` / matches of `text`."""
-        return answers.recommend(self, user_id, n, recallers, ranker, category, exclude, items, text)
+        path: popular items, or content neighbours of `items` / matches of `text`.
+        `placement`: where the list is shown (home, product-page, …): its rules apply."""
+        return answers.recommend(self, user_id, n, recallers, ranker, category, exclude, items, text,
+                                 placement)
 
     def trace(self, user_id: str | None, n: int = 10, recallers: Sequence[str] | None = None,
               ranker: str | None = None, category: str | None = None, exclude: Iterable[str] = (),
-              items: Sequence[str] = (), text: str | None = None) -> Trace:
+              items: Sequence[str] = (), text: str | None = None, placement: str = "") -> Trace:
         """What `recommend` with these arguments does, stage by stage (pipeline.Trace)."""
-        return answers.trace(self, user_id, n, recallers, ranker, category, exclude, items, text)
+        return answers.trace(self, user_id, n, recallers, ranker, category, exclude, items, text,
+                             placement)
 
-    def popular(self, n: int = 10, category: str | None = None) -> list[Recommendation]:
+    def popular(self, n: int = 10, category: str | None = None, placement: str = "") -> list[Recommendation]:
         """What a visitor without history sees; never depends on a trained model."""
-        return answers.popular(self, n, category)
+        return answers.popular(self, n, category, placement)
 
     def search(self, text: str, n: int = 10, category: str | None = None) -> list[Recommendation]:
         """Catalogue search through the recallers that answer text queries."""
@@ -231,13 +247,35 @@ class Engine:
 
     def recommend_all(self, n: int = 10, batch: int = 512, progress: ProgressCallback = no_progress,
                       recallers: Sequence[str] | None = None, ranker: str | None = None,
-                      category: str | None = None) -> Iterator[tuple[str, list[Recommendation]]]:
+                      category: str | None = None,
+                      placement: str = "") -> Iterator[tuple[str, list[Recommendation]]]:
         """Recommendations for every user with at least one event, in batches."""
-        return answers.recommend_all(self, n, batch, progress, recallers, ranker, category)
+        return answers.recommend_all(self, n, batch, progress, recallers, ranker, category, placement)
 
-    def similar(self, item_id: str, n: int = 10) -> list[Recommendation]:
+    def similar(self, item_id: str, n: int = 10, placement: str = "") -> list[Recommendation]:
         """Items like this one (the recallers that answer item queries, interleaved)."""
-        return answers.similar(self, item_id, n)
+        return answers.similar(self, item_id, n, placement)
+
+    # -- merchandising rules -------------------------------------------------------------
+
+    def add_rule(self, kind: str, item_id: str | None = None, position: int | None = None,
+                 where: str | None = None, weight: float | None = None, placement: str | None = "",
+                 category: str | None = None, until: Any = None) -> Rule:
+        """Store a merchandising rule (engine.merchandising): pin ITEM at `position`, boost or
+        bury what `where` matches by `weight` places, or filter it out; optionally only for
+        one `placement` (and, for pins, lists of one `category`), until a date. It applies
+        from the next request, without a retrain."""
+        return self.merch.add(kind, item_id, position, where, weight, placement, category, until)
+
+    def rules(self, placement: str | None = None) -> list[Rule]:
+        """Every rule with its status now: active, expired, or not shown (a pin whose item is
+        out of stock, not in the catalogue, or of another category than its lists)."""
+        self.merch.sync()
+        return self.merch.listed(placement=placement)
+
+    def remove_rule(self, rule_id: int) -> Rule:
+        """Remove a rule; lists stop following it from the next request."""
+        return self.merch.remove(rule_id)
 
     def render(self, cands: Sequence[Candidate], ranker: str | None,
                items=None) -> list[Recommendation]:

@@ -56,18 +56,19 @@ def pipeline_choices(engine: Engine) -> dict[str, Any]:
 
 def why_not(engine: Engine, user_id: str, item_id: str, n: int = 10,
             recallers: Sequence[str] | None = None, ranker: str | None = None,
-            category: str | None = None, depth: int = 1000) -> dict[str, Any]:
+            category: str | None = None, depth: int = 1000, placement: str = "") -> dict[str, Any]:
     """Where `item_id` falls out of `user_id`'s recommendations with these settings (the
     same arguments as Engine.recommend): was it recalled by each recaller and at what rank
     (also below the recaller's quota, down to `depth`), was it filtered (already consumed,
-    out of stock, not in the catalogue, another category), where did the ranker put it.
+    out of stock, not in the catalogue, another category, a filter rule), where did the
+    ranker put it, which merchandising rules moved it (`rules`).
 
     `verdict` is one of: "recommended", "not recalled", "filtered", "ranked low"."""
     item = engine.store.item(item_id)
     if item is None and not engine.store.item_events(item_id, 1):
         raise EngineError(f"Unknown item {item_id!r}. Find ids by searching items by name.",
                           title="Unknown item")
-    pipe = engine.pipeline(recallers, ranker)  # the models Engine.recommend would use right now
+    pipe = engine.pipeline(recallers, ranker, placement)  # what Engine.recommend would use right now
     trace = pipe.trace(engine.query_for(user_id, category), n)
     per_recaller = []
     for name, proposed in trace.recalled.items():
@@ -84,20 +85,24 @@ def why_not(engine: Engine, user_id: str, item_id: str, n: int = 10,
                if name != "category" or item is not None]
     position, shown = trace.ranked_at(item_id), trace.shown_at(item_id)
     score = trace.ranked[position - 1].score if position else None
-    if not any(e["within_quota"] for e in per_recaller):
+    rules = trace.rules_of(item_id)
+    if shown is not None:  # a pin shows an item no recaller proposed
+        verdict, position = "recommended", shown
+    elif not any(e["within_quota"] for e in per_recaller):
         verdict = "not recalled"
     elif filters or position is None:
         verdict = "filtered"
-    elif shown is None:
-        verdict = "ranked low"
     else:
-        verdict, position = "recommended", shown
+        verdict = "ranked low"
+    summary = _why_not_summary(verdict, per_recaller, filters, position, n, len(trace.ranked), trace.ranker)
+    moved = [r for r in rules if not r.startswith("filtered by")]
+    if moved:
+        summary += f" Merchandising: {', '.join(moved)}."
     return {
         "item_id": item_id, "title": item.title if item else "", "user_id": user_id, "n": n,
         "verdict": verdict, "recallers": per_recaller, "filters": filters, "ranker": trace.ranker,
-        "position": position, "score": score, "candidates": len(trace.ranked),
-        "summary": _why_not_summary(verdict, per_recaller, filters, position, n, len(trace.ranked),
-                                    trace.ranker),
+        "position": position, "score": score, "candidates": len(trace.ranked), "rules": rules,
+        "summary": summary,
     }
 
 
@@ -109,6 +114,9 @@ def _filter_said(engine: Engine, name: str, item, category: str | None) -> str:
     if name == "unavailable":
         return ("not in the catalogue (events mention it, but it is not a product)" if item is None
                 else "out of stock")
+    if name.startswith("rule "):
+        rule = next((r for r in engine.rules() if f"rule {r.id}" == name), None)
+        return f"filtered by {name}" + (f" ({rule.where})" if rule is not None else "")
     return f"category is {item.category if item else ''!r}, the request asks for {category!r}"
 
 
@@ -119,12 +127,14 @@ def _why_not_summary(verdict, per_recaller, filters, position, n, candidates, ra
         return "No recaller proposed it" + (": " + "; ".join(deeper) if deeper else
                                             ", not even in a much longer list.")
     found = ", ".join(f"{e['recaller']} #{e['rank']}" for e in per_recaller if e["within_quota"])
+    if verdict == "recommended" and not found:
+        return f"Recommended at {position}: no recaller proposed it, a pin placed it."
     if verdict == "filtered":
         return f"Recalled by {found}, then filtered: " + "; ".join(filters or ["removed by a filter"])
     by = f"the {ranker} ranker" if ranker else "the merged order (no ranker)"
     if verdict == "ranked low" and position <= n:
         return (f"Recalled by {found}; {by} put it at {position} of {candidates}, then the "
-                f"pipeline's diversity / new-product rules moved it below the top {n}.")
+                f"pipeline's rules (merchandising, diversity, new products) moved it below the top {n}.")
     if verdict == "ranked low":
         return f"Recalled by {found}; {by} put it at {position} of {candidates}, below the top {n}."
     return f"Recommended at {position} (recalled by {found}; ordered by {by})."

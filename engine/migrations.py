@@ -92,3 +92,16 @@ def m006_run_owner(db):
     gone (killed, the machine restarted) can be told from one still running."""
     db["runs"].add_column("pid", int)
     db["runs"].add_column("host", str)
+
+
+@migrations()
+def m007_merchandising_rules(db):
+    """The shop owner's merchandising rules (engine.merchandising): pins, boosts, burials and
+    filters, optionally per placement and until a time. A removed rule keeps its row
+    (`removed_at`), so a rule id is never given to another rule."""
+    db["rules"].create({
+        "id": int, "kind": str, "item_id": str, "position": int, "condition": str,
+        "weight": float, "placement": str, "category": str, "until": float,
+        "created_at": float, "removed_at": float,
+    }, pk="id", not_null={"kind", "created_at"})
+    db["rules"].create_index(["removed_at"])

@@ -1,15 +1,19 @@
-"""The request path: recall (per-recaller quotas) → merge → filters → ranker → re-rank
-(category diversity, new-arrival slots) → top N."""
+"""The request path: recall (per-recaller quotas) → merge → filters (and the merchandising
+filter rules) → ranker → boosts and burials → re-rank (category diversity, new-arrival
+slots) → pins → top N."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from .candidates import CandidateSet, Recalled, interleave, item_ids, merge
 from .components import Ranker, Recaller
 from .types import Candidate, Query
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .merchandising import RuleSet
 
 __all__ = ["Pipeline", "Trace", "merge", "interleave", "one_blas_thread"]
 
@@ -38,7 +42,10 @@ class Trace:
     `recalled`: each recaller's proposals, best first (up to its quota); `merged`: all of
     them in one list (before the filters); `removed`: the items each filter took out;
     `ranked`: the ranker's order of what was left (the merged order without a ranker);
-    `shown`: the top n after the re-rank rules (diversity, new-arrival slots)."""
+    `shown`: the top n after the re-rank rules (merchandising boosts, burials and pins,
+    diversity, new-arrival slots); `notes`: per item, the merchandising rules that moved
+    or placed it ("boosted by rule 2", "pinned by rule 3"; filter rules are in `removed`
+    as "rule 4")."""
 
     query: Query
     n: int
@@ -49,6 +56,7 @@ class Trace:
     ranker: str | None
     ranked: Sequence[Candidate]
     shown: list[Candidate]
+    notes: dict[str, list[str]] = field(default_factory=dict)
 
     def recall_rank(self, recaller: str, item_id: str) -> int | None:
         """1-based place of the item in that recaller's proposals (None: not proposed)."""
@@ -64,6 +72,12 @@ class Trace:
     def filters_of(self, item_id: str) -> list[str]:
         """The filters that removed the item (empty: it was kept or never proposed)."""
         return [name for name, found in self.removed.items() if item_id in found]
+
+    def rules_of(self, item_id: str) -> list[str]:
+        """What the merchandising rules did to the item, in words ("filtered by rule 4",
+        "boosted by rule 2", "pinned by rule 3"); empty when no rule touched it."""
+        return [f"filtered by {name}" for name in self.filters_of(item_id) if name.startswith("rule ")] \
+            + list(self.notes.get(item_id, ()))
 
     def moved(self) -> list[tuple[str, int | None, int]]:
         """What the re-rank rules changed: (item, place the ranker gave it, place shown)
@@ -82,6 +96,7 @@ class Trace:
             "removed": {name: len(found) for name, found in self.removed.items()},
             "ranked": len(self.ranked),
             "moved": [{"item_id": i, "ranked": r, "shown": s} for i, r, s in self.moved()],
+            "rules": {item: list(notes) for item, notes in self.notes.items()},
             "shown": [{"item_id": c.item_id, "score": c.score, "source": c.source,
                        "sources": {name: self.recall_rank(name, c.item_id) for name in c.ranks}}
                       for c in self.shown],
@@ -108,7 +123,11 @@ class Pipeline:
     `new_slots` reserves up to that many places, from position `new_position` on (0: the
     last places of lists of 5 or more), for
     `new_items` (products nobody has interacted with yet) that some recaller proposed but
-    the ranker placed lower — rankers learn from past behaviour, which new products lack."""
+    the ranker placed lower — rankers learn from past behaviour, which new products lack.
+
+    `merchandising`: the shop owner's rules for this request's placement
+    (engine.merchandising.RuleSet; None: none apply): filter rules join the filters, boosts
+    and burials reorder the ranked list before the re-rank, pins take their places last."""
 
     recallers: dict[str, Recaller]
     quotas: dict[str, int]
@@ -119,6 +138,7 @@ class Pipeline:
     new_items: frozenset[str] | set[str] = frozenset()
     new_slots: int = 0
     new_position: int = 0
+    merchandising: RuleSet | None = None
 
     @property
     def ranker_name(self) -> str | None:
@@ -140,12 +160,16 @@ class Pipeline:
             out["unavailable"] = present - self.available
         if query.category:
             out["category"] = {item for item in present if self.categories.get(item) != query.category}
+        if self.merchandising is not None:
+            out.update(self.merchandising.removals(present))
         return {name: found for name, found in out.items() if found}
 
-    def filtered(self, query: Query, merged: CandidateSet) -> CandidateSet:
+    def filtered(self, query: Query, merged: CandidateSet,
+                 removed: dict[str, set[str]] | None = None) -> CandidateSet:
         """The rows of `merged` the query may show (not excluded, available, in the asked
-        category), in order."""
-        removed = self.removals(query, merged.items)
+        category, not removed by a filter rule), in order. `removed`: `removals` of it, if
+        already at hand."""
+        removed = self.removals(query, merged.items) if removed is None else removed
         if not removed:
             return merged
         dropped = set().union(*removed.values())
@@ -166,20 +190,39 @@ class Pipeline:
         with one_blas_thread():
             recalled = self.recall(queries) if recalled is None else recalled
             merged = [merge(lists) for lists in recalled]
-            kept = [self.filtered(q, m) for q, m in zip(queries, merged)]
+            removed = [self.removals(q, m.items) for q, m in zip(queries, merged)]
+            kept = [self.filtered(q, m, r) for q, m, r in zip(queries, merged, removed)]
             ranked = self.ranker.rank_many(queries, kept) if self.ranker is not None else kept
-            shown = [self.rerank(r, n) for r in ranked]
+            finished = [self.finish(q, r, n) for q, r in zip(queries, ranked)]
         if traces is not None:
-            traces.extend(Trace(q, n, dict(self.quotas), lists, m, self.removals(q, m.items),
-                                self.ranker_name, r, s)
-                          for q, lists, m, r, s in zip(queries, recalled, merged, ranked, shown))
-        return shown
+            traces.extend(Trace(q, n, dict(self.quotas), lists, m, gone, self.ranker_name, r, s, notes)
+                          for q, lists, m, gone, r, (s, notes)
+                          in zip(queries, recalled, merged, removed, ranked, finished))
+        return [s for s, _ in finished]
 
     def trace(self, query: Query, n: int) -> Trace:
         """What `run` does for one query, stage by stage."""
         traces: list[Trace] = []
         self.run([query], n, traces=traces)
         return traces[0]
+
+    def finish(self, query: Query, ranked: Sequence[Candidate], n: int, rerank: bool = True
+               ) -> tuple[list[Candidate], dict[str, list[str]]]:
+        """After the ranker: the merchandising boosts and burials, the re-rank (diversity,
+        new-arrival slots; `rerank=False`: the top n as they are), then the pins; with what
+        each rule did (item -> notes)."""
+        rules = self.merchandising
+        cut = self.rerank if rerank else (lambda found, k: list(found[:k]))
+        if rules is None:
+            return cut(ranked, n), {}
+        moved = rules.reorder(ranked)
+        top, pinned = rules.pin(query, cut(moved, n), ranked, n,
+                                allowed=lambda item: not self.removals(query, [item]))
+        notes = {item: rules.notes[item] for item in item_ids(ranked) if item in rules.notes} \
+            if rules.notes else {}
+        for item, found in pinned.items():
+            notes[item] = notes.get(item, []) + found
+        return top, notes
 
     def rerank(self, ranked: Sequence[Candidate], n: int) -> list[Candidate]:
         """The top n of a ranked list after the diversity and new-arrival rules."""

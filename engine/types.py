@@ -149,6 +149,7 @@ class Recommendation:
     category: str = ""
     price: float | None = None
     fallback: str = ""  # why this is the cold-start answer ("unknown user"); "" when personal
+    rules: tuple[str, ...] = ()  # the merchandising rules that placed it ("pinned by rule 3")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -163,4 +164,5 @@ class Recommendation:
             "category": self.category,
             "price": self.price,
             "fallback": self.fallback or None,
+            "rules": list(self.rules),
         }

@@ -49,6 +49,11 @@ EXPECTED_COLUMNS = {
         "id": int, "name": str, "prefix": str, "key_hash": str, "scope": str,
         "created_at": float, "revoked_at": float, "last_used_at": float,
     },
+    "rules": {
+        "id": int, "kind": str, "item_id": str, "position": int, "condition": str,
+        "weight": float, "placement": str, "category": str, "until": float,
+        "created_at": float, "removed_at": float,
+    },
 }
 
 

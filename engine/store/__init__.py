@@ -5,7 +5,8 @@ only place SQL is written.
   models.ModelStore   item vectors, full-text search, model artifacts, runs (part of Store)
   views.ViewQueries   the read-only questions of the views (part of Store)
   attribution         logged impressions, attributed events, the online report
-  apikeys             the HTTP API's keys (hashed), and their lookup for the server"""
+  apikeys             the HTTP API's keys (hashed), and their lookup for the server
+  rules.RuleStore     the merchandising rules (part of Store)"""
 
 from .core import CHUNK, ImportReport, Store, event_id_for, row_to_item
 

@@ -19,6 +19,7 @@ from ..dataset import DEFAULT_KIND_WEIGHTS, Dataset
 from ..errors import ImportDataError
 from ..catalogue import CatalogueView
 from .models import ModelStore
+from .rules import RuleStore
 from .views import ViewQueries
 from ..types import Event, Interaction, Item, ItemEntity, Record, Triple, User
 
@@ -63,7 +64,7 @@ def row_to_item(row: Mapping[str, Any]) -> Item:
     )
 
 
-class Store(ViewQueries, ModelStore):
+class Store(ViewQueries, ModelStore, RuleStore):
     def __init__(self, db: sqlite_utils.Database):
         self.db = db
         self.conn = db.conn
