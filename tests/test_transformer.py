@@ -211,3 +211,25 @@ def test_in_the_pipeline_the_rankers_take_its_score_and_rank(tmp_path, monkeypat
     recs = eng.recommend("user001", 50, recallers=["transformer"], ranker="")
     assert recs and all(r.reason.startswith("follows your recent") for r in recs)
     assert all("“" in r.reason for r in recs), "item titles, not ids, in the reason"
+
+
+def test_with_text_vectors_a_product_added_after_training_can_be_proposed():
+    """Item vectors include a projection of the item's text vector, so a product encoded
+    after training (in the engine's vector index, unseen by the model) has a vector too."""
+    from engine import Resources
+    from engine.vectors import VectorIndex
+
+    rng = np.random.default_rng(0)
+    ids = [f"i{i:02d}" for i in range(12)]
+    text = rng.normal(size=(13, 32)).astype(np.float32)
+    text[12] = text[6] + 0.05 * rng.normal(size=32)  # the newcomer reads like i06
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    recaller = TransformerRecaller(dict(FAST, max_epochs=60, patience=60))
+    recaller.attach(Resources(vectors=VectorIndex.build(ids, text[:12])))
+    recaller.fit(cycle_shop())
+    assert recaller.project is not None
+    recaller.resources.vectors.add(["new-i06"], text[12:])
+    answer = ask(recaller, ["i01", "i02", "i03", "i04", "i05"], n=12)
+    names = [c.item_id for c in answer]
+    assert "new-i06" in names, "the new product is not blind"
+    assert names.index("new-i06") < len(names) // 2, names  # its text puts it near i06

@@ -184,7 +184,7 @@ class TransformerRecaller(Recaller):
         ids, vectors, known = list(self.ids), self.trained_vectors, self.known
         position = {item: j for j, item in enumerate(ids)}
         if self.project is not None and index is not None:
-            new = [item for item in index.ids() if item not in position]
+            new = [item for item in index.ids if item not in position]
             if new:
                 text = np.stack([index.vector(item) for item in new]).astype(np.float32)
                 vectors = np.concatenate([vectors, text @ self.project.T])
