@@ -35,12 +35,15 @@ def train(engine: Engine, progress: ProgressCallback) -> TrainReport:
     if data.n_events == 0:
         raise EngineError("There are no events to learn from. Import some first: "
                           "\"shelfwise import csv --events events.csv\".", title="No data")
-    quotas, recallers, rankers = engine.lineup.fresh(every=True)
+    installed = engine.registry.components()
     store = engine.store
-    run_id = store.start_run("train", {"pipeline": quotas, "recallers": list(recallers),
-                                       "rankers": [r.name for r in rankers]})
+    run_id = store.start_run("train", {"pipeline": engine.lineup.quotas(),
+                                       "recallers": list(installed["recallers"]),
+                                       "rankers": list(installed["rankers"])})
     try:  # until the models are activated, a failure or a cancel leaves the old ones serving
         vector_report = engine.refresh_vectors(progress)  # a cancel here is recorded too
+        # made after the refresh, so that they are given the index it brought up to date
+        quotas, recallers, rankers = engine.lineup.fresh(every=True)
         report = fit_pipeline(data, recallers, quotas, rankers, engine.settings.pipeline, progress)
         versions, chosen = _activate(engine, report, recallers, rankers, progress)
     except BaseException as exc:
