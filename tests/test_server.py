@@ -502,3 +502,70 @@ def test_train_on_a_thread_activates_new_models_and_reports_failures(db_path, tm
         assert c.post("/train").status_code == 202
         training = wait_for_training(c)
         assert training["stage"] == "failed" and "no events" in training["error"]
+
+
+# -- merchandising rules ----------------------------------------------------------------
+
+
+def test_rules_need_a_secret_key(db_path):
+    eng = Engine(db_path)
+    public, secret = eng.create_key("public", "web"), eng.create_key("secret", "backend")
+    eng.close()
+    pub, sec = {"X-API-Key": public["key"]}, {"X-API-Key": secret["key"]}
+    rule = {"kind": "filter", "where": "price > 25"}
+    with TestClient(create_app(db_path)) as c:
+        assert_problem(c.get("/rules", headers=pub), 403, "header.authorization")
+        assert_problem(c.post("/rules", json=rule, headers=pub), 403)
+        added = c.post("/rules", json=rule, headers=sec)
+        assert added.status_code == 201, added.text
+        assert_problem(c.delete(f"/rules/{added.json()['id']}", headers=pub), 403)
+        assert [r["id"] for r in c.get("/rules", headers=sec).json()] == [added.json()["id"]]
+        assert c.delete(f"/rules/{added.json()['id']}", headers=sec).json()["status"] == "removed"
+
+
+def test_rules_added_through_the_api_shape_the_next_answer(client):
+    plain = ids(client.get("/recommend/user004?n=6&placement=home"))
+    cached = client.get("/recommend/user004?n=6&placement=home").json()
+    assert cached["cached"] is True
+    pin = client.post("/rules", json={"kind": "pin", "item_id": plain[5], "position": 1,
+                                      "placement": "home", "until": "2099-12-31"})
+    assert pin.status_code == 201, pin.text
+    assert pin.json() | {"created_at": 0} == {
+        "id": 1, "kind": "pin", "item_id": plain[5], "position": 1, "where": None, "weight": None,
+        "placement": "home", "category": None, "until": "2099-12-31", "created_at": 0,
+        "status": "active", "note": "", "description": f"pin {plain[5]} at 1"}
+    home = client.get("/recommend/user004?n=6&placement=home").json()
+    assert home["cached"] is False and home["items"][0]["item_id"] == plain[5]
+    assert home["items"][0]["rules"] == ["pinned by rule 1"] and home["items"][1]["rules"] == []
+    assert ids(client.get("/recommend/user004?n=6&placement=cart")) == plain, "another placement"
+    boost = client.post("/rules", json={"kind": "bury", "where": f'item_id = "{plain[0]}"', "weight": 2})
+    assert boost.status_code == 201, boost.text
+    assert ids(client.get("/recommend/user004?n=6"))[:3] == [plain[1], plain[2], plain[0]]
+    cut = client.post("/rules", json={"kind": "filter", "where": f'item_id in ["{plain[1]}", "{plain[2]}"]'})
+    assert cut.status_code == 201 and plain[1] not in ids(client.get("/recommend/user004?n=6"))
+    out_of_stock = client.post("/rules", json={"kind": "pin", "item_id": shop.OUT_OF_STOCK, "position": 2})
+    assert out_of_stock.json()["status"] == "not shown" and "out of stock" in out_of_stock.json()["note"]
+    listed = client.get("/rules").json()
+    assert [(r["id"], r["kind"], r["status"]) for r in listed] == [
+        (1, "pin", "active"), (2, "bury", "active"), (3, "filter", "active"), (4, "pin", "not shown")]
+    assert [r["id"] for r in client.get("/rules?placement=cart").json()] == [2, 3, 4]
+    assert client.delete("/rules/1").status_code == 200
+    assert ids(client.get("/recommend/user004?n=6&placement=home"))[0] != plain[5]
+    assert_problem(client.delete("/rules/1"), 404)
+
+
+def test_a_rule_that_cannot_work_is_refused_with_the_reason(client):
+    body = assert_problem(client.post("/rules", json={"kind": "boost", "where": "brand > 3", "weight": 2}),
+                          422, "boost.where")
+    assert "Invalid condition at position 7: brand is text: compare it with =, !=, in, contains" in body["detail"]
+    assert_problem(client.post("/rules", json={"kind": "boost", "where": "price > 3"}), 422, "boost.weight")
+    assert_problem(client.post("/rules", json={"kind": "filter", "where": "price > 3", "weight": 1}), 422)
+    assert_problem(client.post("/rules", json={"kind": "pin", "item_id": "g1-i01", "position": 1,
+                                               "until": "2026-13-01"}), 422, "pin.until")
+    assert_problem(client.post("/rules", json={"kind": "pin", "item_id": "nope", "position": 1}), 404)
+    assert_problem(client.post("/rules", json={"kind": "promote", "where": "price > 3"}), 422)
+    assert client.get("/rules").json() == []
+    doc = client.get("/openapi.json").json()
+    assert {"get", "post"} <= set(doc["paths"]["/rules"]) and "delete" in doc["paths"]["/rules/{rule_id}"]
+    where = doc["components"]["schemas"]["BoostIn"]["properties"]["where"]
+    assert where["pattern"].startswith("^") and where["maxLength"] == 1000, "the language is in the schema"

@@ -17,15 +17,16 @@ from .. import PUBLIC_EVENT_KINDS, Recommendation
 from . import problems
 from .problems import Problem
 from .schemas import (
-    DURATION_PATTERN, ID_LIST_PATTERN, ID_PATTERN, Erased, EventsIn, EventsOut, ItemOut, ItemsChanged, ItemsIn,
-    RecItem, RecList, Removed, Report, TrainStarted,
+    DURATION_PATTERN, ID_LIST_PATTERN, ID_PATTERN, PLACEMENT_PATTERN, Erased, EventsIn, EventsOut, ItemOut,
+    ItemsChanged, ItemsIn, RecItem, RecList, Removed, Report, RuleIn, RuleOut, TrainStarted,
 )
 from .security import require
 
 Id = Annotated[str, PathParam(pattern=ID_PATTERN, description="letters, digits and . _ : @ + -")]
 N = Annotated[int, Query(ge=1, le=200, description="how many items")]
-Placement = Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_.\-]*$",
-                                 description="where the list is shown: home, product-page, cart, …")]
+Placement = Annotated[str, Query(max_length=64, pattern=PLACEMENT_PATTERN,
+                                 description="where the list is shown: home, product-page, cart, … "
+                                             "(its merchandising rules apply)")]
 Category = Annotated[str | None, Query(max_length=200)]
 Public = Depends(require("public"))
 Secret = Depends(require("secret"))
@@ -106,7 +107,8 @@ async def recommend(request: Request, user_id: Id, n: N = 10, category: Category
 
     def work(engine):
         hits = engine.recommendation_cache.hits
-        recs = engine.recommend(user_id, n, category=category or None, exclude=excluded)
+        recs = engine.recommend(user_id, n, category=category or None, exclude=excluded,
+                                placement=placement)
         return _answer(engine, recs, user_id, placement, engine.recommendation_cache.hits > hits)
     return await run(request)(work)
 
@@ -114,7 +116,7 @@ async def recommend(request: Request, user_id: Id, n: N = 10, category: Category
 @reading.get("/similar/{item_id}", response_model=RecList, dependencies=[Public],
              summary="Items similar to one item (product page)")
 async def similar(request: Request, item_id: Id, n: N = 10, placement: Placement = ""):
-    return await run(request)(lambda e: _answer(e, e.similar(item_id, n), None, placement))
+    return await run(request)(lambda e: _answer(e, e.similar(item_id, n, placement), None, placement))
 
 
 @reading.get("/search", response_model=RecList, dependencies=[Public],
@@ -129,7 +131,7 @@ async def search(request: Request, q: Annotated[str, Query(min_length=1, max_len
              summary="What a visitor without history is shown (the cold-start fallback)")
 async def popular(request: Request, n: N = 10, category: Category = None, placement: Placement = ""):
     return await run(request)(
-        lambda e: _answer(e, e.popular(n, category=category or None), None, placement))
+        lambda e: _answer(e, e.popular(n, category=category or None, placement=placement), None, placement))
 
 
 @reading.get("/items/{item_id}", response_model=ItemOut, dependencies=[Public])
@@ -205,6 +207,38 @@ async def report(request: Request, since: Annotated[str, Query(
                      pattern=DURATION_PATTERN, description="how far back: 30m, 12h, 7d, 2w or all")] = "7d",
                  placement: Annotated[str | None, Query(max_length=64)] = None):
     return await run(request)(lambda e: e.report(since, placement))
+
+
+# -- merchandising rules (secret keys) -------------------------------------------------------
+
+RULES_DOC = ("Pin a product at a position, boost or bury the products a condition matches by "
+             "some places, or filter them out; per placement and until a date if wished. Rules "
+             "apply from the next request (no retrain) and each affected list item names its "
+             "rule in `rules`. `shelfwise rules --help` says the same for the command line.")
+
+
+@admin.get("/rules", response_model=list[RuleOut], dependencies=[Secret],
+           summary="The merchandising rules and whether each applies now", description=RULES_DOC)
+async def list_rules(request: Request, placement: Annotated[str | None, Query(
+                         max_length=64, pattern=PLACEMENT_PATTERN,
+                         description="only the rules that apply to lists of this placement")] = None):
+    found = await run(request)(lambda e: e.rules(placement))
+    return [r.to_dict() for r in found]
+
+
+@admin.post("/rules", response_model=RuleOut, status_code=201, dependencies=[Secret],
+            summary="Add a merchandising rule: pin, boost, bury or filter", description=RULES_DOC)
+async def add_rule(request: Request, body: RuleIn):
+    fields = body.model_dump(exclude={"kind"})
+    rule = await run(request)(lambda e: e.add_rule(body.kind, **fields))
+    return rule.to_dict()
+
+
+@admin.delete("/rules/{rule_id}", response_model=RuleOut, dependencies=[Secret],
+              summary="Remove a merchandising rule")
+async def remove_rule(request: Request, rule_id: Annotated[int, PathParam(ge=1, le=2**53)]):
+    rule = await run(request)(lambda e: e.remove_rule(rule_id))
+    return rule.to_dict()
 
 
 # -- probes ---------------------------------------------------------------------------------

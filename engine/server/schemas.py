@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+import re
+from datetime import date, datetime, timezone
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from .. import EVENT_KINDS, Event, Item, Recommendation, event_time_window
+from .. import EVENT_KINDS, EngineError, Event, Item, Recommendation, event_time_window
+from ..conditions import parse_condition  # the rules' language: a pure function, no engine state
 
 # Ids: letters, digits and . _ : @ + - (no spaces, slashes or control characters), 1-128 long.
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}"
@@ -22,6 +24,48 @@ PATTERN_WORDS = {
     r"\S": "any text but spaces",
 }
 Number = Annotated[float, Field(strict=True)]  # a JSON number: true/false and "3" are refused
+PLACEMENT_PATTERN = r"^[A-Za-z0-9_.\-]*$"
+
+
+def condition_pattern(depth: int = 1) -> str:
+    """The merchandising rules' condition language (engine.conditions) as a regular
+    expression, so that the schema states it: up to `depth` levels of parentheses, words and
+    symbols separated by one or two plain spaces, at most two `not`s in a row. Every text it
+    accepts parses (tests/test_rules.py checks generated examples); the command line reads
+    the language without these limits. Counted repetitions are kept to single characters:
+    regex engines that unroll them (Rust's, in pydantic and jsonschema-rs) would refuse the
+    pattern as too large."""
+    gap, space = " {0,2}", " {1,2}"
+    text = r"""(?:"[^"]*"|'[^']*')"""
+    number = r"-?[0-9]+(?:\.[0-9]+)?"
+    value = rf"(?:{text}|{number}|true|false)"
+
+    def listed(v: str) -> str:
+        return rf"\[{gap}{v}(?:{gap},{gap}{v})*{gap}\]"
+
+    order = r"(?:[<>!]?=|[<>])"
+    comparison = "(?:" + "|".join([
+        rf"(?:item_id|title|category|brand)(?:{gap}!?={gap}{text}|{space}in{gap}{listed(text)}"
+        rf"|{space}contains{gap}{text})",
+        rf"price(?:{gap}{order}{gap}{number}|{space}in{gap}{listed(number)})",
+        rf"in_stock{gap}!?={gap}(?:true|false)",
+        rf"tags(?:{space}contains{gap}{text}|{space}in{gap}{listed(text)})",
+        rf"attrs\.[A-Za-z0-9_][A-Za-z0-9_-]*(?:{gap}{order}{gap}{value}|{space}in{gap}{listed(value)}"
+        rf"|{space}contains{space}{value})",
+    ]) + ")"
+    expression = ""
+    for level in range(depth + 1):
+        unit = rf"(?:not{space}){{0,2}}(?:{comparison}" + (rf"|\({gap}{expression}{gap}\))" if level else ")")
+        expression = rf"{unit}(?:{space}(?:and|or){space}{unit})*"
+    return rf"^{gap}{expression}{gap}$"
+
+
+CONDITION_PATTERN = condition_pattern()
+PATTERN_WORDS.update({
+    PLACEMENT_PATTERN: "a placement (letters, digits and . _ -)",
+    CONDITION_PATTERN: "a condition the rules can read, such as brand = \"Acme\" or price > 200 "
+                       "and not tags contains \"sale\" (words separated by spaces)",
+})
 RECOMMENDATION_ID_PATTERN = r"^r_[0-9a-f]{20}$"
 MAX_EVENTS = 500
 MAX_ITEMS = 1000
@@ -96,6 +140,8 @@ class RecItem(BaseModel):
     ranker: str
     category: str
     price: float | None
+    rules: list[str] = Field(default_factory=list, description="the merchandising rules that placed "
+                             "it: \"pinned by rule 3\", \"boosted by rule 2\" (for the shop, not the shopper)")
 
     @classmethod
     def of(cls, rec: Recommendation) -> "RecItem":
@@ -213,3 +259,95 @@ class ProblemOut(BaseModel):
     errors: list[dict[str, str]]
     ok: bool = False
     error: str
+
+
+# -- merchandising rules ------------------------------------------------------------------
+
+Placement = Annotated[str, Field(max_length=64, pattern=PLACEMENT_PATTERN,
+                                 description="only lists of this placement (home, product-page, …); "
+                                             "\"\": every list")]
+def _a_date_text(value: Any) -> Any:
+    """A date as JSON carries it: "YYYY-MM-DD" text only (no number, no time of day)."""
+    if value is not None and not (isinstance(value, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value)):
+        raise ValueError("must be a date written YYYY-MM-DD, e.g. 2026-12-24")
+    return value
+
+
+def _whole_number(value: Any) -> Any:
+    """A JSON integer: 3 or 3.0 (JSON Schema's integer), never "3" or true."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
+Until = Annotated[date | None, BeforeValidator(_a_date_text), Field(
+    description="the last day the rule applies (YYYY-MM-DD, the server's local time); null: until removed")]
+def _readable(value: Any) -> Any:
+    """A condition the rules cannot read is refused with the parser's words (the position and
+    what was expected there), before the pattern's more general ones."""
+    if isinstance(value, str) and len(value) <= 1000:
+        try:
+            parse_condition(value)
+        except EngineError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+Condition = Annotated[str, Field(max_length=1000, pattern=CONDITION_PATTERN, description=(
+    "which products: a condition over item_id, title, category, brand (texts), price (a number), "
+    "in_stock (true/false), tags (a list of texts) and attrs.NAME, with = != < <= > >=, "
+    "in [\"a\", \"b\"], contains, and, or, not and parentheses (not nested: one level); texts in "
+    "\"double\" or 'single' quotes; words separated by spaces. Text comparisons ignore case.")),
+    BeforeValidator(_readable)]
+Weight = Annotated[float, Field(strict=True, gt=0, le=1000, description="places to move matching products")]
+
+
+class PinIn(Strict):
+    kind: Literal["pin"]
+    item_id: str = Field(pattern=ID_PATTERN, description="the product to show (it must be in the catalogue)")
+    position: Annotated[int, BeforeValidator(_whole_number)] = Field(
+        ge=1, le=1000, description="its place in the list, 1 = first")
+    placement: Placement = ""
+    category: str | None = Field(None, min_length=1, max_length=200,
+                                 description="only lists of this category (requests with category=)")
+    until: Until = None
+
+
+class BoostIn(Strict):
+    kind: Literal["boost", "bury"] = Field(description="boost: move up; bury: move down")
+    where: Condition
+    weight: Weight
+    placement: Placement = ""
+    until: Until = None
+
+
+class FilterIn(Strict):
+    kind: Literal["filter"]
+    where: Condition
+    placement: Placement = ""
+    until: Until = None
+
+
+RuleIn = Annotated[Union[PinIn, BoostIn, FilterIn], Field(discriminator="kind")]
+
+
+class RuleOut(BaseModel):
+    id: int
+    kind: Literal["pin", "boost", "bury", "filter"]
+    item_id: str | None
+    position: int | None
+    where: str | None
+    weight: float | None
+    placement: str | None = Field(description="null: every list")
+    category: str | None
+    until: str | None = Field(description="the last day it applies (YYYY-MM-DD), null: until removed")
+    created_at: float
+    status: Literal["active", "expired", "not shown", "removed"] = Field(
+        description="not shown: a pin whose item is out of stock, not in the catalogue or of "
+                    "another category than its lists")
+    note: str = Field(description="why, when not active")
+    description: str
