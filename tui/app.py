@@ -13,6 +13,7 @@ from .screens.evaluation import EvaluationScreen
 from .screens.items import ItemsScreen
 from .screens.overview import OverviewScreen
 from .screens.plugins import PluginsScreen
+from .screens.rules import RulesScreen
 from .screens.search import SearchScreen
 from .screens.train import TrainScreen
 from .screens.users import UsersScreen
@@ -35,6 +36,7 @@ class ShelfwiseApp(App):
         "evaluation": EvaluationScreen,
         "train": TrainScreen,
         "plugins": PluginsScreen,
+        "rules": RulesScreen,
     }
     DEFAULT_MODE = "users"
     BINDINGS = [
@@ -45,6 +47,7 @@ class ShelfwiseApp(App):
         Binding("f5", "switch_mode('evaluation')", "Eval", show=False),
         Binding("f6", "switch_mode('train')", "Train", show=False),
         Binding("f7", "switch_mode('plugins')", "Plugins", show=False),
+        Binding("f8", "switch_mode('rules')", "Rules", show=False),
         Binding("ctrl+t", "toggle_theme", "Light/dark", show=False),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
     ]

@@ -9,7 +9,7 @@ import click
 
 from engine import hookimpl
 
-SCREENS = ["overview", "users", "items", "search", "evaluation", "train", "plugins"]
+SCREENS = ["overview", "users", "items", "search", "evaluation", "train", "plugins", "rules"]
 
 
 @hookimpl
@@ -19,10 +19,11 @@ def register_commands(cli: click.Group) -> None:
                   help="The screen to open on.")
     @click.pass_obj
     def tui(obj, screen):
-        """Open the terminal UI on the database: users, items, search, evaluation, training.
+        """Open the terminal UI on the database: users, items, search, evaluation, training,
+        plugins, merchandising rules.
 
         \b
-        Keys: F1-F7 switch screens, / finds, Ctrl+P opens the command palette, Ctrl+Q quits.
+        Keys: F1-F8 switch screens, / finds, Ctrl+P opens the command palette, Ctrl+Q quits.
         """
         from .app import ShelfwiseApp
 

@@ -236,9 +236,10 @@ class UsersScreen(EngineScreen):
         r = self.recs[row]
         ranked = f"{r.ranker} score {r.score:.4f}" if r.ranker else f"merged score {r.score:.4f}"
         facts = " · ".join(x for x in (r.item_id, r.category, fmt.price(r.price)) if x)
+        rules = f"\nrules: {', '.join(r.rules)}" if r.rules else ""
         self.query_one("#rec-detail", Static).update(
             f"[b]#{r.rank} {r.title or r.item_id}[/b] · {facts}\n"
-            f"found by: {', '.join(r.sources) or r.source} · {ranked}\nwhy: {r.reason}")
+            f"found by: {', '.join(r.sources) or r.source} · {ranked}\nwhy: {r.reason}{rules}")
 
     @on(DataTable.RowSelected, "#history")
     def history_selected(self, event: DataTable.RowSelected) -> None:

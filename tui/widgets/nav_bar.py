@@ -7,7 +7,7 @@ from textual.widgets import Static
 
 SCREENS = (("overview", "F1", "Overview"), ("users", "F2", "Users"), ("items", "F3", "Items"),
            ("search", "F4", "Search"), ("evaluation", "F5", "Eval"), ("train", "F6", "Train"),
-           ("plugins", "F7", "Plugins"))
+           ("plugins", "F7", "Plugins"), ("rules", "F8", "Rules"))
 
 
 class NavBar(Static):
