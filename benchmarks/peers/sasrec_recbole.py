@@ -9,7 +9,10 @@ nor its torch ever reaches Shelfwise's environment:
 
 Any Python can start it: without RecBole importable it re-executes itself with the venv's
 interpreter (`RECBOLE_VENV` overrides the place; `setup_recbole_venv.sh` builds it). It runs
-at nice 10 with one torch thread; the full run takes about an hour on one core.
+at nice 10 with one torch thread: an epoch is about 100 CPU seconds (3 minutes of wall time
+on a busy 2-core machine), so a run to convergence takes hours. After every epoch it writes
+its state to `~/.cache/shelfwise/sasrec_peer.state.pt` (`--state`); `--resume` goes on from
+there, exactly as if it had not stopped (same settings required; the file is deleted at the end).
 
 What it does:
 
@@ -77,7 +80,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="validation NDCG@10 that early stopping follows")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--nice", type=int, default=10)
-    return p.parse_args(argv)
+    p.add_argument("--state", type=Path, default=None,
+                   help="written after every epoch, deleted when the run ends "
+                        "(default: ~/.cache/shelfwise/<stem of --out>.state.pt)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --state (same settings) instead of starting afresh")
+    args = p.parse_args(argv)
+    args.state = args.state or CACHE / f"{args.out.stem}.state.pt"
+    return args
 
 
 def ensure_venv(args: argparse.Namespace, argv: list[str]) -> None:
@@ -172,6 +182,60 @@ def our_ndcg(ss, model, dataset, split, upto: str, part: str, max_len: int):
     return float(ss.per_user_ndcg(top, relevant).mean()), top
 
 
+def dumps(result: dict) -> str:
+    """Indented JSON, but each user's top list on one line (943 lines, not 94,300)."""
+    head = json.dumps({k: v for k, v in result.items() if k != "top"}, indent=1)
+    top = ",\n".join(f"  {json.dumps(u)}: {json.dumps(items)}" for u, items in result["top"].items())
+    return head[:-2] + ',\n "top": {\n' + top + "\n }\n}\n"
+
+
+# -- resuming ---------------------------------------------------------------------------------
+
+def save_state(path: Path, settings: dict, trainer, train_data, epoch: int, seconds: float) -> None:
+    """Everything a stopped run needs to go on exactly as if it had not stopped."""
+    import random
+
+    import numpy as np
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({
+        "settings": settings, "epoch": epoch, "seconds": seconds,
+        "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+        "cur_step": trainer.cur_step, "best_valid_score": trainer.best_valid_score,
+        "best_state": trainer.best_state, "best_epoch": trainer.best_epoch,
+        "history": trainer.history, "train_loss_dict": trainer.train_loss_dict,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                "random": random.getstate(), "loader": train_data.generator.get_state()},
+    }, str(path) + ".tmp")
+    os.replace(str(path) + ".tmp", path)
+
+
+def restore(path: Path, settings: dict, trainer, train_data) -> float:
+    """Load `save_state`'s file into the trainer; returns the seconds already spent."""
+    import random
+
+    import numpy as np
+    import torch
+
+    state = torch.load(path, weights_only=False)  # our own file: settings, history, RNG states
+    fixed = {k: v for k, v in settings.items() if k != "epochs"}
+    if {k: v for k, v in state["settings"].items() if k != "epochs"} != fixed:
+        sys.exit(f"{path} was written with other settings: {state['settings']}. "
+                 "Delete it or run without --resume.")
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.start_epoch = state["epoch"] + 1
+    trainer.cur_step, trainer.best_valid_score = state["cur_step"], state["best_valid_score"]
+    trainer.best_state, trainer.best_epoch = state["best_state"], state["best_epoch"]
+    trainer.history, trainer.train_loss_dict = state["history"], state["train_loss_dict"]
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["random"])
+    train_data.generator.set_state(state["rng"]["loader"])
+    return state["seconds"]
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 def main(argv: list[str]) -> None:
@@ -262,12 +326,18 @@ def main(argv: list[str]) -> None:
 
         trainer = PeerTrainer(config, model)
         started = time.perf_counter()
+        resumed = 0
+        if args.resume and args.state.exists():
+            started -= restore(args.state, settings, trainer, train_data)
+            resumed = trainer.start_epoch
+            print(f"resuming at epoch {resumed} from {args.state}", file=sys.stderr)
 
         def on_epoch(epoch_idx, valid_score):
             trainer.history.append({
                 "epoch": epoch_idx, "loss": round(float(trainer.train_loss_dict[epoch_idx]), 4),
                 "valid": trainer.last, "seconds": round(time.perf_counter() - started, 1),
             })
+            save_state(args.state, settings, trainer, train_data, epoch_idx, time.perf_counter() - started)
             print(f"epoch {epoch_idx:3d}  loss {trainer.train_loss_dict[epoch_idx]:.2f}  "
                   f"valid NDCG@10 ours {trainer.last['ours_ndcg@10']:.4f}  "
                   f"recbole {trainer.last['ndcg@10']:.4f}  {time.perf_counter() - started:.0f}s",
@@ -280,6 +350,7 @@ def main(argv: list[str]) -> None:
         native_test = {k: float(v) for k, v in trainer.evaluate(test_data, load_best_model=False).items()}
         test_ndcg, top = our_ndcg(ss, model, dataset, split, "valid", "test", L)
         n_items = dataset.item_num - 1  # id 0 is RecBole's padding
+        args.state.unlink(missing_ok=True)
 
     import recbole
 
@@ -300,6 +371,7 @@ def main(argv: list[str]) -> None:
                      "items. recbole_native: RecBole's full-ranking metrics on next-item rows "
                      "(one target each, teacher-forced history, nothing excluded)."),
         "epochs_run": len(trainer.history), "best_epoch": trainer.best_epoch,
+        "resumed_at_epoch": resumed or None,
         "train_seconds": round(train_seconds, 1),
         "seconds_per_epoch": round(train_seconds / max(1, len(trainer.history)), 2),
         "valid": {"ndcg@10": best["valid"]["ours_ndcg@10"],
@@ -311,7 +383,7 @@ def main(argv: list[str]) -> None:
         "top": top,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.write_text(dumps(result))
     print(f"epochs {result['epochs_run']} (best {result['best_epoch']}), {train_seconds:.0f}s; "
           f"valid NDCG@10 ours {result['valid']['ndcg@10']:.4f} "
           f"recbole {best['valid']['ndcg@10']:.4f}; test NDCG@10 {test_ndcg:.4f} "
