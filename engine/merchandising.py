@@ -229,7 +229,7 @@ class Merchandising:
         self._next_change = math.inf  # the next time a rule expires
         self._matched: dict[int, frozenset[str]] = {}
         self._matched_for: object | None = None  # the catalogue view they were computed on
-        self._sets: dict[str, RuleSet | None] = {}
+        self._sets: dict[tuple[int, ...], RuleSet] = {}  # by the ids of the rules that apply
 
     # -- staying in step ---------------------------------------------------------------
 
@@ -272,12 +272,13 @@ class Merchandising:
             self._matched.clear()
             self._sets.clear()
             self._matched_for = view
-        if placement in self._sets:
-            return self._sets[placement]
         rules = [r for r in self.rules() if r.applies_to(placement) and not r.expired(now)]
-        found = self._compile(rules) if rules else None
-        self._sets[placement] = found
-        return found
+        if not rules:
+            return None
+        key = tuple(r.id for r in rules)  # placements without rules of their own share one set
+        if key not in self._sets:
+            self._sets[key] = self._compile(rules)
+        return self._sets[key]
 
     def _compile(self, rules: list[Rule]) -> RuleSet:
         missing = [r for r in rules if r.where is not None and r.id not in self._matched]
