@@ -280,6 +280,7 @@ def main(argv: list[str]) -> None:
         tmp = Path(tmp)
         rows = write_atomic(split, tmp / DATASET, L)
         os.chdir(tmp)  # RecBole writes log/ and log_tensorboard/ under the working folder
+        sys.argv[1:] = []  # RecBole's Config would read `--key=value` arguments as its own settings
         config = Config(model="SASRec", dataset=DATASET, config_dict={
             **{k: v for k, v in settings.items() if k not in ("model", "stop_on", "torch_threads", "nice")},
             "data_path": str(tmp), "checkpoint_dir": str(tmp / "saved"),
