@@ -246,6 +246,10 @@ class Ranker(Component):
     `priority` (a learned ranker outranks plain score fusion)."""
 
     priority: ClassVar[int] = 0
+    # After the rankers are compared on the held-back validation moments, each is fitted
+    # again on every moment. False keeps the first fit: a ranker whose fit is slow (a
+    # fine-tuned model). Declared, not timed, so the same data always gets the same model.
+    refit: ClassVar[bool] = True
 
     @abstractmethod
     def fit(self, examples: Sequence[RankingExample], data: "Dataset",

@@ -17,7 +17,9 @@ recall features over whole candidate lists, 64 moments a step; stage 2 lets the 
 catalogue items; 8 moments a step) and fine-tunes the top layer and the text's projection
 while the head keeps what stage 1 learned. The text is kept only if it improves validation
 beyond chance (`text_evidence` standard errors).
-The budget is bounded by steps and minutes; runs are deterministic by seed. The
+The budget is counted in steps (`feature_steps`, `max_steps`, `max_epochs`, early stopping),
+never in seconds unless `max_minutes` asks for it: two fits of the same moments give the
+same model, bit for bit on one machine (deterministic by seed; tests/test_determinism.py). The
 fine-tuned weights (top layer and head, fp16) are stored as safetensors in the artifacts
 table; the frozen layers come from the packaged weights, whose sha256 is checked on load.
 """
@@ -53,11 +55,13 @@ class BertConfig(BaseModel):
                                                        "features alone (cheap)")
     max_steps: int = Field(200, ge=0, description="steps of stage 2 at most: the text joins and "
                                                    "the top layer is fine-tuned")
-    max_minutes: float = Field(2.0, gt=0, description="wall-clock budget of the training steps "
-                                                    "(preparing features and encoding texts "
-                                                    "is not counted)")
+    max_minutes: float | None = Field(None, gt=0, description="a wall-clock cap on the training "
+                                      "steps (preparing features and encoding texts is not "
+                                      "counted); None: no cap, the step limits bound the work. "
+                                      "A cap makes the model depend on the machine's speed and "
+                                      "load, so two runs of `evaluate` may then differ")
     min_feature_steps: int = Field(40, ge=0, description="steps of stage 1 taken even when the "
-                                                         "budget is spent (a slow machine still "
+                                                         "minutes are spent (a slow machine still "
                                                          "trains the head)")
     max_epochs: float = Field(10.0, gt=0, description="passes over the training moments per "
                                                       "stage at most (small shops train briefly)")
@@ -149,6 +153,7 @@ class BertRanker(Ranker):
     description = "MiniLM cross-encoder fine-tuned on this shop's events, with recall features"
     Config = BertConfig
     priority = 10
+    refit = False  # minutes of fine-tuning: the first fit serves
 
     def __init__(self, config=None):
         super().__init__(config)
