@@ -127,10 +127,13 @@ def tuned(name: str, split: Split, grid: list[dict], score) -> tuple[dict, dict[
 # -- Shelfwise -----------------------------------------------------------------------------
 
 
-def shelfwise_lists(split: Split, folder: Path, workdir: Path, recallers_alone: bool = True) -> dict:
-    """Train a Shelfwise database on train + validation and answer every test user."""
+def shelfwise_lists(split: Split, folder: Path, workdir: Path, recallers_alone: bool = True,
+                    reuse: bool = False, blocked: tuple[str, ...] = ()) -> dict:
+    """Train a Shelfwise database on train + validation and answer every test user
+    (`blocked`: plugins left out, as if not installed)."""
     from engine import Interaction, Query
     from engine.engine import Engine
+    from engine.plugins import load_plugins
 
     data = workdir / "ml-100k"
     data.mkdir(parents=True, exist_ok=True)
@@ -141,19 +144,25 @@ def shelfwise_lists(split: Split, folder: Path, workdir: Path, recallers_alone: 
         out.write("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
         for u, i, r, t in split.train + split.valid:
             out.write(f"{u}\t{i}\t{r:g}\t{t:.0f}\n")
-    db = workdir / "ml100k-train-valid.db"
-    db.unlink(missing_ok=True)
-    engine = Engine(db)
+    db = workdir / ("ml100k-train-valid" + "".join(f"-no-{b}" for b in blocked) + ".db")
+    registry = load_plugins(blocked=blocked)
     started = time.perf_counter()
-    engine.import_data("recbole", str(data))
-    imported = time.perf_counter() - started
+    if reuse and db.exists():  # answer again from the database this script trained before
+        engine = Engine(db, registry=registry)
+        report = next(r for r in engine.store.runs("train", 20) if r["status"] == "ok")["metrics"]
+        imported = trained = 0.0
+    else:
+        db.unlink(missing_ok=True)
+        engine = Engine(db, registry=registry)
+        engine.import_data("recbole", str(data))
+        imported = time.perf_counter() - started
 
-    def progress(stage, done, total, message=""):
-        if message:
-            print(f"  [{time.perf_counter() - started:7.1f}s] {stage}: {message}", flush=True)
+        def progress(stage, done, total, message=""):
+            if message:
+                print(f"  [{time.perf_counter() - started:7.1f}s] {stage}: {message}", flush=True)
 
-    report = engine.train(progress=progress)
-    trained = time.perf_counter() - started - imported
+        report = engine.train(progress=progress).to_dict()
+        trained = time.perf_counter() - started - imported
     # each user's history, and "now" = the moment of their first test event
     now = {}
     for u, _, _, t in split.test:
@@ -174,17 +183,49 @@ def shelfwise_lists(split: Split, folder: Path, workdir: Path, recallers_alone: 
 
     found = {}
     t = time.perf_counter()
-    found["Shelfwise pipeline"] = lists(engine.pipeline())
+    label = "Shelfwise pipeline" + "".join(f" without {b}" for b in blocked)
+    found[label] = lists(engine.pipeline())
     pipeline_seconds = time.perf_counter() - t
-    if recallers_alone:
+    if recallers_alone and not blocked:
         for name in (c["name"] for c in engine.components()["recallers"]):
             try:
                 found[f"{name} alone"] = lists(engine.pipeline([name], ""))
             except Exception as exc:  # noqa: BLE001 — untrained or left out: said, not scored
                 print(f"  {name}: {exc}")
     engine.close()
-    return {"lists": found, "train": report.to_dict(), "import_seconds": round(imported, 1),
+    return {"lists": found, "train": report, "import_seconds": round(imported, 1),
             "train_seconds": round(trained, 1), "pipeline_answer_seconds": round(pipeline_seconds, 1)}
+
+
+def demo_gain(workdir: Path, leave_out: str, reuse: bool = False) -> dict:
+    """The demo shop's offline evaluation (`Engine.evaluate`: each shopper's newest 10% of
+    items held out) of the default pipeline, with and without plugin `leave_out` (with
+    `reuse`, the figures a previous run left in the work folder)."""
+    saved = workdir / "demo_gain.json"
+    if reuse and saved.exists():
+        return json.loads(saved.read_text())
+    from engine.engine import Engine
+    from engine.plugins import load_plugins
+
+    db = workdir / "demo.db"
+    if not db.exists():  # (evaluation stores nothing but its run: the shop can be reused)
+        engine = Engine(db)
+        engine.import_data("demo", None)
+        engine.close()
+    out = {}
+    for label, blocked in (("with", ()), ("without", (leave_out,))):
+        started = time.perf_counter()
+        engine = Engine(db, registry=load_plugins(blocked=blocked))
+        report = engine.evaluate(K)
+        engine.close()
+        pipeline = next(r for r in report.results if r.kind == "pipeline")
+        out[label] = {"ndcg@10": pipeline.metrics[f"ndcg@{K}"], "seconds": round(time.perf_counter() - started, 1),
+                      "ranker": pipeline.ranker,
+                      "recallers": {r.name: r.metrics[f"ndcg@{K}"] for r in report.results if r.kind == "recaller"}}
+        print(f"  demo shop {label} {leave_out}: NDCG@10 {out[label]['ndcg@10']:.4f}", flush=True)
+    out["gain"] = round(out["with"]["ndcg@10"] / out["without"]["ndcg@10"], 4)
+    saved.write_text(json.dumps(out, indent=1))
+    return out
 
 
 # -- the table -----------------------------------------------------------------------------
@@ -197,6 +238,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "sequence.json"))
     ap.add_argument("--skip-pipeline", action="store_true")
     ap.add_argument("--keep", help="a folder to keep the Shelfwise database in")
+    ap.add_argument("--reuse", action="store_true",
+                    help="answer from the databases a previous run trained in --keep (no training)")
+    ap.add_argument("--without", default="transformer",
+                    help="also train without this plugin, on MovieLens and on the demo shop (\"\": skip)")
+    ap.add_argument("--skip-demo", action="store_true")
     args = ap.parse_args()
 
     from _env import machine
@@ -226,9 +272,15 @@ def main() -> None:
     if not args.skip_pipeline:
         workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="seqbench-"))
         try:
-            found = shelfwise_lists(split, folder, workdir)
+            found = shelfwise_lists(split, folder, workdir, reuse=args.reuse)
             lists.update(found.pop("lists"))
             extra["shelfwise"] = found
+            if args.without:
+                found = shelfwise_lists(split, folder, workdir, reuse=args.reuse, blocked=(args.without,))
+                lists.update(found.pop("lists"))
+                extra[f"shelfwise without {args.without}"] = found
+                if not args.skip_demo:
+                    extra["demo"] = demo_gain(workdir, args.without, args.reuse)
         finally:
             if not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
