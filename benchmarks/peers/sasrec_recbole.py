@@ -70,7 +70,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--inter", type=Path, default=INTER, help="RecBole's ml-100k.inter")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--max-seq-length", type=int, default=50)
-    p.add_argument("--dropout", type=float, default=0.2, help="hidden and attention dropout")
+    p.add_argument("--dropout", type=float, default=0.5,
+                   help="hidden and attention dropout (0.5 beat 0.2 on validation NDCG@10, "
+                        "0.1857 vs 0.1823: the results file's chosen_on_validation)")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--stopping-step", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=256)
