@@ -4,7 +4,10 @@ digit — so a change of 0.003 NDCG@10 is the change's, not the run's.
 
 The shop has every kind of component the default pipeline has: collaborative recallers,
 the MiniLM vectors with the HNSW index (content, search), the knowledge graph, `sequence`,
-and the `bert` ranker (fine-tuned through its text stage, on a step budget)."""
+and the `bert` ranker (fine-tuned through its text stage, on a step budget). Two sources of
+difference had crept in, each with a test of its own below: bert's training budget was
+counted in minutes (the number of steps followed the machine's load), and bert's stored
+item statistics numbered tags in the order of a set of strings (the hash seed's)."""
 
 from __future__ import annotations
 
@@ -89,6 +92,25 @@ def test_two_evaluations_in_separate_processes_agree_bit_for_bit(tmp_path):
     assert {k: v for k, v in validation.items() if k not in timed} == \
         {k: v for k, v in second["ranker_validation"].items() if k not in timed}
     assert first["candidate_hit_rate"] == second["candidate_hit_rate"]
+
+
+STATS_DIGEST = """
+import hashlib
+from engine.testing import checkerboard
+from plugins.bert._features import ItemStats
+arrays, meta = ItemStats.from_dataset(checkerboard()).to_arrays()
+print(hashlib.sha256(b"".join(arrays[k].tobytes() for k in sorted(arrays))).hexdigest())
+"""
+
+
+def test_the_stored_bert_statistics_do_not_follow_the_hash_seed():
+    """bert stores its item statistics with the model; the tag columns were numbered in the
+    order of a set of strings, so the same data gave other model bytes in another process."""
+    digests = {subprocess.run([sys.executable, "-c", STATS_DIGEST], cwd=ROOT, check=True,
+                              capture_output=True, text=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+               for seed in ("1", "2", "3")}
+    assert len(digests) == 1, digests
 
 
 class _RacingClock:

@@ -340,7 +340,7 @@ def item_tags(data, categories: Sequence[str]) -> sp.csr_matrix | None:
         words = set(tags)
         if categories[k]:
             words.add(categories[k])
-        for w in words:
+        for w in sorted(words):  # columns in a fixed order, whatever the hash seed
             rows.append(k)
             cols.append(vocab.setdefault(w, len(vocab)))
     if not vocab:
