@@ -8,6 +8,8 @@ A thin facade over named parts, each in its own module:
   rendering          candidates as people read them
   erasure            forgetting a shopper
   merchandising      the shop owner's rules (pins, boosts, burials, filters) and their state
+  controls           the shop owner's side of the facade: rules, online measurement, API keys,
+                     a shopper's data (ShopControls, which Engine inherits)
   store.Store        every read and write of the database (all the SQL)"""
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from . import answers, erasure, flows, learning
-from .store import apikeys, attribution
+from . import answers, flows, learning
 from .components import Component, Encoder, ProgressCallback, Resources, no_progress
 from .config import Settings, load_settings
 from .dataset import Dataset
 from .db import open_db
-from .errors import EngineError, NotTrainedError, UnknownComponentError
+from .errors import NotTrainedError, UnknownComponentError
 from .indexing import Vectors
 from .lineup import Lineup
-from .merchandising import Merchandising, Rule
+from .merchandising import Merchandising
+from .controls import ShopControls
 from .pipeline import Pipeline, Trace
 from .plugins import PluginRegistry, load_plugins
 from .results import EvaluationReport, TrainReport
@@ -36,7 +38,7 @@ from .store import ImportReport, Store
 from .types import Candidate, Event, Item, Query, Recommendation
 
 
-class Engine:
+class Engine(ShopControls):
     def __init__(self, db_path: str | Path = "shelfwise.db", settings: Settings | None = None,
                  registry: PluginRegistry | None = None, config_path: str | Path | None = None):
         self.db_path = Path(db_path)
@@ -256,33 +258,12 @@ class Engine:
         """Items like this one (the recallers that answer item queries, interleaved)."""
         return answers.similar(self, item_id, n, placement)
 
-    # -- merchandising rules -------------------------------------------------------------
-
-    def add_rule(self, kind: str, item_id: str | None = None, position: int | None = None,
-                 where: str | None = None, weight: float | None = None, placement: str | None = "",
-                 category: str | None = None, until: Any = None) -> Rule:
-        """Store a merchandising rule (engine.merchandising): pin ITEM at `position`, boost or
-        bury what `where` matches by `weight` places, or filter it out; optionally only for
-        one `placement` (and, for pins, lists of one `category`), until a date. It applies
-        from the next request, without a retrain."""
-        return self.merch.add(kind, item_id, position, where, weight, placement, category, until)
-
-    def rules(self, placement: str | None = None) -> list[Rule]:
-        """Every rule with its status now: active, expired, or not shown (a pin whose item is
-        out of stock, not in the catalogue, or of another category than its lists)."""
-        self.merch.sync()
-        return self.merch.listed(placement=placement)
-
-    def remove_rule(self, rule_id: int) -> Rule:
-        """Remove a rule; lists stop following it from the next request."""
-        return self.merch.remove(rule_id)
-
     def render(self, cands: Sequence[Candidate], ranker: str | None,
                items=None) -> list[Recommendation]:
         """Candidates as the views show them: titles filled in, mentions named."""
         return render(self.store, cands, ranker, items)
 
-    # -- serving: catalogue sync, erasure, attribution, API keys -------------------------
+    # -- the catalogue -----------------------------------------------------------------
 
     def item(self, item_id: str) -> Item | None:
         return self.store.item(item_id)
@@ -307,40 +288,6 @@ class Engine:
         self._catalogue_changed()
         report = self.refresh_vectors() if self.vectors() is not None else {}
         return {"removed": removed, "vectors": report}
-
-    def erase_user(self, user_id: str) -> dict[str, Any]:
-        """Forget a user (engine.erasure): events, profile, logged impressions, attributed
-        events and the shopper's rows in stored models, in one transaction with the rows
-        overwritten (`secure_delete`); their cached lists; and the write-ahead log's older
-        copies (checkpointed and emptied before this returns)."""
-        return erasure.erase_user(self, user_id)
-
-    def user_data(self, user_id: str) -> dict[str, Any]:
-        """Everything the database stores about a shopper (a data-access request)."""
-        found = self.store.user_data(user_id)
-        if found is None:
-            raise EngineError(f"Nothing is stored about user {user_id!r}.", title="Unknown user")
-        return found
-
-    def log_impressions(self, recs: Sequence[Recommendation], user_id: str | None,
-                        placement: str = "") -> str:
-        """Record what a response showed; returns the recommendation_id to send events with."""
-        return attribution.log_impressions(self.db, recs, user_id, placement)
-
-    def report(self, since: str | float | None = "7d", placement: str | None = None) -> dict[str, Any]:
-        """Impressions, click-through, add-to-cart and conversion rates and attributed
-        revenue per recaller, ranker, placement and position (see engine.attribution)."""
-        start = attribution.parse_since(since) if isinstance(since, str) or since is None else since
-        return attribution.report(self.db, start, placement)
-
-    def create_key(self, scope: str, name: str = "") -> dict[str, Any]:
-        return apikeys.create_key(self.db, scope, name)
-
-    def keys(self) -> list[dict[str, Any]]:
-        return apikeys.list_keys(self.db)
-
-    def revoke_key(self, key_id: int) -> dict[str, Any]:
-        return apikeys.revoke_key(self.db, key_id)
 
     # -- status ------------------------------------------------------------------------
 
