@@ -306,6 +306,7 @@ class Engine(ShopControls):
                 self.vectors()
         return {"db": str(self.db_path), "counts": self.store.counts(),
                 "models": [{**m, "meta": _brief(m["meta"])} for m in models], "broken": dict(self.broken),
+                "failing": dict(self.serving.failing),
                 "last_train": next(iter(self.store.runs("train", 1)), None),
                 "last_evaluation": next(iter(self.store.runs("evaluate", 1)), None)}
 

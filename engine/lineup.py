@@ -81,7 +81,7 @@ class Lineup:
         view = serving.catalogue()
         return Pipeline(fitted, {k: v for k, v in quotas.items() if k in fitted}, ranker_obj,
                         available=view.available, categories=view.categories,
-                        new_items=view.untouched, **self.rules())
+                        new_items=view.untouched, failed=serving.failing, **self.rules())
 
     def only(self, pipe: Pipeline, which: Callable[[Recaller], bool]) -> Pipeline:
         """The pipeline with only the recallers `which` accepts, and no ranker."""

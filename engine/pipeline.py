@@ -4,16 +4,20 @@ slots) → pins → top N."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from .candidates import CandidateSet, Recalled, interleave, item_ids, merge
 from .components import Ranker, Recaller
+from .errors import EngineError
 from .types import Candidate, Query
 
 if TYPE_CHECKING:  # pragma: no cover
     from .merchandising import RuleSet
+
+log = logging.getLogger("shelfwise")
 
 __all__ = ["Pipeline", "Trace", "merge", "interleave", "one_blas_thread"]
 
@@ -139,16 +143,34 @@ class Pipeline:
     new_slots: int = 0
     new_position: int = 0
     merchandising: RuleSet | None = None
+    failed: dict[str, str] = field(default_factory=dict)  # part -> what it raised
 
     @property
     def ranker_name(self) -> str | None:
         return self.ranker.name if self.ranker is not None else None
 
     def recall(self, queries: Sequence[Query]) -> list[dict[str, Recalled]]:
-        per_recaller = {name: r.recall(queries, self.quotas.get(name, 100))
-                        for name, r in self.recallers.items()}
+        """Each recaller's proposals per query. A recaller that raises (a plugin's bug, a
+        model that does not fit the data) proposes nothing for these queries, is logged
+        once and named in `failed` (the serving pipelines share one: Serving.failing): the
+        others still answer."""
+        per_recaller = {name: self._isolated(name, lambda r=r, name=name: r.recall(
+            queries, self.quotas.get(name, 100)), [[] for _ in queries])
+            for name, r in self.recallers.items()}
         return [{name: Recalled.of(name, lists[i]) for name, lists in per_recaller.items()}
                 for i in range(len(queries))]
+
+    def _isolated(self, part: str, work, fallback):
+        try:
+            return work()
+        except EngineError:
+            raise  # said for the user (a wrong request), not a broken part
+        except Exception as error:  # noqa: BLE001 - one broken part never takes down the rest
+            if part not in self.failed:
+                self.failed[part] = f"{type(error).__name__}: {error}"
+                log.warning("%s failed and is left out of this list: %s", part, self.failed[part],
+                            exc_info=log.isEnabledFor(logging.DEBUG))
+            return fallback
 
     def removals(self, query: Query, items: Sequence[str]) -> dict[str, set[str]]:
         """Which of `items` each filter removes: "excluded" (consumed before, or asked not
@@ -192,7 +214,8 @@ class Pipeline:
             merged = [merge(lists) for lists in recalled]
             removed = [self.removals(q, m.items) for q, m in zip(queries, merged)]
             kept = [self.filtered(q, m, r) for q, m, r in zip(queries, merged, removed)]
-            ranked = self.ranker.rank_many(queries, kept) if self.ranker is not None else kept
+            ranked = kept if self.ranker is None else self._isolated(
+                self.ranker.name, lambda: self.ranker.rank_many(queries, kept), kept)
             finished = [self.finish(q, r, n) for q, r in zip(queries, ranked)]
         if traces is not None:
             traces.extend(Trace(q, n, dict(self.quotas), lists, m, gone, self.ranker_name, r, s, notes)

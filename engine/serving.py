@@ -42,6 +42,9 @@ class Serving:
         self.loaded: dict[str, Component] = {}
         self.absent: set[str] = set()  # components with no trained model (asked once)
         self.broken: dict[str, str] = {}  # stored models that failed to load: name -> why
+        # parts that raised on a request (Pipeline.recall, the ranker): name -> what; logged
+        # once, left out of the lists they failed, tried again on each request
+        self.failing: dict[str, str] = {}
         self.cache = RecommendationCache()
         self.seen: Seen | None = None
         self._catalogue: CatalogueView | None = None
@@ -94,6 +97,7 @@ class Serving:
         self.loaded.clear()
         self.absent.clear()
         self.broken.clear()
+        self.failing.clear()
         self._catalogue = None
         self.on_new_models()
 

@@ -109,3 +109,33 @@ def test_popular_answers_when_no_model_loads_and_status_says_what_is_off(eng):
             assert c.get("/healthz").status_code == 200
             broken = c.get("/status").json()["broken"]
             assert {"recaller/popular", "recaller/als", "index/minilm"} <= set(broken)
+
+
+def test_a_recaller_or_ranker_that_raises_while_serving_leaves_the_rest_answering(eng, caplog):
+    """A part that loads but raises on a request (a plugin's bug) is left out of that list,
+    logged once, and the rest answers: the shopper still gets a full list."""
+    user = "u00004"
+    eng.recommend(user, 10)  # loads the models
+    recallers = eng.pipeline().recallers
+    als = recallers["als"]
+    calls = []
+
+    def broken(queries, n):
+        calls.append(len(queries))
+        raise IndexError("als lost its factors")
+
+    als.recall = broken
+    with caplog.at_level("WARNING", logger="shelfwise"):
+        recs = eng.recommend(user, 10, items=["p00003"])
+        eng.recommend(user, 10, items=["p00004"])
+    assert calls == [1, 1] and len(recs) == 10 and recs[0].ranker == "bert"
+    assert "als" not in {s for r in recs for s in r.sources}
+    said = [r.getMessage() for r in caplog.records if "als failed" in r.getMessage()]
+    assert said == ["als failed and is left out of this list: IndexError: als lost its factors"]
+
+    ranker = eng.pipeline().ranker
+    ranker.rank_many = lambda queries, sets: 1 / 0
+    recs = eng.recommend(user, 10, items=["p00005"])
+    assert len(recs) == 10, "the merged order stands in for a ranker that raises"
+    assert eng.status()["failing"] == {"als": "IndexError: als lost its factors",
+                                       "bert": "ZeroDivisionError: division by zero"}
