@@ -189,6 +189,11 @@ class Recaller(Component):
 
     default_quota: ClassVar[int] = 0
     on_trial: ClassVar[bool] = False
+    # The validation cuts fit each recaller again on the data before each cut. False: fitted
+    # once, at the oldest cut, and that model recalls at every cut — for a recaller whose fit
+    # is slow and that reads each shopper's history at request time (a model of an older cut
+    # has seen less of the data, never a later step; the final fit comes after all cuts).
+    refit_per_cut: ClassVar[bool] = True
     similar_items: ClassVar[bool] = True
     text_queries: ClassVar[bool] = False  # answers `query.text` (used by Engine.search)
 

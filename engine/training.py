@@ -143,7 +143,8 @@ def validation_examples(data: Dataset, recallers: Mapping[str, Recaller], quotas
     held out, the recallers are fitted on what came before, and the candidates they recall
     are paired with the items the user met next. With `validation_windows` > 1 the same is
     done again on the part before each cut (an earlier moment of the same users, recallers
-    fitted again). Returns (moments of the latest cut, moments of the earlier cuts)."""
+    fitted again, except those with `refit_per_cut` False: fitted at the oldest cut only).
+    Returns (moments of the latest cut, moments of the earlier cuts)."""
     latest: list[RankingExample] = []
     earlier: list[RankingExample] = []
     splits, visible = [], data
@@ -161,7 +162,9 @@ def validation_examples(data: Dataset, recallers: Mapping[str, Recaller], quotas
     for window in reversed(range(len(splits))):
         split = splits[window]
         label = "validate" if window == 0 else f"validate (cut {window + 1})"
-        fit_recallers(split.visible, recallers, progress, label=label, failed=failed)
+        oldest = window == len(splits) - 1
+        fit_recallers(split.visible, {name: r for name, r in recallers.items() if oldest or r.refit_per_cut},
+                      progress, label=label, failed=failed)
         working = {name: r for name, r in recallers.items() if name not in failed}
         progress("candidates", 0, len(split.queries), f"recalling for validation users ({label})")
         pipe, cands, batch = Pipeline(working, {n: q for n, q in quotas.items() if n in working}), [], 128

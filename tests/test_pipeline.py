@@ -508,10 +508,14 @@ def test_diversity_spreads_categories_and_zero_keeps_the_ranking():
     plain = Pipeline({}, {}, categories=categories)
     assert [c.item_id for c in plain.rerank(ranked, 4)] == ["s1", "s2", "s3", "s4"]
     varied = Pipeline({}, {}, categories=categories, diversity=0.3)
-    # relevance by rank 1, .83, .67, .5, .33, .17; each sock already shown costs 0.3
+    # no item vectors: similarity is category equality. Relevance by rank 1, .83, .67, .5,
+    # .33, .17; value 0.7 * relevance - 0.3 * (a sock already shown): s2 .28 > t1 .23, then
+    # t1 .23 > s3 .17
     assert [c.item_id for c in varied.rerank(ranked, 4)] == ["s1", "s2", "t1", "s3"]
     strong = Pipeline({}, {}, categories=categories, diversity=1.0)
-    assert [c.item_id for c in strong.rerank(ranked, 4)] == ["s1", "t1", "s2", "t2"]
+    # relevance no longer counts: after s1 and t1 every candidate is as similar, so the
+    # ranker's order decides the rest
+    assert [c.item_id for c in strong.rerank(ranked, 4)] == ["s1", "t1", "s2", "s3"]
 
 
 
@@ -601,6 +605,36 @@ def test_validation_moments_of_earlier_cuts_never_see_their_future():
         cuts = [ex.query.now for ex in exs]
         assert cuts == sorted(cuts, reverse=True) and len(set(cuts)) == len(cuts)
 
+
+
+def test_a_recaller_that_is_not_refitted_per_cut_is_fitted_once_at_the_oldest_cut():
+    """`refit_per_cut = False` (a slow fit that reads the shopper's history at request time):
+    fitted once, on the oldest cut's data, and that model recalls at every cut; the others
+    are fitted at each cut."""
+    from engine.config import PipelineSettings
+    from engine.training import validation_examples
+    from plugins.popular import PopularRecaller
+
+    from engine import Dataset
+
+    fits: dict[str, list[int]] = {"each": [], "once": []}
+
+    class Counting(PopularRecaller):
+        def fit(self, data, progress=None):
+            fits[self.label].append(data.n_events)
+            super().fit(data, progress)
+
+    each, once = Counting(), type("Once", (Counting,), {"refit_per_cut": False})()
+    each.label = each.name = "each"
+    once.label = once.name = "once"
+    evs = shop.events(n_users=60, per_user=25)
+    data = Dataset.from_arrays([e.user_id for e in evs], [e.item_id for e in evs],
+                               [e.kind for e in evs], [e.ts for e in evs])
+    latest, earlier = validation_examples(data, {"each": each, "once": once}, {"each": 20, "once": 20},
+                                          PipelineSettings(validation_windows=3))
+    assert len(fits["each"]) == 3 and fits["each"] == sorted(fits["each"])
+    assert fits["once"] == fits["each"][:1], "fitted once, on the oldest cut's data"
+    assert all("once" in ex.candidates.names for ex in latest + earlier if len(ex.candidates))
 
 def _merge_objects(lists):
     """The merge written plainly over objects: every recaller's scores, ranks and reasons;

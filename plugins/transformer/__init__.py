@@ -48,6 +48,7 @@ class TransformerRecaller(Recaller):
     Config = TransformerConfig
     default_quota = 100
     on_trial = True  # joins the default pipeline only when it improves it on validation
+    refit_per_cut = False  # slow to fit, reads the shopper's history at request time
 
     def __init__(self, config=None):
         super().__init__(config)
