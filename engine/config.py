@@ -21,7 +21,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .dataset import DEFAULT_KIND_WEIGHTS
 from .errors import ConfigError
@@ -42,10 +42,19 @@ class PipelineSettings(BaseModel):
     validation_windows: int = Field(3, ge=1, le=10, description="validation cuts per user: each "
                                     "earlier cut adds a moment per user (recallers fitted again)")
     min_interactions: int = Field(5, ge=2, description="users with fewer distinct items are never held out")
-    diversity: float = Field(0.0, ge=0, description="after ranking, penalise repeating a category already shown (0: off)")
+    diversity: float = Field(0.0, description="0 to 1: after ranking, trade the ranker's order for variety by "
+                             "maximal marginal relevance over the item vectors (0: the ranker's order)")
     new_item_slots: int = Field(1, ge=0, description="places in each list kept for products nobody has interacted with yet, if a recaller proposed one (demo shop: NDCG@10 -3%, cold-start Recall@10 0 -> 0.026)")
     new_item_position: int = Field(0, ge=0, description="the first of those places, 1-based; 0: the last place of the list")
     seed: int = 0
+
+    @field_validator("diversity")
+    @classmethod
+    def _diversity_range(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"diversity must be from 0 (the ranker's order) to 1 (variety only), "
+                             f"not {value:g}; 0.1 to 0.3 keeps most of the accuracy")
+        return value
 
 
 class EventSettings(BaseModel):

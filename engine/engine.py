@@ -50,7 +50,7 @@ class Engine(ShopControls):
         self.serving = Serving(self.store, self.make)
         self.index = Vectors(self.serving, self._choose_encoder)
         self.serving.on_new_models = self.index.forget
-        self.lineup = Lineup(self.registry, self.settings, self.serving, self.make)
+        self.lineup = Lineup(self.registry, self.settings, self.serving, self.make, vectors=self.vectors)
         self.merch = Merchandising(self.store, self.serving)
         self.dataset_events_upto = 0  # the newest event the last `dataset()` holds
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .components import Component, Ranker, Recaller
 from .config import Settings
@@ -15,11 +15,15 @@ from .pipeline import Pipeline
 from .plugins import PluginRegistry
 from .serving import Serving
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .vectors import VectorIndex
+
 
 class Lineup:
     def __init__(self, registry: PluginRegistry, settings: Settings, serving: Serving,
-                 make: Callable[[str, str], Component]):
+                 make: Callable[[str, str], Component], vectors: Callable[[], VectorIndex | None] = lambda: None):
         self.registry, self.settings, self.serving, self._make = registry, settings, serving, make
+        self._vectors = vectors  # the current vector index (the diversity re-rank's similarities)
 
     def described(self, active_models: list[dict]) -> dict[str, list[dict]]:
         return describe_components(self.registry, active_models)
@@ -52,8 +56,12 @@ class Lineup:
         return None
 
     def rules(self) -> dict:
+        """The re-rank settings of a Pipeline: diversity (with the vector index it reads the
+        item vectors from: kept current by catalogue edits and `train`, no SQL per request)
+        and the new-arrival slots."""
         ps = self.settings.pipeline
-        return {"diversity": ps.diversity, "new_slots": ps.new_item_slots, "new_position": ps.new_item_position}
+        return {"diversity": ps.diversity, "vectors": self._vectors() if ps.diversity > 0 else None,
+                "new_slots": ps.new_item_slots, "new_position": ps.new_item_position}
 
     def pipeline(self, recallers: Sequence[str] | None = None, ranker: str | None = None) -> Pipeline:
         """The serving pipeline, from trained components only (as loaded: `Serving.sync`

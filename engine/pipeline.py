@@ -1,21 +1,25 @@
 """The request path: recall (per-recaller quotas) → merge → filters (and the merchandising
-filter rules) → ranker → boosts and burials → re-rank (category diversity, new-arrival
-slots) → pins → top N."""
+filter rules) → ranker → boosts and burials → re-rank (diversity: maximal marginal
+relevance over the item vectors; new-arrival slots) → pins → top N."""
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+import numpy as np
+
 from .candidates import CandidateSet, Recalled, interleave, item_ids, merge
 from .components import Ranker, Recaller
+from .diversity import mmr, rank_relevance, score_relevance, similarity
 from .errors import EngineError
 from .types import Candidate, Query
 
 if TYPE_CHECKING:  # pragma: no cover
     from .merchandising import RuleSet
+    from .vectors import VectorIndex
 
 log = logging.getLogger("shelfwise")
 
@@ -49,7 +53,8 @@ class Trace:
     `shown`: the top n after the re-rank rules (merchandising boosts, burials and pins,
     diversity, new-arrival slots); `notes`: per item, the merchandising rules that moved
     or placed it ("boosted by rule 2", "pinned by rule 3"; filter rules are in `removed`
-    as "rule 4")."""
+    as "rule 4"), and "moved up for variety" where the diversity re-rank placed it ahead
+    of candidates the ranker preferred."""
 
     query: Query
     n: int
@@ -122,10 +127,14 @@ class Pipeline:
     filter (evaluation ranks over the whole catalogue). `categories` maps items to their
     category for requests that ask for one and for the diversity re-rank.
 
-    After the ranker: `diversity` > 0 trades rank for variety (each item's rank-based
-    relevance minus `diversity` times the number of items of its category already shown);
-    `new_slots` reserves up to that many places, from position `new_position` on (0: the
-    last places of lists of 5 or more), for
+    After the ranker: `diversity` (λ, 0 to 1; 0: off) re-ranks the top of the list by
+    maximal marginal relevance (engine.diversity): each next place goes to the candidate
+    with the best (1 - λ) · relevance - λ · its highest similarity to an item already
+    placed, over the first max(3n, n + 20) candidates. Relevance is the ranker's order
+    (`relevance="rank"`; "score": its scores scaled to [0, 1]); similarity is the cosine
+    of the items' vectors in `vectors` (the engine's vector index), or, for an item
+    without one, 1 when both share a category. `new_slots` reserves up to that many
+    places, from position `new_position` on (0: the last places of lists of 5 or more), for
     `new_items` (products nobody has interacted with yet) that some recaller proposed but
     the ranker placed lower — rankers learn from past behaviour, which new products lack.
 
@@ -139,11 +148,19 @@ class Pipeline:
     available: set[str] | None = None
     categories: Mapping[str, str] = field(default_factory=dict)
     diversity: float = 0.0
+    vectors: VectorIndex | None = None
+    relevance: str = "rank"
     new_items: frozenset[str] | set[str] = frozenset()
     new_slots: int = 0
     new_position: int = 0
     merchandising: RuleSet | None = None
     failed: dict[str, str] = field(default_factory=dict)  # part -> what it raised
+
+    def __post_init__(self) -> None:
+        check_diversity(self.diversity)
+        if self.relevance not in ("rank", "score"):
+            raise EngineError(f"Unknown relevance {self.relevance!r} for the diversity re-rank. "
+                              f"Choices: rank, score.", title="Invalid setting")
 
     @property
     def ranker_name(self) -> str | None:
@@ -235,21 +252,38 @@ class Pipeline:
         new-arrival slots; `rerank=False`: the top n as they are), then the pins; with what
         each rule did (item -> notes)."""
         rules = self.merchandising
-        cut = self.rerank if rerank else (lambda found, k: list(found[:k]))
+        notes: dict[str, list[str]] = {}
+        if rerank:
+            def cut(found, k):
+                top, varied = self._reranked(found, k)
+                for item in varied:
+                    notes[item] = [VARIETY_NOTE]
+                return top
+        else:
+            def cut(found, k):
+                return list(found[:k])
         if rules is None:
-            return cut(ranked, n), {}
+            return cut(ranked, n), notes
         moved = rules.reorder(ranked)
         top, pinned = rules.pin(query, cut(moved, n), ranked, n,
                                 allowed=lambda item: not self.removals(query, [item]))
-        notes = {item: rules.notes[item] for item in item_ids(ranked) if item in rules.notes} \
-            if rules.notes else {}
+        if rules.notes:
+            for item in item_ids(ranked):
+                if item in rules.notes:
+                    notes[item] = list(rules.notes[item]) + notes.get(item, [])
         for item, found in pinned.items():
             notes[item] = notes.get(item, []) + found
-        return top, notes
+        shown = {c.item_id for c in top}  # a variety note on an item a pin pushed out is moot
+        return top, {item: found for item, found in notes.items()
+                     if item in shown or found != [VARIETY_NOTE]}
 
     def rerank(self, ranked: Sequence[Candidate], n: int) -> list[Candidate]:
         """The top n of a ranked list after the diversity and new-arrival rules."""
-        top = self._diversify(ranked, n) if self.diversity > 0 and self.categories else list(ranked[:n])
+        return self._reranked(ranked, n)[0]
+
+    def _reranked(self, ranked: Sequence[Candidate], n: int) -> tuple[list[Candidate], list[str]]:
+        """`rerank`, with the items diversity placed ahead of ones the ranker preferred."""
+        top, varied = self._diversify(ranked, n) if self.diversity > 0 else (list(ranked[:n]), [])
         if self.new_slots > 0 and self.new_items and (self.new_position or n >= 5):
             shown = {c.item_id for c in top}
             missing = self.new_slots - sum(c.item_id in self.new_items for c in top)
@@ -262,21 +296,41 @@ class Pipeline:
                     break
                 top.insert(min(position, len(top)), ranked[j])
                 del top[n:]
-        return top
+        return top, varied
 
-    def _diversify(self, ranked: Sequence[Candidate], n: int) -> list[Candidate]:
+    def pool_similarity(self, pool: Sequence[Candidate]) -> np.ndarray:
+        """Pairwise similarity of candidates: the cosine of their vectors, else (for an item
+        without a vector) 1 when both share a category."""
+        ids = [c.item_id for c in pool]
+        if self.vectors is not None:
+            vectors, found = self.vectors.vectors(ids)
+        else:
+            vectors, found = np.zeros((len(ids), 1), np.float32), np.zeros(len(ids), bool)
+        codes: dict[str, int] = {"": -1}
+        cats = np.fromiter((codes.setdefault(self.categories.get(i, ""), len(codes)) for i in ids),
+                           np.int64, len(ids))
+        return similarity(vectors, found, cats)
+
+    def _diversify(self, ranked: Sequence[Candidate], n: int) -> tuple[list[Candidate], list[str]]:
+        """Maximal marginal relevance over the head of the ranked list: (the top n, the items
+        placed ahead of a candidate the ranker preferred)."""
         pool = list(ranked[:max(3 * n, n + 20)])
-        relevance = {c.item_id: 1.0 - i / len(pool) for i, c in enumerate(pool)}
-        shown: Counter[str] = Counter()
-        top: list[Candidate] = []
+        if len(pool) < 2:
+            return pool[:n], []
+        relevance = rank_relevance(len(pool)) if self.relevance == "rank" else \
+            score_relevance([c.score for c in pool])
+        order, jumped = mmr(relevance, self.pool_similarity(pool), n, self.diversity)
+        return [pool[j] for j in order], [pool[j].item_id for j, up in zip(order, jumped) if up]
 
-        def value(c: Candidate) -> float:
-            category = self.categories.get(c.item_id, "")
-            return relevance[c.item_id] - (self.diversity * shown[category] if category else 0.0)
 
-        while pool and len(top) < n:
-            best = max(pool, key=value)  # ties keep the ranker's order: max returns the first
-            pool.remove(best)
-            top.append(best)
-            shown[self.categories.get(best.item_id, "")] += 1
-        return top
+VARIETY_NOTE = "moved up for variety"
+
+
+def check_diversity(value: float) -> float:
+    """`diversity` must be a number from 0 (the ranker's order) to 1 (variety only)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise EngineError(
+            f"diversity must be a number from 0 to 1 (0: the ranker's order, 1: variety only; "
+            f"0.1 to 0.3 keeps most of the accuracy), not {value!r}. Set it under [pipeline] "
+            f"in shelfwise.toml.", title="Invalid setting")
+    return float(value)
