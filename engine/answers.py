@@ -2,6 +2,9 @@
 trace), what a visitor without history sees, search, similar items, every shopper's list.
 `Engine`'s methods of the same names call these.
 
+A shopper in an A/B experiment that covers the request's placement gets the arm's pipeline
+(engine.experiments); each line of the answer names the experiment and arm.
+
 The merchandising rules of the request's `placement` shape recommendations, the
 visitor's list and similar items (each affected line names its rule in `rules`); search
 answers what was typed, untouched by them."""
@@ -13,21 +16,24 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from .components import ProgressCallback, no_progress
+from .config import PipelineSettings
 from .errors import ArtifactError, EngineError, NotTrainedError
-from .pipeline import Trace, interleave
+from .pipeline import Pipeline, Trace, interleave
 from .rendering import items_named, render
 from .types import Candidate, Interaction, Query, Recommendation
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
+    from .experiments import Assigned
 
 
 def query_for(engine: Engine, user_id: str | None, category: str | None = None,
               exclude: Iterable[str] = (), items: Sequence[str] = (),
-              text: str | None = None) -> Query:
+              text: str | None = None, settings: PipelineSettings | None = None) -> Query:
     """The request as recallers see it: the user's stored history (if any) followed by
-    `items` the caller says were just viewed (anonymous visitors, cold start)."""
-    ps = engine.settings.pipeline
+    `items` the caller says were just viewed (anonymous visitors, cold start). `settings`:
+    an experiment arm's [pipeline] (history length, kinds excluded), else the shop's."""
+    ps = settings or engine.settings.pipeline
     now = time.time()
     history = engine.store.history(user_id, ps.history) if user_id else ()
     history = history + tuple(Interaction(i, "view", now) for i in items)
@@ -49,21 +55,47 @@ def recommend(engine: Engine, user_id: str | None, n: int = 10, recallers: Seque
     engine.sync()
     if not engine.serving.loaded:  # models dropped (a retrain, a reload): their answers are stale
         engine.serving.cache.clear()
+    arm = assigned(engine, user_id, recallers, ranker, placement)
     key = (user_id, n, tuple(recallers or ()), ranker, category, frozenset(exclude),
-           tuple(items), text, placement or "")
+           tuple(items), text, placement or "", arm and (arm.experiment, arm.arm))
     found = engine.serving.cache.get(key)
     if found is not None:
         return list(found)
-    pipe = engine.with_rules(engine.lineup.pipeline(recallers, ranker), placement)
-    query = query_for(engine, user_id, category, exclude, items, text)
+    pipe, query = arm_pipeline(engine, arm, user_id, recallers, ranker, category, exclude, items,
+                               text, placement)
     traces: list[Trace] = []
     shown = pipe.run([query], n, traces=traces)[0]
     recs = with_rules(render(engine.store, shown, pipe.ranker_name), traces[0].notes)
     why = fallback(engine, user_id, query, items, text)
-    if why:
-        recs = [replace(r, fallback=why) for r in recs]
+    if why or arm:
+        recs = [replace(r, fallback=why, experiment=arm.experiment if arm else "",
+                        arm=arm.arm if arm else "") for r in recs]
     engine.serving.cache.put(key, user_id, tuple(recs))
     return recs
+
+
+def assigned(engine: Engine, user_id: str | None, recallers: Sequence[str] | None,
+             ranker: str | None, placement: str) -> Assigned | None:
+    """The experiment arm this request is served (engine.experiments), or None: no
+    experiment covers the placement, the request has no shopper id, or it names its own
+    recallers or ranker (then it gets what it asked for, outside the experiment)."""
+    if recallers or ranker is not None:
+        return None
+    return engine.abtests.assign(placement or "", user_id)
+
+
+def arm_pipeline(engine: Engine, arm: Assigned | None, user_id: str | None,
+                 recallers: Sequence[str] | None, ranker: str | None, category: str | None,
+                 exclude: Iterable[str], items: Sequence[str], text: str | None,
+                 placement: str) -> tuple[Pipeline, Query]:
+    """The pipeline and query of a request: the shop's, or its experiment arm's (the arm's
+    recallers, quotas, ranker and re-rank settings, and the rules of its placement)."""
+    if arm is None:
+        pipe = engine.with_rules(engine.lineup.pipeline(recallers, ranker), placement)
+        return pipe, query_for(engine, user_id, category, exclude, items, text)
+    pipe = engine.with_rules(arm.lineup.pipeline(), arm.rules_placement)
+    return pipe, query_for(engine, user_id, category, exclude, items, text,
+                           arm.lineup.settings.pipeline)
 
 
 def with_rules(recs: list[Recommendation], notes: dict[str, list[str]]) -> list[Recommendation]:
@@ -97,8 +129,11 @@ def trace(engine: Engine, user_id: str | None, n: int = 10, recallers: Sequence[
     leaves the ranker out."""
     if n < 1:
         raise EngineError(f"n must be at least 1, not {n}.")
-    pipe = engine.pipeline(recallers, ranker, placement)
-    return pipe.trace(query_for(engine, user_id, category, exclude, items, text), n)
+    engine.sync()
+    arm = assigned(engine, user_id, recallers, ranker, placement)
+    pipe, query = arm_pipeline(engine, arm, user_id, recallers, ranker, category, exclude, items,
+                               text, placement)
+    return pipe.trace(query, n)
 
 
 def popular(engine: Engine, n: int = 10, category: str | None = None,

@@ -1,8 +1,9 @@
-"""The shop owner's side of the Engine facade: merchandising rules, what was shown and what
-shoppers did with it (attribution), API keys, and a shopper's data (access and erasure).
+"""The shop owner's side of the Engine facade: merchandising rules, A/B experiments, what was
+shown and what shoppers did with it (attribution), API keys, and a shopper's data (access
+and erasure).
 
-`Engine` inherits these methods; they delegate to engine.merchandising, engine.erasure and
-the store layer (engine.store.attribution, engine.store.apikeys)."""
+`Engine` inherits these methods; they delegate to engine.merchandising, engine.experiments,
+engine.erasure and the store layer (engine.store.attribution, engine.store.apikeys)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .store import apikeys, attribution
 from .types import Recommendation
 
 if TYPE_CHECKING:
+    from .experiments import Experiment, ExperimentReport, Experiments
     from .merchandising import Merchandising
     from .store import Store
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 class ShopControls:
     db: Any  # sqlite_utils.Database
     merch: Merchandising
+    abtests: Experiments
     store: Store
 
     def add_rule(self, kind: str, item_id: str | None = None, position: int | None = None,
@@ -42,6 +45,30 @@ class ShopControls:
     def remove_rule(self, rule_id: int) -> Rule:
         """Remove a rule; lists stop following it from the next request."""
         return self.merch.remove(rule_id)
+
+    # -- A/B experiments ------------------------------------------------------------------
+
+    def start_experiment(self, name: str, arms: Sequence[str], split: str | None = None,
+                         placement: str = "") -> Experiment:
+        """Start serving arms side by side (engine.experiments): `arms` as "NAME=CONFIG.toml"
+        or "NAME=" (the shop's configuration), the first being control; `split` "50/50"
+        (default: equal shares); `placement` "" covers every placement. Each arm file is
+        validated first."""
+        return self.abtests.start(name, arms, split, placement)
+
+    def experiments(self) -> list[Experiment]:
+        """Every experiment, running or stopped, newest first."""
+        return self.abtests.listed()
+
+    def experiment_report(self, name: str) -> ExperimentReport:
+        """Per arm: shoppers, impressions, CTR, add-to-cart and conversion rates, revenue per
+        shopper with 95% intervals, and each arm against control."""
+        return self.abtests.report(name)
+
+    def stop_experiment(self, name: str, winner: str | None = None) -> Experiment:
+        """Stop serving the arms (every shopper gets the shop's configuration again) and
+        record the winner, if named."""
+        return self.abtests.stop(name, winner)
 
     # -- a shopper's data, online measurement, API keys -------------------------------
 

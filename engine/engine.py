@@ -8,6 +8,7 @@ A thin facade over named parts, each in its own module:
   rendering          candidates as people read them
   erasure            forgetting a shopper
   merchandising      the shop owner's rules (pins, boosts, burials, filters) and their state
+  experiments        A/B experiments: the arm each request is served, and their reports
   controls           the shop owner's side of the facade: rules, online measurement, API keys,
                      a shopper's data (ShopControls, which Engine inherits)
   store.Store        every read and write of the database (all the SQL)"""
@@ -23,6 +24,7 @@ from . import answers, flows, learning
 from .components import Component, Encoder, ProgressCallback, Resources, no_progress
 from .config import Settings, load_settings
 from .dataset import Dataset
+from .experiments import Experiments
 from .db import open_db
 from .errors import NotTrainedError, UnknownComponentError
 from .indexing import Vectors
@@ -52,6 +54,7 @@ class Engine(ShopControls):
         self.serving.on_new_models = self.index.forget
         self.lineup = Lineup(self.registry, self.settings, self.serving, self.make, vectors=self.vectors)
         self.merch = Merchandising(self.store, self.serving)
+        self.abtests = Experiments(self)  # A/B experiments: the arm each request is served
         self.dataset_events_upto = 0  # the newest event the last `dataset()` holds
 
     # incremental state (events folded in, catalogue edits) is saved at most this often,
@@ -135,9 +138,11 @@ class Engine(ShopControls):
 
     def sync(self) -> None:
         """Notice what other connections changed (serving.Serving.sync; the merchandising
-        rules: Merchandising.sync). Called before serving."""
+        rules: Merchandising.sync; experiments started or stopped: Experiments.sync). Called
+        before serving."""
         self.serving.sync()
         self.merch.sync()
+        self.abtests.sync()
 
     def pipeline(self, recallers: Sequence[str] | None = None, ranker: str | None = None,
                  placement: str = "") -> Pipeline:

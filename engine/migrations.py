@@ -105,3 +105,20 @@ def m007_merchandising_rules(db):
         "created_at": float, "removed_at": float,
     }, pk="id", not_null={"kind", "created_at"})
     db["rules"].create_index(["removed_at"])
+
+
+@migrations()
+def m008_experiments(db):
+    """A/B experiments (engine.experiments): each experiment's arms (name, share of shoppers,
+    the arm's pipeline settings as JSON), its placement ("" : every placement), when it
+    started and stopped, and the winner chosen at stop. Each logged impression records the
+    experiment and arm it was served under ("" outside experiments), so the report splits
+    by arm."""
+    db["experiments"].create({
+        "name": str, "placement": str, "arms": str, "split": str, "started_at": float,
+        "stopped_at": float, "winner": str,
+    }, pk="name", not_null={"arms", "started_at"})
+    db["experiments"].create_index(["stopped_at"])
+    db["impressions"].add_column("experiment", str, not_null_default="")
+    db["impressions"].add_column("arm", str, not_null_default="")
+    db["impressions"].create_index(["experiment", "arm", "user_id"])

@@ -150,8 +150,11 @@ class Recommendation:
     price: float | None = None
     fallback: str = ""  # why this is the cold-start answer ("unknown user"); "" when personal
     rules: tuple[str, ...] = ()  # the merchandising rules that placed it ("pinned by rule 3")
+    experiment: str = ""  # the A/B experiment this list was served under ("": none)
+    arm: str = ""  # and its arm
 
     def to_dict(self) -> dict[str, Any]:
+        arm = {"experiment": self.experiment, "arm": self.arm} if self.experiment else {}
         return {
             "item_id": self.item_id,
             "title": self.title,
@@ -165,4 +168,4 @@ class Recommendation:
             "price": self.price,
             "fallback": self.fallback or None,
             "rules": list(self.rules),
-        }
+        } | arm

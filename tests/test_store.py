@@ -40,6 +40,7 @@ EXPECTED_COLUMNS = {
     "impressions": {
         "recommendation_id": str, "position": int, "item_id": str, "source": str,
         "ranker": str, "placement": str, "user_id": str, "ts": float,
+        "experiment": str, "arm": str,
     },
     "attributed_events": {
         "event_id": str, "recommendation_id": str, "item_id": str, "user_id": str,
@@ -53,6 +54,10 @@ EXPECTED_COLUMNS = {
         "id": int, "kind": str, "item_id": str, "position": int, "condition": str,
         "weight": float, "placement": str, "category": str, "until": float,
         "created_at": float, "removed_at": float,
+    },
+    "experiments": {
+        "name": str, "placement": str, "arms": str, "split": str, "started_at": float,
+        "stopped_at": float, "winner": str,
     },
 }
 

@@ -2,8 +2,8 @@
 
 Every list the HTTP server answers is logged as impressions under a fresh
 `recommendation_id` (one row per position, with the recaller that put the item there, the
-ranker and the placement). Events sent back with that id are attributed to it when their
-item was in that list. `report` turns both into impressions, click-through rate,
+ranker, the placement, and the A/B experiment and arm it was served under, if any). Events
+sent back with that id are attributed to it when their item was in that list. `report` turns both into impressions, click-through rate,
 add-to-cart rate, conversion rate and attributed revenue, per recaller, ranker, placement
 and position.
 
@@ -40,12 +40,12 @@ def log_impressions(db: sqlite_utils.Database, recs: Sequence[Recommendation],
     """Store what one response showed; returns its recommendation_id."""
     rid = new_recommendation_id()
     now = time.time() if now is None else now
-    rows = [(rid, r.rank, r.item_id, r.source, r.ranker, placement or "", user_id, now)
-            for r in recs]
+    rows = [(rid, r.rank, r.item_id, r.source, r.ranker, placement or "", user_id, now,
+             r.experiment, r.arm) for r in recs]
     with db.atomic():
         db.conn.executemany(
             "INSERT INTO impressions (recommendation_id, position, item_id, source, ranker, "
-            "placement, user_id, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            "placement, user_id, ts, experiment, arm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     return rid
 
 
