@@ -41,10 +41,12 @@ def similarity(vectors: np.ndarray, has_vector: np.ndarray, categories: np.ndarr
     """Pairwise similarity of a pool: the cosine of the (unit-length) `vectors` where both
     items have one (`has_vector`), else 1 when both are in the same named category
     (`categories`: an integer code per item, -1 for none) and 0 otherwise."""
-    sim = vectors @ vectors.T if len(vectors) else np.zeros((0, 0))
+    sim = (vectors @ vectors.T).astype(np.float64) if len(vectors) else np.zeros((0, 0))
+    if has_vector.all():
+        return sim
     both = has_vector[:, None] & has_vector[None, :]
     same = (categories[:, None] == categories[None, :]) & (categories[:, None] >= 0)
-    return np.where(both, sim, same.astype(sim.dtype))
+    return np.where(both, sim, same)
 
 
 def mmr(relevance: np.ndarray, sim: np.ndarray, n: int, weight: float) -> tuple[list[int], list[bool]]:
@@ -55,17 +57,23 @@ def mmr(relevance: np.ndarray, sim: np.ndarray, n: int, weight: float) -> tuple[
     if n <= 0:
         return [], []
     gain = (1.0 - weight) * np.asarray(relevance, dtype=np.float64)
-    nearest = np.full(count, -np.inf)  # max similarity to what is placed so far
-    free = np.ones(count, dtype=bool)
+    value = gain.copy()                 # what each candidate is worth at this step
+    nearest = np.full(count, -np.inf)   # its highest similarity to what is placed so far
+    penalty = np.empty(count)
+    placed = np.zeros(count, dtype=bool)
     order, jumped = [], []
-    for step in range(n):
-        value = gain - weight * (nearest if step else 0.0)
-        value = np.where(free, value, -np.inf)
-        best = int(np.argmax(value))  # the first of equal values: the ranker's order
+    first = 0                           # the ranker's best candidate not yet placed
+    for _ in range(n):
+        best = int(np.argmax(value))    # the first of equal values: the ranker's order
         order.append(best)
-        jumped.append(best != int(np.argmax(free)))
-        free[best] = False
+        jumped.append(best != first)
+        placed[best] = True
+        while first < count and placed[first]:
+            first += 1
         np.maximum(nearest, sim[best], out=nearest)
+        np.multiply(nearest, weight, out=penalty)
+        np.subtract(gain, penalty, out=value)
+        value[placed] = -np.inf
     return order, jumped
 
 

@@ -308,7 +308,7 @@ class Pipeline:
             vectors, found = np.zeros((len(ids), 1), np.float32), np.zeros(len(ids), bool)
         codes: dict[str, int] = {"": -1}
         cats = np.fromiter((codes.setdefault(self.categories.get(i, ""), len(codes)) for i in ids),
-                           np.int64, len(ids))
+                           np.int64, len(ids)) if not found.all() else np.zeros(len(ids), np.int64)
         return similarity(vectors, found, cats)
 
     def _diversify(self, ranked: Sequence[Candidate], n: int) -> tuple[list[Candidate], list[str]]:
