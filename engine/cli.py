@@ -779,6 +779,10 @@ def plugin_new(name, kind, folder):
     click.echo(f"Wrote {new_plugin(name, kind, folder)}")
 
 
+from .cli_experiments import experiment  # noqa: E402  (A/B experiments)
+cli.add_command(experiment)
+
+
 def load_plugin_commands(group: click.Group = cli) -> None:
     """Let plugins add commands (register_commands hook)."""
     try:

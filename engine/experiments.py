@@ -226,7 +226,8 @@ def read_arm(name: str, path: str | None, share: float, engine: Engine) -> Arm:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         got = f" (got {first['input']!r})" if first["type"] != "extra_forbidden" else ""
-        what = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        what = "unknown field" if first["type"] == "extra_forbidden" else \
+            first["msg"].removeprefix("Value error, ")
         raise ExperimentError(f"{path}: [pipeline] {where}: {what}{got}. Fields: "
                               f"{', '.join(sorted(set(PipelineSettings.model_fields) - TRAINING_FIELDS))}.",
                               title="Invalid arm") from exc
@@ -235,20 +236,20 @@ def read_arm(name: str, path: str | None, share: float, engine: Engine) -> Arm:
         raise ExperimentError(f"{path}: rules_placement: expected a placement name (letters, digits "
                               f"and . _ -), got {rules!r}.", title="Invalid arm")
     arm = Arm(name, share, dict(pipeline), rules, str(file.resolve()), text)
-    _check_trained(arm, engine)
+    _check_trained(arm, path, engine)
     return arm
 
 
-def _check_trained(arm: Arm, engine: Engine) -> None:
+def _check_trained(arm: Arm, path: str, engine: Engine) -> None:
     """Every recaller and the ranker an arm names is installed and has a trained model."""
     serving = engine.serving
     for name in arm.pipeline.get("recallers") or {}:
         try:
             engine.registry.component("recallers", name)
         except EngineError as exc:
-            raise ExperimentError(f"{arm.file}: [pipeline] recallers: {exc}", title="Invalid arm") from exc
+            raise ExperimentError(f"{path}: [pipeline] recallers: {exc}", title="Invalid arm") from exc
         if serving.fitted("recallers", name) is None:
-            raise ExperimentError(f"{arm.file}: [pipeline] recallers: {name!r} has no trained model, "
+            raise ExperimentError(f"{path}: [pipeline] recallers: {name!r} has no trained model, "
                                   f"so this arm could not serve it. Run \"shelfwise train\" first.",
                                   title="Invalid arm")
     ranker = arm.pipeline.get("ranker")
@@ -256,9 +257,9 @@ def _check_trained(arm: Arm, engine: Engine) -> None:
         try:
             engine.registry.component("rankers", ranker)
         except EngineError as exc:
-            raise ExperimentError(f"{arm.file}: [pipeline] ranker: {exc}", title="Invalid arm") from exc
+            raise ExperimentError(f"{path}: [pipeline] ranker: {exc}", title="Invalid arm") from exc
         if serving.fitted("rankers", ranker) is None:
-            raise ExperimentError(f"{arm.file}: [pipeline] ranker: {ranker!r} has no trained model. "
+            raise ExperimentError(f"{path}: [pipeline] ranker: {ranker!r} has no trained model. "
                                   f"Run \"shelfwise train\" first.", title="Invalid arm")
 
 
@@ -361,13 +362,12 @@ class Experiments:
             for row in stored.experiments(db, running_only=True):
                 other = Experiment.of(row)
                 if not placement or not other.placement or other.placement == placement:
-                    where = f"placement {placement!r}" if placement else "every placement"
+                    where = f"placement {other.placement!r}" if other.placement else "every placement"
+                    this = "" if placement else " (without --placement this one would cover every placement)"
                     raise ExperimentError(
-                        f"Experiment {other.name!r} is running on "
-                        f"{repr(other.placement) if other.placement else 'every placement'}, which "
-                        f"overlaps {where}: at most one experiment runs per placement. Stop it first "
-                        f"(\"shelfwise experiment stop {other.name}\") or choose another --placement.",
-                        title="Experiment running")
+                        f"Experiment {other.name!r} is running on {where}{this}: at most one "
+                        f"experiment runs per placement. Stop it first (\"shelfwise experiment stop "
+                        f"{other.name}\") or choose another --placement.", title="Experiment running")
             row = stored.add_experiment(db, name, placement, [a.to_dict() for a in read], split_text)
         self._changed()
         return Experiment.of(row)

@@ -22,7 +22,8 @@ MEDIA_TYPE = "application/problem+json"
 UNION_TAGS = {"float", "int", "str", "bool", "datetime", "none"}
 
 # EngineError titles the engine uses for conditions with their own HTTP status.
-STATUS_BY_TITLE = {"Conflict": 409, "Unknown item": 404, "Unknown key": 404, "Unknown rule": 404}
+STATUS_BY_TITLE = {"Conflict": 409, "Unknown item": 404, "Unknown key": 404, "Unknown rule": 404,
+                   "Unknown experiment": 404}
 
 
 class Problem(Exception):

@@ -17,8 +17,9 @@ from .. import PUBLIC_EVENT_KINDS, Recommendation
 from . import problems
 from .problems import Problem
 from .schemas import (
-    DURATION_PATTERN, ID_LIST_PATTERN, ID_PATTERN, PLACEMENT_PATTERN, Erased, EventsIn, EventsOut, ItemOut,
-    ItemsChanged, ItemsIn, RecItem, RecList, Removed, Report, RuleIn, RuleOut, TrainStarted,
+    DURATION_PATTERN, ID_LIST_PATTERN, ID_PATTERN, PLACEMENT_PATTERN, Erased, EventsIn, EventsOut,
+    ExperimentOut, ExperimentReportOut, ItemOut, ItemsChanged, ItemsIn, RecItem, RecList, Removed,
+    Report, RuleIn, RuleOut, TrainStarted,
 )
 from .security import require
 
@@ -80,8 +81,11 @@ def _ids(values: list[str]) -> list[str]:
 def _answer(engine, recs: list[Recommendation], user_id: str | None, placement: str,
             cached: bool = False) -> RecList:
     rid = engine.log_impressions(recs, user_id, placement)
+    arm = recs[0] if recs and recs[0].experiment else None
     return RecList(recommendation_id=rid, placement=placement, cached=cached,
-                   fallback=recs[0].fallback or None if recs else None, items=[RecItem.of(r) for r in recs])
+                   fallback=recs[0].fallback or None if recs else None,
+                   experiment=arm and arm.experiment, arm=arm and arm.arm,
+                   items=[RecItem.of(r) for r in recs])
 
 
 def run(request: Request):
@@ -239,6 +243,30 @@ async def add_rule(request: Request, body: RuleIn):
 async def remove_rule(request: Request, rule_id: Annotated[int, PathParam(ge=1, le=2**53)]):
     rule = await run(request)(lambda e: e.remove_rule(rule_id))
     return rule.to_dict()
+
+
+# -- A/B experiments (secret keys) ------------------------------------------------------------
+
+EXPERIMENTS_DOC = ("A/B experiments are started and stopped with `shelfwise experiment start|stop`; "
+                   "while one runs, shoppers of its placement get their arm's pipeline and each "
+                   "list names its `experiment` and `arm`. The report's unit is the shopper: rates "
+                   "with delta-method 95% intervals, and each arm against control.")
+ExperimentName = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+                                          description="the experiment's name")]
+
+
+@admin.get("/experiments", response_model=list[ExperimentOut], dependencies=[Secret],
+           summary="Every A/B experiment, running or stopped, newest first", description=EXPERIMENTS_DOC)
+async def list_experiments(request: Request):
+    return await run(request)(lambda e: [x.to_dict() for x in e.experiments()])
+
+
+@admin.get("/experiments/{name}", response_model=ExperimentReportOut, dependencies=[Secret],
+           summary="An A/B experiment's report: per arm shoppers, impressions, CTR, add-to-cart, "
+                   "conversion, revenue per shopper with 95% intervals, P(better than control)",
+           description=EXPERIMENTS_DOC)
+async def experiment_report(request: Request, name: ExperimentName):
+    return await run(request)(lambda e: e.experiment_report(name).to_dict())
 
 
 # -- probes ---------------------------------------------------------------------------------

@@ -156,6 +156,9 @@ class RecList(BaseModel):
     cached: bool = Field(False, description="served from the per-user cache")
     fallback: str | None = Field(None, description="why this is the cold-start answer: \"unknown user\", "
                                                   "\"no history yet\", \"unknown item\" (null: personal)")
+    experiment: str | None = Field(None, description="the A/B experiment this shopper's list was "
+                                   "served under (null: none)")
+    arm: str | None = Field(None, description="the experiment's arm this shopper sees")
     items: list[RecItem]
 
 
@@ -351,3 +354,61 @@ class RuleOut(BaseModel):
                     "another category than its lists")
     note: str = Field(description="why, when not active")
     description: str
+
+
+# -- A/B experiments ----------------------------------------------------------------------
+
+class EstimateOut(BaseModel):
+    value: float
+    low: float = Field(description="95% interval, lower end")
+    high: float = Field(description="95% interval, upper end")
+    se: float = Field(description="standard error")
+
+
+class ComparisonOut(BaseModel):
+    difference: EstimateOut = Field(description="this arm minus control, with its 95% interval")
+    lift: float | None = Field(description="difference / control's value (null when that is 0)")
+    prob_better: float = Field(description="probability that this arm's true value is higher "
+                                           "than control's (normal approximation)")
+
+
+class ArmReportOut(BaseModel):
+    arm: str
+    share: float = Field(description="share of shoppers assigned, 0-1")
+    config: str = Field(description="the arm's settings in words")
+    shoppers: int = Field(description="identified shoppers shown at least one list")
+    impressions: int
+    lists: int
+    clicks: int
+    carts: int
+    purchases: int
+    revenue: float
+    metrics: dict[str, EstimateOut] = Field(description="ctr, cart_rate, conversion_rate (per "
+                                            "impression) and revenue_per_shopper")
+    vs_control: dict[str, ComparisonOut] | None = Field(description="null for control (the first arm)")
+
+
+class ExperimentArmOut(BaseModel):
+    name: str
+    share: float
+    file: str | None = Field(description="the arm file (null: the shop's configuration)")
+    pipeline: dict[str, Any] = Field(description="the [pipeline] fields the arm sets over the shop's")
+    rules_placement: str | None = Field(description="the placement whose rules apply (null: the request's)")
+
+
+class ExperimentOut(BaseModel):
+    name: str
+    placement: str = Field(description="\"\": every placement")
+    split: str
+    started_at: float
+    stopped_at: float | None
+    running: bool
+    winner: str | None
+    arms: list[ExperimentArmOut]
+
+
+class ExperimentReportOut(BaseModel):
+    experiment: ExperimentOut
+    arms: list[ArmReportOut]
+    method: str = Field(description="how the intervals and probabilities are computed")
+    notes: list[str]
