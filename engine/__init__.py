@@ -30,7 +30,7 @@ __all__ = [
     "PluginError", "ProgressCallback", "Query", "Ranker", "RankingExample", "Recalled", "Recaller",
     "Recommendation", "Record", "Resources", "detect_encoding", "Triple", "UnknownComponentError", "User", "hookimpl",
     "KeyLookup", "PUBLIC_EVENT_KINDS", "describe_components", "new_plugin", "Trace", "inspect", "EvaluationReport", "ImportReport",
-    "ModelScores", "RankerChoice", "TrainReport",
+    "ModelScores", "RankerChoice", "TrainReport", "ReplayReport",
     "banned_items", "erf", "event_time_window", "gelu", "item_ids", "load_plugins", "recallers_of", "mention", "no_progress", "top_n",
 ]
 
@@ -67,6 +67,10 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module(".inspect", __name__)
+    if name == "ReplayReport":  # what Engine.replay returns (offline replay)
+        from .replay_report import ReplayReport
+
+        return ReplayReport
     if name == "load_plugins":  # pluggy and the entry points: only for who runs an engine
         from .plugins import load_plugins
 

@@ -800,3 +800,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+from .cli_replay import replay as _replay; cli.add_command(_replay)  # noqa: E402,E702  shelfwise replay
