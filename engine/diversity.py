@@ -56,11 +56,11 @@ def mmr(relevance: np.ndarray, sim: np.ndarray, n: int, weight: float) -> tuple[
     n = min(n, count)
     if n <= 0:
         return [], []
-    gain = (1.0 - weight) * np.asarray(relevance, dtype=np.float64)
+    gain = (1.0 - weight) * np.asarray(relevance, dtype=np.float64)  # -inf once placed
+    penalty = weight * np.asarray(sim, dtype=np.float64)
+    nearest = np.full(count, -np.inf)   # λ x the highest similarity to what is placed so far
     value = gain.copy()                 # what each candidate is worth at this step
-    nearest = np.full(count, -np.inf)   # its highest similarity to what is placed so far
-    penalty = np.empty(count)
-    placed = np.zeros(count, dtype=bool)
+    placed = [False] * count
     order, jumped = [], []
     first = 0                           # the ranker's best candidate not yet placed
     for _ in range(n):
@@ -70,10 +70,9 @@ def mmr(relevance: np.ndarray, sim: np.ndarray, n: int, weight: float) -> tuple[
         placed[best] = True
         while first < count and placed[first]:
             first += 1
-        np.maximum(nearest, sim[best], out=nearest)
-        np.multiply(nearest, weight, out=penalty)
-        np.subtract(gain, penalty, out=value)
-        value[placed] = -np.inf
+        gain[best] = -np.inf
+        np.maximum(nearest, penalty[best], out=nearest)
+        np.subtract(gain, nearest, out=value)
     return order, jumped
 
 
