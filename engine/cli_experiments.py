@@ -42,14 +42,6 @@ def experiment():
     """
 
 
-def _estimate(metric: str, e, sign: str = "") -> str:
-    """10.02% [9.61, 10.43] for a rate (a difference: +5.01 pt [...]); 12.50 [...] for money."""
-    if metric == "revenue_per_shopper":
-        return f"{e.value:{sign}.2f} [{e.low:{sign}.2f}, {e.high:{sign}.2f}]"
-    unit = " pt" if sign else "%"
-    return f"{100 * e.value:{sign}.2f}{unit} [{100 * e.low:{sign}.2f}, {100 * e.high:{sign}.2f}]"
-
-
 def _summary(exp) -> str:
     where = f"placement {exp.placement}" if exp.placement else "every placement"
     arms = ", ".join(f"{a.name} {a.share * 100:g}%" for a in exp.arms)
@@ -125,10 +117,10 @@ def experiment_report(obj, name, as_json):
         table.add_column(f"{a.arm} - {control}")
         table.add_column("P(better)", justify="right")
     for k, label in LABELS.items():
-        cells = [_estimate(k, a.metrics[k]) for a in report.arms]
+        cells = [a.metrics[k].text(k) for a in report.arms]
         for a in report.arms[1:]:
             c = a.vs_control[k]
-            cells += [_estimate(k, c.difference, "+"), f"{c.prob_better:.1%}"]
+            cells += [c.difference.text(k, signed=True), f"{c.prob_better:.1%}"]
         table.add_row(label, *cells)
     out.print(table)
     out.print(f"[dim]{escape(report.method)}[/]")

@@ -418,6 +418,15 @@ class Estimate:
     def to_dict(self) -> dict[str, float]:
         return {k: round(v, 6) for k, v in asdict(self).items()}
 
+    def text(self, metric: str, signed: bool = False) -> str:
+        """As the views show it: "10.02% [9.61, 10.43]" for a rate, "+5.01 pt [...]" for a
+        difference of rates (percentage points), "12.50 [...]" for revenue."""
+        sign = "+" if signed else ""
+        if metric == "revenue_per_shopper":
+            return f"{self.value:{sign}.2f} [{self.low:{sign}.2f}, {self.high:{sign}.2f}]"
+        unit = " pt" if signed else "%"
+        return f"{100 * self.value:{sign}.2f}{unit} [{100 * self.low:{sign}.2f}, {100 * self.high:{sign}.2f}]"
+
 
 @dataclass(frozen=True)
 class Comparison:

@@ -382,3 +382,47 @@ def test_the_http_report_needs_a_secret_key_and_lists_name_their_arm(db_path, tm
         assert [(e["name"], e["placement"], e["running"]) for e in listed] == [("http-test", "home", True)]
         missing = c.get("/experiments/nope", headers=sec)
         assert missing.status_code == 404 and "No experiment named 'nope'" in missing.json()["detail"]
+
+
+# -- the terminal UI ---------------------------------------------------------------------------
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_the_experiments_screen_lists_experiments_and_shows_the_report(eng, tmp_path):
+    from textual.widgets import DataTable, Static
+
+    from tui.app import ShelfwiseApp
+
+    from .test_tui import rows, settle, text
+
+    variant = arm_file(tmp_path, "variant.toml", POPULAR_ONLY)
+    eng.start_experiment("old-test", ["control=", "b="], placement="cart")
+    eng.stop_experiment("old-test", "b")
+    eng.start_experiment("tui-test", ["control=", f"variant={variant}"], placement="home")
+    simulate(eng, "home", 300, seed=5)
+    report = eng.experiment_report("tui-test")
+    app = ShelfwiseApp(eng, mode="users")
+    async with app.run_test(size=(140, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("f9")  # the app's key for the Experiments screen
+        await settle(pilot)
+        screen = app.screen
+        assert screen.mode == "experiments"
+        assert rows(screen.query_one("#experiments", DataTable)) == [["tui-test", "running"], ["old-test", "won: b"]]
+        header = text(screen.query_one("#experiment-header", Static))
+        control = report.arms[0]
+        assert "tui-test (running) on placement home" in header
+        assert f"control (50%): {control.shoppers:,} shoppers, {control.impressions:,} impressions" in header
+        table = rows(screen.query_one("#experiment-report", DataTable))
+        ctr = report.arms[1].vs_control["ctr"]
+        assert table[0] == ["CTR", control.metrics["ctr"].text("ctr"), report.arms[1].metrics["ctr"].text("ctr"),
+                            ctr.difference.text("ctr", signed=True), f"{ctr.prob_better:.1%}"]
+        assert [r[0] for r in table] == ["CTR", "add-to-cart", "conversion", "revenue/shopper"]
+        assert "Unit: the shopper" in text(screen.query_one("#experiment-notes", Static))
+        await pilot.press("down")  # the stopped one, with its winner
+        await settle(pilot)
+        assert "old-test (stopped, winner b) on placement cart" in text(screen.query_one("#experiment-header", Static))

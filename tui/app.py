@@ -10,6 +10,7 @@ from textual.binding import Binding
 from engine import Engine, EngineThread
 
 from .screens.evaluation import EvaluationScreen
+from .screens.experiments import ExperimentsScreen
 from .screens.items import ItemsScreen
 from .screens.overview import OverviewScreen
 from .screens.plugins import PluginsScreen
@@ -37,6 +38,7 @@ class ShelfwiseApp(App):
         "train": TrainScreen,
         "plugins": PluginsScreen,
         "rules": RulesScreen,
+        "experiments": ExperimentsScreen,
     }
     DEFAULT_MODE = "users"
     BINDINGS = [
@@ -48,6 +50,7 @@ class ShelfwiseApp(App):
         Binding("f6", "switch_mode('train')", "Train", show=False),
         Binding("f7", "switch_mode('plugins')", "Plugins", show=False),
         Binding("f8", "switch_mode('rules')", "Rules", show=False),
+        Binding("f9", "switch_mode('experiments')", "Experiments", show=False),
         Binding("ctrl+t", "toggle_theme", "Light/dark", show=False),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
     ]

@@ -9,7 +9,8 @@ import click
 
 from engine import hookimpl
 
-SCREENS = ["overview", "users", "items", "search", "evaluation", "train", "plugins", "rules"]
+SCREENS = ["overview", "users", "items", "search", "evaluation", "train", "plugins", "rules",
+           "experiments"]
 
 
 @hookimpl
@@ -20,10 +21,10 @@ def register_commands(cli: click.Group) -> None:
     @click.pass_obj
     def tui(obj, screen):
         """Open the terminal UI on the database: users, items, search, evaluation, training,
-        plugins, merchandising rules.
+        plugins, merchandising rules, A/B experiments.
 
         \b
-        Keys: F1-F8 switch screens, / finds, Ctrl+P opens the command palette, Ctrl+Q quits.
+        Keys: F1-F9 switch screens (F9: experiments), / finds, Ctrl+P opens the command palette, Ctrl+Q quits.
         """
         from .app import ShelfwiseApp
 
