@@ -303,6 +303,8 @@ def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, ite
                "no history yet": f"{user!r} has no events yet",
                "unknown item": "none of the items given is in the catalogue"}[recs[0].fallback]
         console.print(f"[yellow]Note:[/yellow] {who}: showing what a new visitor sees.")
+    if recs and recs[0].experiment:
+        console.print(f"A/B experiment {recs[0].experiment}: this shopper sees arm {recs[0].arm}.")
     _print_recs(recs, as_json)
 
 

@@ -344,6 +344,12 @@ def test_the_experiment_commands(db_path, tmp_path):
     assert table.exit_code == 0, table.output
     assert "P(better)" in table.output and "Unit: the shopper" in table.output
     assert "revenue/shopper" in table.output and f"control: {body['arms'][0]['shoppers']} shoppers" in table.output
+    shown = runner.invoke(cli, [*db, "recommend", "sim00000", "--placement", "home", "-n", "3"])
+    assert shown.exit_code == 0, shown.output
+    assert "A/B experiment cli-test: this shopper sees arm " in shown.output
+    as_json = runner.invoke(cli, [*db, "recommend", "sim00000", "--placement", "home", "-n", "3", "--json"])
+    assert {(r["experiment"], r["arm"]) for r in json.loads(as_json.stdout)} == \
+        {("cli-test", shown.output.split("sees arm ")[1].split(".")[0])}
     refused = runner.invoke(cli, [*db, "experiment", "start", "x", "--arm", "a=", "--arm", "b=", "--placement", "home"])
     assert refused.exit_code == 1 and "Error: Experiment 'cli-test' is running on placement 'home'" in refused.output
     stopped = runner.invoke(cli, [*db, "experiment", "stop", "cli-test", "--winner", "variant"])
