@@ -38,7 +38,7 @@ def experiment():
       recallers = { popular = 100 }   # diversity, history, exclude_kinds, new_item_slots...
     NAME= (no file) is the shop's own configuration. [plugins.X], [events] and [store] are
     not per arm: the arms share the trained models. Shoppers are assigned by a stable hash
-    of their id; requests without a shopper id get the first arm and are not counted.
+    of their id; requests without a shopper id get the shop's configuration, uncounted.
     """
 
 

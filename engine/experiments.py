@@ -21,9 +21,9 @@ arm that should have other rules names a placement whose rules it takes (`rules_
 
 Assignment: sha256(experiment name, shopper id) as a number in [0, 1), against the
 cumulative split: a shopper always sees the same arm, and experiments split independently
-of each other. A request without a shopper id is served the first arm (control) and not
-counted. A request that names its own recallers or ranker is served what it asked for, out
-of the experiment. An experiment covers the requests of its placement; one without a
+of each other. A request without a shopper id is served the shop's configuration (what
+control= is) and not counted. A request that names its own recallers or ranker is served
+what it asked for, out of the experiment. An experiment covers the requests of its placement; one without a
 placement covers every placement, so it runs alone. At most one experiment runs per
 placement.
 
@@ -128,7 +128,8 @@ class Experiment:
         return not self.placement or self.placement == (placement or "")
 
     def arm_for(self, user_id: str | None) -> Arm:
-        """The shopper's arm (stable); the first arm for a request without a shopper id."""
+        """The shopper's arm (stable); the first arm for None (serving gives a request without
+        a shopper id the shop's configuration instead, uncounted: Experiments.assign)."""
         if user_id is None:
             return self.arms[0]
         u = bucket(self.name, user_id)
