@@ -91,15 +91,15 @@ def train(net, torch, prep: Prepared, cfg, progress) -> dict:
     best, best_epoch, best_state, stale, epochs = -1.0, 0, None, 0, 0
     cpu_used, history = 0.0, []
     stopped = "max_epochs"
+    lengths = (prep.inputs > 0).sum(1)
     for epoch in range(1, cfg.max_epochs + 1):
         started = time.process_time()
         net.train()
-        order = gen.permutation(len(prep.inputs))
         losses = []
-        for lo in range(0, len(order), cfg.batch_size):
-            rows = order[lo:lo + cfg.batch_size]
-            seqs = torch.from_numpy(prep.inputs[rows])
-            target = torch.from_numpy(prep.targets[rows])
+        for rows in _batches(lengths, cfg.batch_size, gen):
+            width = max(int(lengths[rows].max()), 1)  # the batch's longest window: no all-padding columns
+            seqs = torch.from_numpy(prep.inputs[rows, -width:])
+            target = torch.from_numpy(prep.targets[rows, -width:])
             real = target > 0
             vectors = net.item_vectors()
             h = net.hidden(seqs, vectors)[real]          # (steps, dim)
@@ -142,3 +142,13 @@ def train(net, torch, prep: Prepared, cfg, progress) -> dict:
     return {"epochs": epochs, "best_epoch": best_epoch, "validation_ndcg@10": round(best, 6),
             "stopped": stopped, "cpu_seconds": round(cpu_used, 1), "curve": history,
             "windows": int(len(prep.inputs)), "validation_users": int(len(prep.val_targets))}
+
+
+def _batches(lengths: np.ndarray, size: int, gen: np.random.Generator) -> list[np.ndarray]:
+    """An epoch's batches: windows of similar length together (shuffled within each length),
+    the batches in random order. Windows are right-aligned, so a batch of short windows is
+    trimmed to its longest and skips the padding (a third of the demo shop's steps)."""
+    shuffled = gen.permutation(len(lengths))
+    order = shuffled[np.argsort(lengths[shuffled], kind="stable")]
+    batches = [order[lo:lo + size] for lo in range(0, len(order), size)]
+    return [batches[j] for j in gen.permutation(len(batches))]
