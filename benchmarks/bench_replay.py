@@ -1,7 +1,7 @@
 """Offline replay against the truth: a simulated shop where every configuration's true
 click-through rate is known, because the shoppers click by a click model we choose.
 
-    python benchmarks/bench_replay.py [--rounds 5] [--bootstraps 200] [--out benchmarks/results/replay.json]
+    python benchmarks/bench_replay.py [--rounds 5] [--bootstraps 200] [--repeats 10] [--out benchmarks/results/replay.json]
 
 The shop is the demo shop (seed 3, 200 shoppers, 200 products), trained with the
 collaborative plugins. Ground truth is a position-based click model: examination
@@ -17,6 +17,9 @@ true CTR is computed from the model on its own lists: for every logged request, 
 its engine answers now for that shopper, sum_k theta_k gamma_i / length — computed here
 with a separate Engine, not read from the replay. A thin log (a copy of the shop before
 logging, with only a handful of requests logged) checks that the tool says it cannot tell.
+`--repeats` simulates that many shops (click model and clicks drawn with other seeds) and
+counts how often each configuration's truth falls inside its interval, and how often a
+verdict other than "too thin" has the sign of the true difference right.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ def true_ctr(db_path: Path, registry, config_path: Path, theta: np.ndarray,
                                                                 if rid in requests else 0), ts)
         lists = lists_as_of(eng, list(requests.values()))
         clicks = sum(theta[k] * gamma[c.item_id] for cands in lists for k, c in enumerate(cands))
-        return clicks / sum(len(cands) for cands in lists)
+        return float(clicks / sum(len(cands) for cands in lists))
     finally:
         eng.close()
 
@@ -117,45 +120,74 @@ def write_configs(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def run(folder: Path, rounds: int = 5, bootstraps: int = 200, thin_requests: int = 8) -> dict:
+def replay_once(base: Path, folder: Path, registry, configs: dict[str, Path], repeat: int,
+                rounds: int, bootstraps: int) -> dict:
+    """One simulated shop (the click model and the clicks drawn with seeds from `repeat`),
+    logged on a copy of the trained `base`, and every configuration replayed against it."""
+    from engine import Engine
+
+    db_path = folder / f"shop-{repeat}.db"
+    shutil.copy(base, db_path)
+    eng = Engine(db_path, registry=registry)
+    try:
+        theta, gamma = click_model([i.item_id for i in eng.find_items("", limit=100_000)], seed=7 + repeat)
+        log_traffic(eng, theta, gamma, rounds, seed=11 + repeat)
+        rows = []
+        for name, path in configs.items():
+            started = time.perf_counter()
+            report = eng.replay(path, since="30d", bootstraps=bootstraps, seed=repeat)
+            seconds = time.perf_counter() - started
+            truth = true_ctr(db_path, registry, path, theta, gamma)
+            lo, hi = report.interval
+            rows.append({"config": name, "toml": CONFIGS[name], "truth": truth,
+                         "estimate": report.ctr, "interval": [lo, hi],
+                         "covered": bool(lo <= truth <= hi), "matched_ips": report.matched_ctr,
+                         "matched_share": report.matched_share, "support": report.support,
+                         "logged_ctr": report.logged_ctr, "difference": report.difference,
+                         "difference_interval": list(report.difference_interval),
+                         "verdict": report.verdict, "seconds": round(seconds, 2)})
+        logger_truth = next(r["truth"] for r in rows if r["config"].startswith("default"))
+        for r in rows:
+            r["true_difference"] = r["truth"] - logger_truth
+            r["verdict_right"] = {"higher": r["true_difference"] > 0, "lower": r["true_difference"] < 0,
+                                  "no clear difference": abs(r["true_difference"]) <= 0.1 * logger_truth,
+                                  "too thin": None}[r["verdict"]]
+        summary = {"requests": report.requests, "impressions": report.impressions,
+                   "clicks": report.clicks, "position_bias_estimated": report.position_bias,
+                   "position_bias_true": (theta / theta[0]).round(4).tolist(),
+                   "position_mixing": report.position_mixing, "logger_true_ctr": logger_truth}
+        return {"rows": rows, "log": summary}
+    finally:
+        eng.close()
+
+
+def run(folder: Path, rounds: int = 5, bootstraps: int = 200, repeats: int = 1,
+        thin_requests: int = 8) -> dict:
+    """The headline shop (repeat 0), `repeats - 1` more with other seeds (coverage), and
+    the thin log."""
     os.environ["SHELFWISE_LOAD_PLUGINS"] = PLUGINS
     os.environ.setdefault("SHELFWISE_HOME", str(folder / "home"))
-    db_path = folder / "shop.db"
-    eng = build_shop(db_path)
-    eng.close()
-    thin_path = folder / "thin.db"
-    shutil.copy(db_path, thin_path)
+    base = folder / "base.db"
+    build_shop(base).close()
     from engine import Engine, load_plugins
 
     registry = load_plugins()
-    eng = Engine(db_path, registry=registry)
-    theta, gamma = click_model([i.item_id for i in eng.find_items("", limit=100_000)])
-    log_traffic(eng, theta, gamma, rounds)
     configs = write_configs(folder)
-    rows = []
-    for name, path in configs.items():
-        started = time.perf_counter()
-        report = eng.replay(path, since="30d", bootstraps=bootstraps)
-        seconds = time.perf_counter() - started
-        truth = true_ctr(db_path, registry, path, theta, gamma)
-        lo, hi = report.interval
-        rows.append({"config": name, "toml": CONFIGS[name], "truth": truth, "estimate": report.ctr,
-                     "interval": [lo, hi], "covered": bool(lo <= truth <= hi),
-                     "matched_ips": report.matched_ctr, "matched_share": report.matched_share,
-                     "support": report.support, "logged_ctr": report.logged_ctr,
-                     "verdict": report.verdict, "seconds": round(seconds, 2)})
-    logger_truth = true_ctr(db_path, registry, configs["default (the logger's)"], theta, gamma)
-    summary = {"requests": report.requests, "impressions": report.impressions,
-               "clicks": report.clicks, "position_bias_estimated": report.position_bias,
-               "position_bias_true": (theta / theta[0]).round(4).tolist(),
-               "position_mixing": report.position_mixing}
-    eng.close()
+    shops = [replay_once(base, folder, registry, configs, repeat, rounds, bootstraps)
+             for repeat in range(repeats)]
+    coverage = {name: sum(r["covered"] for shop in shops for r in shop["rows"] if r["config"] == name)
+                for name in configs}
+    thin_path = folder / "thin.db"
+    shutil.copy(base, thin_path)
     thin = Engine(thin_path, registry=registry)
+    theta, gamma = click_model([i.item_id for i in thin.find_items("", limit=100_000)])
     thin_requests_logged = log_traffic(thin, theta, gamma, 1,
                                        users=sorted(thin.store.users_with_events())[:thin_requests])
     thin_report = thin.replay(configs["popular only"], since="30d", bootstraps=bootstraps)
     thin.close()
-    return {"rows": rows, "log": summary, "logger_true_ctr": logger_truth,
+    return {"rows": shops[0]["rows"], "log": shops[0]["log"],
+            "logger_true_ctr": shops[0]["log"]["logger_true_ctr"],
+            "repeats": [shop["rows"] for shop in shops], "coverage": coverage,
             "thin": {"requests": len(thin_requests_logged), "impressions": thin_report.impressions,
                      "clicks": thin_report.clicks, "support": thin_report.support,
                      "estimate": thin_report.ctr, "interval": list(thin_report.interval),
@@ -167,6 +199,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--bootstraps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="shops simulated with other seeds, for the coverage of the intervals")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "replay.json"))
     args = parser.parse_args()
     from rich.console import Console
@@ -176,7 +210,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="replay-bench-") as tmp:
         started = time.perf_counter()
-        result = run(Path(tmp), args.rounds, args.bootstraps)
+        result = run(Path(tmp), args.rounds, args.bootstraps, args.repeats)
         result["seconds"] = round(time.perf_counter() - started, 1)
     result["machine"] = machine(("numpy", "implicit"), ("engine/replay.py", "engine/replay_report.py",
                                                         "engine/store/replay_log.py", "benchmarks/bench_replay.py"))
@@ -197,6 +231,13 @@ def main() -> None:
     thin = result["thin"]
     console.print(f"Thin log ({thin['requests']} requests, {thin['clicks']} clicks): "
                   f"verdict {thin['verdict']!r}: {thin['message']}")
+    repeats = len(result["repeats"])
+    console.print(f"Truth inside the 95% interval, over {repeats} simulated shops (seeds): " + ", ".join(
+        f"{name} {hits}/{repeats}" for name, hits in result["coverage"].items()))
+    verdicts = [r for shop in result["repeats"] for r in shop if r["verdict"] != "too thin"]
+    console.print(f"Verdicts other than 'too thin': {len(verdicts)}, of which right about the true "
+                  f"difference: {sum(bool(r['verdict_right']) for r in verdicts)}; 'too thin': "
+                  f"{sum(r['verdict'] == 'too thin' for shop in result['repeats'] for r in shop)}")
     console.print(f"Position bias, estimated: {log['position_bias_estimated']}")
     console.print(f"Position bias, true:      {log['position_bias_true']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

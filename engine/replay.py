@@ -17,8 +17,9 @@ measures how much of that the log has. Offline evaluation of rankings through cl
 follows Li et al., "Offline Evaluation of Ranking Policies with Click Models", KDD 2018.
 
 Two estimates of a new configuration's CTR (clicks per impression) on the logged requests:
-- model-based (the headline): the mean over the new lists' slots of theta_k * gamma_i.
-  An item never shown in the window gets the appeal of the recaller that proposed it
+- model-based (the headline): the mean over the new lists' slots of theta_k * gamma_i,
+  gamma_i the empirical-Bayes posterior mean of the item's appeal given theta (see
+  `shrunk_appeal`: the configuration's models learned from the same clicks). An item never shown in the window gets the appeal of the recaller that proposed it
   (estimated from that recaller's logged impressions), so a config that shows unseen items
   is not silently ignored; `support` says how much of the new lists rests on items' own
   evidence.
@@ -105,6 +106,27 @@ def fit_pbm(position: np.ndarray, item: np.ndarray, click: np.ndarray, n_positio
     return np.clip(theta, 1e-6, 1.0), np.clip(gamma, 1e-6, 1.0)
 
 
+def shrunk_appeal(theta: np.ndarray, position: np.ndarray, item: np.ndarray, click: np.ndarray,
+                  n_items: int, weight: np.ndarray | None = None) -> np.ndarray:
+    """Each item's appeal as an empirical-Bayes posterior mean: clicks_i ~ Poisson(gamma_i *
+    E_i), E_i = the examination its impressions got (sum of theta), gamma ~ Gamma(a, b) with
+    a, b matched to the mean and the spread of the items' raw rates less their Poisson noise
+    (Efron, "Tweedie's formula and selection bias", JASA 2011). Posterior means stay
+    calibrated when the items are chosen *because* of their clicks — and a configuration's
+    models have learned from the logged clicks, so they favour the items that were lucky in
+    the logs; raw rates would overrate exactly those (the winner's curse)."""
+    w = np.ones(len(click)) if weight is None else weight
+    exam = np.bincount(item, weights=w * theta[position], minlength=n_items)
+    clicks = np.bincount(item, weights=w * click, minlength=n_items)
+    seen = exam > 0
+    mean = clicks[seen].sum() / max(exam[seen].sum(), 1e-12)
+    share = exam[seen] / max(exam[seen].sum(), 1e-12)
+    spread = np.sum(share * (clicks[seen] / exam[seen] - mean) ** 2) - mean * np.sum(share / exam[seen])
+    spread = max(spread, 1e-4 * mean * mean)  # no spread beyond the noise: shrink (almost) fully
+    rate = mean / max(spread, 1e-12)
+    return (clicks + mean * rate) / (exam + rate)
+
+
 def recaller_appeal(theta: np.ndarray, position: np.ndarray, source: np.ndarray, click: np.ndarray,
                     n_sources: int, weight: np.ndarray | None = None) -> np.ndarray:
     """Each recaller's mean appeal: its clicks over its impressions' examination, sum of
@@ -170,13 +192,14 @@ def _point(log: LoggedImpressions, new: NewLists, n_positions: int, req_w: np.nd
     w = req_w[log.request]
     theta, gamma = fit_pbm(log.position, log.item, log.click, n_positions, log.n_items, w,
                            iterations, start)
+    appeal = shrunk_appeal(theta, log.position, log.item, log.click, log.n_items, w)
     src = recaller_appeal(theta, log.position, log.source, log.click, log.n_sources, w)
     overall = float(np.sum(w * log.click) / max(np.sum(w * theta[log.position]), 1e-12))
-    rates = slot_click_rates(theta, gamma, src, overall, new)
+    rates = slot_click_rates(theta, appeal, src, overall, new)
     nw = req_w[new.request]
     ctr = float(np.sum(nw * rates) / max(np.sum(nw), 1e-12))
     logged = float(np.sum(w * log.click) / max(np.sum(w), 1e-12))
-    modelled = float(np.sum(w * theta[log.position] * gamma[log.item]) / max(np.sum(w), 1e-12))
+    modelled = float(np.sum(w * theta[log.position] * appeal[log.item]) / max(np.sum(w), 1e-12))
     slots, rows = matched
     mw = req_w[new.request[slots]]
     if np.sum(mw) > 0:
