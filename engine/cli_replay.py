@@ -17,8 +17,8 @@ out = Console(highlight=False, soft_wrap=True)
 @click.option("--since", default="30d", show_default=True,
               help="Impressions logged this far back: 30m, 12h, 7d, 2w or 'all'.")
 @click.option("--placement", default=None, help="Only the lists shown in this placement.")
-@click.option("--bootstraps", default=200, show_default=True, type=click.IntRange(0, 10_000),
-              help="Resamples for the 95% intervals (0: no intervals).")
+@click.option("--bootstraps", default=200, show_default=True, type=click.IntRange(20, 10_000),
+              help="Resamples for the 95% intervals.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def replay(obj, config, since, placement, bootstraps, as_json):

@@ -114,7 +114,7 @@ def lists_as_of(engine: Engine, requests: list[LoggedRequest], batch: int = 256)
 
 def _index(values) -> tuple[np.ndarray, list]:
     names, idx = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
-    return idx, list(names)
+    return idx, [str(n) for n in names]
 
 
 def replay(engine: Engine, config_path: str | Path, since: str | None = "30d",
@@ -124,6 +124,9 @@ def replay(engine: Engine, config_path: str | Path, since: str | None = "30d",
     placement, with the logged CTR beside it and a verdict."""
     from .engine import Engine
 
+    if bootstraps < 20:
+        raise EngineError(f"bootstraps={bootstraps}: the intervals need at least 20 resamples "
+                          "(200 is the default).", title="Invalid replay")
     candidate = Engine(engine.db_path, registry=engine.registry, config_path=config_path)
     try:
         candidate.pipeline()  # an unknown recaller or ranker, or no trained model: say so now
