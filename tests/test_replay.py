@@ -75,49 +75,68 @@ def test_interval_covers_a_reordered_list_and_thin_logs_say_so():
 # -- the whole tool on a simulated shop -------------------------------------------------
 
 
+SHOPS = 3  # simulated shops (seeds) for the coverage test
+
+
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
-    """(logged shop, thin shop, true model, config files): 3 rounds of the default pipeline
-    served to 200 shoppers, clicks drawn from the true click model; the thin shop has 8."""
+    """(folder, [(db, theta, gamma)] per simulated shop, config files): the demo shop trained
+    once; in each copy, 3 rounds of the default pipeline served to 200 shoppers, clicks drawn
+    from that shop's true click model (seeded); thin.db has 8 lists logged."""
     folder = tmp_path_factory.mktemp("replay")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SHELFWISE_LOAD_PLUGINS", sim.PLUGINS)
         mp.setenv("SHELFWISE_HOME", str(folder / "home"))
-        eng = sim.build_shop(folder / "shop.db")
-        theta, gamma = sim.click_model([i.item_id for i in eng.find_items("", limit=10_000)])
-        eng.close()
-        shutil.copy(folder / "shop.db", folder / "thin.db")
+        sim.build_shop(folder / "base.db").close()
         registry = load_plugins()
-        for name, rounds, users in (("shop.db", 3, None), ("thin.db", 1, 8)):
+        shops = []
+        for name, repeat, rounds, users in [*((f"shop{r}.db", r, 3, None) for r in range(SHOPS)),
+                                            ("thin.db", 0, 1, 8)]:
+            shutil.copy(folder / "base.db", folder / name)
             eng = Engine(folder / name, registry=registry)
+            theta, gamma = sim.click_model([i.item_id for i in eng.find_items("", limit=10_000)],
+                                           seed=7 + repeat)
             who = sorted(eng.store.users_with_events())[:users] if users else None
-            sim.log_traffic(eng, theta, gamma, rounds, users=who)
+            sim.log_traffic(eng, theta, gamma, rounds, users=who, seed=11 + repeat)
             eng.close()
-    return folder, theta, gamma, sim.write_configs(folder)
+            shops.append((folder / name, theta, gamma))
+    return folder, shops[:SHOPS], sim.write_configs(folder)
 
 
 @pytest.fixture
 def logged(shop, monkeypatch):
-    folder, theta, gamma, configs = shop
+    folder, shops, configs = shop
     monkeypatch.setenv("SHELFWISE_LOAD_PLUGINS", sim.PLUGINS)
-    eng = Engine(folder / "shop.db", registry=load_plugins())
-    yield eng, theta, gamma, configs
+    eng = Engine(shops[0][0], registry=load_plugins())
+    yield eng, configs
     eng.close()
 
 
-def test_replay_covers_the_true_ctr_of_another_configuration(logged):
-    eng, theta, gamma, configs = logged
-    report = eng.replay(configs["als only"], bootstraps=100)
-    truth = sim.true_ctr(eng.db_path, eng.registry, configs["als only"], theta, gamma)
-    assert report.support > 0.9 and report.verdict != "too thin"
-    assert report.interval[0] <= truth <= report.interval[1], (truth, report.to_dict())
-    assert {s.recaller for s in report.by_recaller} == {"als"}
+def test_replay_covers_the_true_ctr_of_another_configuration(shop, monkeypatch):
+    """ALS only shares most products with the logged lists (support > 90%). A 95% interval
+    misses now and then by design, and each change to the pipeline's defaults redraws these
+    shops: the truth must be inside in at least 2 of 3 shops (a calibrated interval fails
+    that about 0.7% of the time; bench_replay.py measures 38/40 over 10 shops)."""
+    folder, shops, configs = shop
+    monkeypatch.setenv("SHELFWISE_LOAD_PLUGINS", sim.PLUGINS)
+    registry = load_plugins()
+    inside = []
+    for path, theta, gamma in shops:
+        eng = Engine(path, registry=registry)
+        report = eng.replay(configs["als only"], bootstraps=100)
+        eng.close()
+        truth = sim.true_ctr(path, registry, configs["als only"], theta, gamma)
+        assert report.support > 0.9 and report.verdict != "too thin", report.to_dict()
+        assert {s.recaller for s in report.by_recaller} == {"als"}
+        inside.append(report.interval[0] <= truth <= report.interval[1])
+        assert abs(report.ctr - truth) < 0.15 * truth, (truth, report.to_dict())
+    assert sum(inside) >= 2, inside
 
 
 def test_the_logging_configuration_replayed_against_itself(logged):
     """Its lists are the logged ones again: every slot matched, no position change, so the
     matched IPS is the logged CTR exactly and the model's difference is 0."""
-    eng, _, _, configs = logged
+    eng, configs = logged
     report = eng.replay(configs["default (the logger's)"], bootstraps=20)
     assert report.matched_share == 1.0
     assert report.matched_ctr == pytest.approx(report.logged_ctr)
@@ -126,7 +145,7 @@ def test_the_logging_configuration_replayed_against_itself(logged):
 
 
 def test_cli_says_too_thin_for_a_tiny_log(shop):
-    folder, _, _, configs = shop
+    folder, _, configs = shop
     result = CliRunner().invoke(cli, ["--db", str(folder / "thin.db"), "replay",
                                       str(configs["popular only"]), "--json", "--bootstraps", "30"])
     assert result.exit_code == 0, result.output
@@ -144,7 +163,7 @@ def test_cli_says_too_thin_for_a_tiny_log(shop):
     ("[pipeline]\nrecallers = { nosuch = 10 }", "nosuch"),
 ])
 def test_an_invalid_configuration_is_a_clear_error(shop, tmp_path, text, message):
-    folder, _, _, _ = shop
+    folder, _, _ = shop
     bad = tmp_path / "bad.toml"
     bad.write_text(text)
     result = CliRunner().invoke(cli, ["--db", str(folder / "thin.db"), "replay", str(bad)])
@@ -152,7 +171,7 @@ def test_an_invalid_configuration_is_a_clear_error(shop, tmp_path, text, message
 
 
 def test_no_impressions_in_the_window_is_an_error(logged, tmp_path):
-    eng, _, _, configs = logged
+    eng, configs = logged
     with pytest.raises(EngineError, match="No impressions logged"):
         eng.replay(configs["als only"], placement="nowhere")
     with pytest.raises(EngineError, match="does not exist"):
