@@ -6,7 +6,8 @@ only place SQL is written.
   views.ViewQueries   the read-only questions of the views (part of Store)
   attribution         logged impressions, attributed events, the online report
   apikeys             the HTTP API's keys (hashed), and their lookup for the server
-  rules.RuleStore     the merchandising rules (part of Store)"""
+  rules.RuleStore     the merchandising rules (part of Store)
+  replay_log          the logged impressions with their clicks, as offline replay reads them"""
 
 from .core import CHUNK, ImportReport, Store, event_id_for, row_to_item
 
