@@ -75,14 +75,62 @@ class NewLists:
     source: np.ndarray  # index into the logged recallers, or -1 for one the window never logged
 
 
+def impression_cells(position: np.ndarray, item: np.ndarray,
+                     n_positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct item * n_positions + position cells, each impression's cell index)."""
+    cell = item.astype(np.int64) * n_positions + position
+    cells, at = np.unique(cell, return_inverse=True)
+    return cells, at
+
+
 def fit_pbm(position: np.ndarray, item: np.ndarray, click: np.ndarray, n_positions: int,
             n_items: int, weight: np.ndarray | None = None, iterations: int = 100,
             start: tuple[np.ndarray, np.ndarray] | None = None,
-            prior_strength: float = PRIOR_STRENGTH) -> tuple[np.ndarray, np.ndarray]:
+            prior_strength: float = PRIOR_STRENGTH,
+            cells: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(theta per position, gamma per item) by EM on the position-based model, with a
     Beta-like prior of `prior_strength` pseudo-impressions at the mean appeal (MAP, so an
     item shown twice without a click does not get appeal 0). `weight`: per impression (the
-    bootstrap's resampling counts). Positions or items without weight keep their start."""
+    bootstrap's resampling counts). Positions or items without weight keep their start.
+
+    The E-step of an unclicked impression depends only on its (item, position), so the
+    impressions are summed into those cells once and EM runs over the cells (at most items x
+    positions, whatever the log's size); `fit_pbm_reference` is the same EM impression by
+    impression. `cells`: `impression_cells(...)` when fitting the same log again."""
+    w = np.ones(len(click)) if weight is None else np.asarray(weight, float)
+    c = np.asarray(click, float)
+    cells, at = impression_cells(position, item, n_positions) if cells is None else cells
+    clicked = np.bincount(at, weights=w * c, minlength=len(cells))
+    unclicked = np.bincount(at, weights=w * (1 - c), minlength=len(cells))
+    c_item, c_pos = cells // n_positions, cells % n_positions
+    shown = clicked + unclicked
+    per_pos = np.bincount(c_pos, weights=shown, minlength=n_positions)
+    per_item = np.bincount(c_item, weights=shown, minlength=n_items)
+    total = max(float(shown.sum()), 1e-12)
+    if start is None:
+        theta = np.full(n_positions, 0.5)
+        rate = np.bincount(c_item, weights=clicked, minlength=n_items) / np.maximum(per_item, 1e-12)
+        gamma = np.clip(2 * rate, 0.01, 0.95)
+    else:
+        theta, gamma = (np.array(a, float) for a in start)
+    for _ in range(iterations):
+        t, g = theta[c_pos], gamma[c_item]
+        miss = np.maximum(1 - t * g, 1e-12)
+        examined = clicked + unclicked * t * (1 - g) / miss
+        attracted = clicked + unclicked * g * (1 - t) / miss
+        theta = np.where(per_pos > 0, np.bincount(c_pos, weights=examined, minlength=n_positions)
+                         / np.maximum(per_pos, 1e-12), theta)
+        mean = float(attracted.sum() / total)
+        gamma = np.where(per_item > 0, (np.bincount(c_item, weights=attracted, minlength=n_items)
+                                        + prior_strength * mean) / (per_item + prior_strength), gamma)
+    return np.clip(theta, 1e-6, 1.0), np.clip(gamma, 1e-6, 1.0)
+
+
+def fit_pbm_reference(position: np.ndarray, item: np.ndarray, click: np.ndarray, n_positions: int,
+            n_items: int, weight: np.ndarray | None = None, iterations: int = 100,
+            start: tuple[np.ndarray, np.ndarray] | None = None,
+            prior_strength: float = PRIOR_STRENGTH) -> tuple[np.ndarray, np.ndarray]:
+    """`fit_pbm`, impression by impression: the slow reference the tests compare it with."""
     w = np.ones(len(click)) if weight is None else np.asarray(weight, float)
     c = np.asarray(click, float)
     per_pos = np.bincount(position, weights=w, minlength=n_positions)
@@ -188,10 +236,11 @@ class Estimate:
 
 
 def _point(log: LoggedImpressions, new: NewLists, n_positions: int, req_w: np.ndarray,
-           matched: tuple[np.ndarray, np.ndarray], start=None, iterations: int = 100):
+           matched: tuple[np.ndarray, np.ndarray], cells: tuple[np.ndarray, np.ndarray],
+           start=None, iterations: int = 100):
     w = req_w[log.request]
     theta, gamma = fit_pbm(log.position, log.item, log.click, n_positions, log.n_items, w,
-                           iterations, start)
+                           iterations, start, cells=cells)
     appeal = shrunk_appeal(theta, log.position, log.item, log.click, log.n_items, w)
     src = recaller_appeal(theta, log.position, log.source, log.click, log.n_sources, w)
     overall = float(np.sum(w * log.click) / max(np.sum(w * theta[log.position]), 1e-12))
@@ -223,15 +272,17 @@ def estimate(log: LoggedImpressions, new: NewLists, bootstraps: int = 200,
         raise ValueError("replay needs logged impressions and at least one new list")
     n_positions = int(max(log.position.max(), 0)) + 1
     pairs = matched_slots(log, new)
-    theta, gamma, ctr, logged, modelled, matched, rates = _point(log, new, n_positions, np.ones(n_requests), pairs)
+    cells = impression_cells(log.position, log.item, n_positions)
+    theta, gamma, ctr, logged, modelled, matched, rates = _point(log, new, n_positions,
+                                                                 np.ones(n_requests), pairs, cells)
     clusters, cluster_of = np.unique(log.cluster, return_inverse=True)
     rng = np.random.default_rng(seed)
     boot: dict[str, list[float]] = {"ctr": [], "logged": [], "diff": [], "matched": []}
     for _ in range(bootstraps):
         drawn = np.bincount(rng.integers(0, len(clusters), len(clusters)), minlength=len(clusters))
         req_w = drawn[cluster_of].astype(float)
-        _, _, b_ctr, b_logged, b_modelled, b_matched, _ = _point(log, new, n_positions, req_w, pairs,
-                                                     (theta, gamma), iterations=30)
+        _, _, b_ctr, b_logged, b_modelled, b_matched, _ = _point(
+            log, new, n_positions, req_w, pairs, cells, (theta, gamma), iterations=30)
         boot["ctr"].append(b_ctr)
         boot["logged"].append(b_logged)
         boot["diff"].append(b_ctr - b_modelled)

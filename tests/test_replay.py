@@ -176,3 +176,13 @@ def test_no_impressions_in_the_window_is_an_error(logged, tmp_path):
         eng.replay(configs["als only"], placement="nowhere")
     with pytest.raises(EngineError, match="does not exist"):
         eng.replay(tmp_path / "missing.toml")
+
+
+def test_em_over_cells_is_em_over_impressions():
+    log, _, _ = synthetic(requests=300)
+    weight = np.random.default_rng(3).integers(0, 3, len(log.click)).astype(float)
+    for w in (None, weight):
+        fast = est.fit_pbm(log.position, log.item, log.click, 10, log.n_items, w, iterations=40)
+        slow = est.fit_pbm_reference(log.position, log.item, log.click, 10, log.n_items, w,
+                                     iterations=40)
+        assert np.allclose(fast[0], slow[0]) and np.allclose(fast[1], slow[1])
