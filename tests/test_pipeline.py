@@ -156,8 +156,9 @@ def trained(tmp_path_factory):
         for var in ("SHELFWISE_CONFIG", "SHELFWISE_DB"):
             mp.delenv(var, raising=False)
         mp.setenv("SHELFWISE_LOAD_PLUGINS", CORE_PLUGINS)
+        # diversity off: these tests read the ranker's order (tests/test_diversity.py: on)
         eng = Engine(tmp_path_factory.mktemp("shop") / "shelfwise.db", registry=load_plugins(),
-                     settings=Settings())
+                     settings=Settings(pipeline={"diversity": 0}))
         fill(eng)
         eng.train_report = eng.train()
     yield eng

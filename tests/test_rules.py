@@ -159,7 +159,7 @@ def test_boosts_and_burials_move_by_places():
 
 # -- on a trained shop ------------------------------------------------------------------------
 
-NO_SLOT = Settings(pipeline=PipelineSettings(new_item_slots=0))  # only the rules move items
+NO_SLOT = Settings(pipeline=PipelineSettings(new_item_slots=0, diversity=0))  # only the rules move items
 
 
 @pytest.fixture(scope="module")

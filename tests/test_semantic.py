@@ -106,7 +106,8 @@ def test_retrain_encodes_only_what_changed(trained):
     assert report["encoded"] == 1 and report["indexed"] == len(ITEM_GROUP)
 
 
-def test_content_recommends_similar_text(trained):
+def test_content_recommends_similar_text(trained, monkeypatch):
+    monkeypatch.setattr(trained.settings.pipeline, "diversity", 0)  # content's own neighbours
     # fusion keeps content's order; which ranker serves this 90-shopper shop depends on the
     # held-back check (bert, when it wins, re-orders by its learned popularity features)
     recs = trained.recommend(None, 5, recallers=["content"], ranker="fusion", items=["espresso"])

@@ -523,7 +523,16 @@ def test_rules_need_a_secret_key(db_path):
         assert c.delete(f"/rules/{added.json()['id']}", headers=sec).json()["status"] == "removed"
 
 
-def test_rules_added_through_the_api_shape_the_next_answer(client):
+@pytest.fixture
+def plain_client(db_path):
+    """A server whose lists are the ranker's order (diversity off): the rules' exact moves."""
+    (db_path.parent / "shelfwise.toml").write_text("[pipeline]\ndiversity = 0\n")
+    with TestClient(create_app(db_path)) as c:
+        yield c
+
+
+def test_rules_added_through_the_api_shape_the_next_answer(plain_client):
+    client = plain_client
     plain = ids(client.get("/recommend/user004?n=6&placement=home"))
     cached = client.get("/recommend/user004?n=6&placement=home").json()
     assert cached["cached"] is True

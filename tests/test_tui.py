@@ -756,7 +756,9 @@ def snap_db(shop_db, tmp_path_factory) -> Path:
 
 
 def snapshot_app(db: Path, mode: str) -> ShelfwiseApp:
-    return ShelfwiseApp(Engine(db, registry=load_plugins()), mode=mode)
+    # diversity off: the pictures show the ranker's lists
+    return ShelfwiseApp(Engine(db, registry=load_plugins(), settings=Settings(pipeline={"diversity": 0})),
+                        mode=mode)
 
 
 async def _settle_then(pilot, keys=()):
