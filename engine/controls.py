@@ -1,12 +1,13 @@
-"""The shop owner's side of the Engine facade: merchandising rules, A/B experiments, what was
-shown and what shoppers did with it (attribution), API keys, and a shopper's data (access
-and erasure).
+"""The shop owner's side of the Engine facade: merchandising rules, A/B experiments and their
+offline replay, what was shown and what shoppers did with it (attribution), API keys, and a
+shopper's data (access and erasure).
 
 `Engine` inherits these methods; they delegate to engine.merchandising, engine.experiments,
 engine.erasure and the store layer (engine.store.attribution, engine.store.apikeys)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import erasure
@@ -69,6 +70,14 @@ class ShopControls:
         """Stop serving the arms (every shopper gets the shop's configuration again) and
         record the winner, if named."""
         return self.abtests.stop(name, winner)
+
+    def replay(self, config_path: str | Path, since: str | None = "30d",
+               placement: str | None = None, bootstraps: int = 200, seed: int = 0):
+        """Estimate the click-through rate the configuration in `config_path` would have had
+        on the logged impressions, with intervals and a verdict (replay_report.ReplayReport)."""
+        from .replay_report import replay
+
+        return replay(self, config_path, since, placement, bootstraps, seed)
 
     # -- a shopper's data, online measurement, API keys -------------------------------
 

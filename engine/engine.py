@@ -219,14 +219,6 @@ class Engine(ShopControls):
         """Hold out each user's newest items, fit on the rest, score per recaller and pipeline."""
         return flows.evaluate(self, k, progress, recallers, ranker)
 
-    def replay(self, config_path: str | Path, since: str | None = "30d",
-               placement: str | None = None, bootstraps: int = 200, seed: int = 0):
-        """Estimate the click-through rate the configuration in `config_path` would have had
-        on the logged impressions, with intervals and a verdict (replay_report.ReplayReport)."""
-        from .replay_report import replay
-
-        return replay(self, config_path, since, placement, bootstraps, seed)
-
     # -- recommendations ---------------------------------------------------------------
 
     def query_for(self, user_id: str | None, category: str | None = None,
