@@ -233,3 +233,22 @@ def test_with_text_vectors_a_product_added_after_training_can_be_proposed():
     names = [c.item_id for c in answer]
     assert "new-i06" in names, "the new product is not blind"
     assert names.index("new-i06") < len(names) // 2, names  # its text puts it near i06
+
+
+def test_its_thread_count_is_its_own_and_not_left_for_the_next_plugin():
+    """torch's thread count is global: fitting or asking the transformer (1 thread) must not
+    leave bert, fitted next, on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        recaller = TransformerRecaller(dict(FAST, max_epochs=2))
+        seen = []
+        recaller.fit(cycle_shop(), progress=lambda *a: seen.append(torch.get_num_threads()))
+        assert seen and set(seen) == {1}, "it trains on its own thread count"
+        assert torch.get_num_threads() == 2
+        ask(recaller, ["i00", "i01"])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -12,6 +12,7 @@ next list without a retrain; queries are answered in batches (one forward pass e
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -60,12 +61,20 @@ class TransformerRecaller(Recaller):
 
     # -- fitting -----------------------------------------------------------------------
 
+    @contextmanager
     def _torch(self):
+        """torch with this model's thread count, restored afterwards: the setting is global,
+        and another plugin's fit (bert's, on all cores) must not inherit it."""
         import torch
 
-        if self.config.threads:
+        before = torch.get_num_threads()
+        if self.config.threads and self.config.threads != before:
             torch.set_num_threads(self.config.threads)
-        return torch
+        try:
+            yield torch
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
 
     def _text_vectors(self, item_ids: Sequence[str]) -> np.ndarray | None:
         """The items' text vectors from the engine's index (zeros where an item has none),
@@ -82,11 +91,14 @@ class TransformerRecaller(Recaller):
         return out
 
     def fit(self, data: Dataset, progress=None) -> None:
+        with self._torch() as torch:
+            self._fit(data, progress, torch)
+
+    def _fit(self, data: Dataset, progress, torch) -> None:
         from . import _training
         from ._model import SequenceModel
 
         cfg = self.config
-        torch = self._torch()
         torch.manual_seed(cfg.seed)
         seqs = _training.user_sequences(data.users, data.items, data.ts)
         prep = _training.prepare(seqs, cfg.max_len, cfg.validation_users, cfg.seed)
@@ -156,9 +168,10 @@ class TransformerRecaller(Recaller):
         return ModelState(arrays=arrays, meta=meta, format="safetensors")
 
     def load(self, state: ModelState) -> None:
+        import torch
+
         from ._model import SequenceModel
 
-        torch = self._torch()
         shape, a = state.meta["shape"], state.arrays
         ids = list(state.meta["item_ids"])
         net = SequenceModel(len(ids), shape["dim"], shape["max_len"], shape["layers"], shape["heads"], 0.0)
@@ -181,7 +194,8 @@ class TransformerRecaller(Recaller):
         size = len(index) if index is not None else 0
         if self._serving is not None and self._serving[0] == size:
             return self._serving[1:]
-        torch = self._torch()
+        import torch
+
         ids, vectors, known = list(self.ids), self.trained_vectors, self.known
         position = {item: j for j, item in enumerate(ids)}
         if self.project is not None and index is not None:
@@ -207,8 +221,11 @@ class TransformerRecaller(Recaller):
         return rows[-self._net.max_len:]
 
     def recall(self, queries: Sequence[Query], n: int):
+        with self._torch() as torch:
+            return self._recall(queries, n, torch)
+
+    def _recall(self, queries: Sequence[Query], n: int, torch):
         position, ids, known, vectors = self._serving_items()
-        torch = self._torch()
         length = self._net.max_len
         inputs = [self._inputs(q, position) for q in queries]
         asked = [j for j, rows in enumerate(inputs) if rows]
