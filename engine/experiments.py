@@ -332,7 +332,8 @@ class Experiments:
         key = (exp.name, arm.name)
         if key not in self._lineups:
             eng = self.engine
-            self._lineups[key] = Lineup(eng.registry, arm_settings(eng.settings, arm), eng.serving, eng.make)
+            self._lineups[key] = Lineup(eng.registry, arm_settings(eng.settings, arm), eng.serving, eng.make,
+                                                    vectors=eng.vectors)
         return self._lineups[key]
 
     # -- the shop owner's actions ----------------------------------------------------------

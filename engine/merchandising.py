@@ -14,7 +14,7 @@ catalogue fields (engine.conditions).
 Where they act in the pipeline (engine.pipeline): filter rules remove items with the
 other filters, so the ranker never scores them (the list is the one a removal after it
 would leave); after the ranker, boosts and burials reorder the ranked list, then the
-pipeline's own re-rank (category diversity, the new-product slot) makes the top n, then
+pipeline's own re-rank (diversity: maximal marginal relevance over the item vectors, the new-product slot) makes the top n, then
 pins take their positions. Each move is recorded in the pipeline's trace and in the
 recommendation ("boosted by rule 2", "pinned by rule 3").
 

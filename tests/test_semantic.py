@@ -174,7 +174,7 @@ def test_search_cli_json_has_the_recommend_shape(trained, all_plugins):
 
 def test_similar_blends_recallers_and_says_which(trained):
     recs = trained.similar("espresso", 6)
-    assert {r.source for r in recs} <= {"cooccurrence", "sequence", "content", "als", "kg"}
+    assert {r.source for r in recs} <= {"cooccurrence", "sequence", "content", "als", "kg", "transformer"}
     assert "content" in {s for r in recs for s in r.sources}
     assert all(r.reason for r in recs)
 
