@@ -113,13 +113,9 @@ def _rates(n: int, recommendations: int, outcome: Mapping[str, float]) -> dict[s
             "conversion_rate": purchases / n if n else 0.0}
 
 
-def report(db: sqlite_utils.Database, since: float | None = None,
-           placement: str | None = None) -> dict[str, Any]:
-    """Impressions and what came of them since `since` (epoch seconds; None: all time),
-    optionally for one placement: overall and per recaller, ranker, placement, position.
-
-    Impressions are counted per group in SQL; outcomes exist only for the few impressions
-    that events came back for, so they are gathered once and summed here."""
+def impressions_where(since: float | None, placement: str | None) -> tuple[str, list]:
+    """The SQL condition (over `impressions i`) and parameters for impressions logged since
+    `since` (epoch seconds; None: all time), optionally of one placement."""
     where, params = ["1 = 1"], []
     if since is not None:
         where.append("i.ts >= ?")
@@ -127,7 +123,17 @@ def report(db: sqlite_utils.Database, since: float | None = None,
     if placement is not None:
         where.append("i.placement = ?")
         params.append(placement)
-    cond = " AND ".join(where)
+    return " AND ".join(where), params
+
+
+def report(db: sqlite_utils.Database, since: float | None = None,
+           placement: str | None = None) -> dict[str, Any]:
+    """Impressions and what came of them since `since` (epoch seconds; None: all time),
+    optionally for one placement: overall and per recaller, ranker, placement, position.
+
+    Impressions are counted per group in SQL; outcomes exist only for the few impressions
+    that events came back for, so they are gathered once and summed here."""
+    cond, params = impressions_where(since, placement)
     conn = db.conn
     outcomes = conn.execute(f"""
         SELECT i.source, i.ranker, i.placement, i.position,

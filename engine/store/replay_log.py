@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite_utils
 
-from .attribution import CLICK_KINDS
+from .attribution import CLICK_KINDS, impressions_where
 
 
 def clicked_impressions(db: sqlite_utils.Database, since: float | None = None,
@@ -14,17 +14,11 @@ def clicked_impressions(db: sqlite_utils.Database, since: float | None = None,
     """(recommendation_id, position, item_id, source, placement, user_id, ts, clicked) per logged
     impression since `since` (epoch seconds; None: all), optionally of one placement, in
     list order."""
-    where, params = ["1 = 1"], []
-    if since is not None:
-        where.append("i.ts >= ?")
-        params.append(since)
-    if placement is not None:
-        where.append("i.placement = ?")
-        params.append(placement)
+    cond, params = impressions_where(since, placement)
     return db.conn.execute(f"""
         SELECT i.recommendation_id, i.position, i.item_id, i.source, i.placement, i.user_id, i.ts,
                EXISTS (SELECT 1 FROM attributed_events a
                        WHERE a.recommendation_id = i.recommendation_id AND a.item_id = i.item_id
                          AND a.kind IN {CLICK_KINDS!r})
-        FROM impressions i WHERE {' AND '.join(where)}
+        FROM impressions i WHERE {cond}
         ORDER BY i.recommendation_id, i.position""", params).fetchall()
