@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .components import Encoder, ProgressCallback, no_progress
+from .memory import give_back_memory
 from .serving import Serving
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -20,6 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
 # the index is rebuilt from the embeddings once it holds more replaced (deleted) vectors
 # than this and than half its live ones
 REBUILD_AFTER = 256
+# an encode of at least this many items is a bulk one: the encoder is released after it
+BULK = 256
 
 
 class Vectors:
@@ -38,6 +41,14 @@ class Vectors:
         if not self._chosen:
             self._encoder, self._chosen = self._choose(), True
         return self._encoder
+
+    def _release_encoder(self) -> None:
+        """After a bulk encode (an import, a first train) the encoder's weights and the
+        heap its batches used are given back: `train` comes next and needs the memory
+        (the demo shop's peak was 2.14 GiB with them, the target 2 GB). The next text to
+        encode (a search, a new product) loads a fresh encoder."""
+        self._encoder, self._chosen = None, False
+        give_back_memory()
 
     def forget(self) -> None:
         """New models were activated: the stored index is read again when next asked."""
@@ -108,6 +119,8 @@ class Vectors:
                 f"encode {enc.name}", d, t, m))
             self.store.save_embeddings(enc.name, [i.item_id for i in todo],
                                        [hashes[i.item_id] for i in todo], vectors)
+            if len(todo) >= BULK:
+                self._release_encoder()
         if gone:
             self.store.delete_embeddings(enc.name, gone)
         encode_seconds = time.perf_counter() - started

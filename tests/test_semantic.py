@@ -200,3 +200,27 @@ def test_a_removed_item_leaves_the_index_and_the_recommendations(trained):
     recs = trained.recommend(None, 10, items=["beans-dark"])
     assert "beans-light" not in [r.item_id for r in recs]
     assert "beans-light" not in [r.item_id for r in trained.search("light roast beans", 5)]
+
+
+def test_a_bulk_encode_gives_the_encoder_back_and_the_next_text_loads_it_again(tmp_path, monkeypatch):
+    """Encoding many products (a first `train`, an import into a shop with an index) releases
+    the encoder afterwards (its weights and the heap its batches used: the fits need the
+    memory); a small edit keeps it; the next text to encode loads a fresh one, with the
+    same vectors."""
+    monkeypatch.setenv("SHELFWISE_LOAD_PLUGINS", "popular,minilm")
+    eng = Engine(tmp_path / "bulk.db", registry=load_plugins())
+    try:
+        many = [Item(f"p{j:03d}", f"Product {j} " + ("tent" if j % 2 else "coffee"), category="c")
+                for j in range(300)]
+        eng.store.write(many)
+        used = eng.encoder()
+        eng.refresh_vectors()  # what `train` does first on a new shop
+        assert len(eng.vectors()) == 300
+        first = eng.encoder()
+        assert first is not used, "the encoder that encoded 300 products was released"
+        again = first.encode_items([many[7]])[0]
+        assert np.allclose(again, eng.vectors().vector("p007"), atol=1e-5)
+        eng.upsert_items([Item("p300", "Product 300 coffee", category="c")])
+        assert eng.encoder() is first, "a small edit keeps the encoder"
+    finally:
+        eng.close()
