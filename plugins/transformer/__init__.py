@@ -49,7 +49,9 @@ class TransformerRecaller(Recaller):
     Config = TransformerConfig
     default_quota = 100
     on_trial = True  # joins the default pipeline only when it improves it on validation
-    refit_per_cut = False  # slow to fit, reads the shopper's history at request time
+    # fitted again at every validation cut (each fit starts warm from the previous one): one
+    # fit for all cuts (`refit_per_cut = False`) saved 45 s on MovieLens-100K but cost its
+    # pipeline 2.5% (NDCG@10 0.1837 -> 0.1792): the rankers learn its weight from those cuts
 
     def __init__(self, config=None):
         super().__init__(config)
