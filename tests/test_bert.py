@@ -605,3 +605,21 @@ def test_group_lift_says_who_the_items_shoppers_were_as_of_the_moment(tmp_path):
 class TestBertContract(RankerContract):
     def make(self):
         return BertRanker({**TINY, "feature_steps": 6, "max_steps": 4})
+
+
+def test_the_text_stage_stops_after_text_patience_checks_without_a_gain():
+    """A text step costs about ten feature steps: the text stage ends after `text_patience`
+    checks that do not beat the best model so far (the features'), not after its budget."""
+    examples, data = TestBertContract().examples()
+    setup = {**TINY, "feature_steps": 8, "max_steps": 60, "eval_every": 4, "max_val_examples": 30,
+             "val_share": 0.4, "text_patience": 1}
+    m = BertRanker(setup).fit(examples, data)
+    best = max([m["ndcg@10_untrained"]] + [v for stage, _, v in m["curve"] if stage == "features"])
+    text = [(step, v) for stage, step, v in m["curve"] if stage == "text"]
+    assert text, "the text stage ran"
+    without = []
+    for _, v in text:
+        without.append(0 if v > best else (without[-1] if without else 0) + 1)
+        best = max(best, v)
+    assert all(w < 1 for w in without[:-1]), "it stops at the first check without a gain"
+    assert without[-1] == 1 and m["steps"] == text[-1][0] < 60, "stopped at a check without a gain"

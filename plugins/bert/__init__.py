@@ -88,6 +88,9 @@ class BertConfig(BaseModel):
                                                          "ranks their whole candidate lists)")
     eval_every: int = Field(40, ge=1, description="steps between validation NDCG checks")
     patience: int = Field(6, ge=1, description="checks without improvement before stopping")
+    text_patience: int = Field(2, ge=1, description="the same for the text stage, whose steps cost "
+                               "about ten times a feature step: a text that has not beaten the "
+                               "features after this many checks stops (demo shop: 80 of 200 steps)")
     quantize: bool = Field(False, description="int8 dynamic quantisation of the top layer when serving")
     threads: int = Field(1, ge=0, description="torch CPU threads (0: torch's default, every core). One: "
                          "on a busy 2-core machine a second thread spins (MovieLens-100K's fit took "

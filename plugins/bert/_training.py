@@ -229,7 +229,7 @@ class Training:
             self._train_step(opt, stage, use_text)
             if self.step % cfg.eval_every == 0:
                 checks_without = 0 if self._check(stage) else checks_without + 1
-                if checks_without >= cfg.patience:
+                if checks_without >= (cfg.text_patience if use_text else cfg.patience):
                     break
         if self.train and self.step % cfg.eval_every:
             self._check(stage)
