@@ -53,7 +53,6 @@ def main() -> None:
     from rich.table import Table
 
     from engine import Engine
-    from engine.components import RankingExample
     from engine.evaluation import holdout
     from engine.metrics import aggregate, user_metrics
     from engine.pipeline import Pipeline
