@@ -243,25 +243,18 @@ def read_arm(name: str, path: str | None, share: float, engine: Engine) -> Arm:
 
 def _check_trained(arm: Arm, path: str, engine: Engine) -> None:
     """Every recaller and the ranker an arm names is installed and has a trained model."""
-    serving = engine.serving
-    for name in arm.pipeline.get("recallers") or {}:
+    ranker = arm.pipeline.get("ranker")
+    named = [("recallers", "recallers", name) for name in arm.pipeline.get("recallers") or {}]
+    named += [("rankers", "ranker", ranker)] if ranker else []
+    for kind, key, name in named:
         try:
-            engine.registry.component("recallers", name)
+            engine.registry.component(kind, name)
         except EngineError as exc:
-            raise ExperimentError(f"{path}: [pipeline] recallers: {exc}", title="Invalid arm") from exc
-        if serving.fitted("recallers", name) is None:
-            raise ExperimentError(f"{path}: [pipeline] recallers: {name!r} has no trained model, "
+            raise ExperimentError(f"{path}: [pipeline] {key}: {exc}", title="Invalid arm") from exc
+        if engine.serving.fitted(kind, name) is None:
+            raise ExperimentError(f"{path}: [pipeline] {key}: {name!r} has no trained model, "
                                   f"so this arm could not serve it. Run \"shelfwise train\" first.",
                                   title="Invalid arm")
-    ranker = arm.pipeline.get("ranker")
-    if ranker:
-        try:
-            engine.registry.component("rankers", ranker)
-        except EngineError as exc:
-            raise ExperimentError(f"{path}: [pipeline] ranker: {exc}", title="Invalid arm") from exc
-        if serving.fitted("rankers", ranker) is None:
-            raise ExperimentError(f"{path}: [pipeline] ranker: {ranker!r} has no trained model. "
-                                  f"Run \"shelfwise train\" first.", title="Invalid arm")
 
 
 def arm_settings(shop: Settings, arm: Arm) -> Settings:
