@@ -612,7 +612,7 @@ def test_the_text_stage_stops_after_text_patience_checks_without_a_gain():
     checks that do not beat the best model so far (the features'), not after its budget."""
     examples, data = TestBertContract().examples()
     setup = {**TINY, "feature_steps": 8, "max_steps": 60, "eval_every": 4, "max_val_examples": 30,
-             "val_share": 0.4, "text_patience": 1}
+             "val_share": 0.4, "text_patience": 1, "text_evidence": 0.0}
     m = BertRanker(setup).fit(examples, data)
     best = max([m["ndcg@10_untrained"]] + [v for stage, _, v in m["curve"] if stage == "features"])
     text = [(step, v) for stage, step, v in m["curve"] if stage == "text"]
@@ -623,3 +623,18 @@ def test_the_text_stage_stops_after_text_patience_checks_without_a_gain():
         best = max(best, v)
     assert all(w < 1 for w in without[:-1]), "it stops at the first check without a gain"
     assert without[-1] == 1 and m["steps"] == text[-1][0] < 60, "stopped at a check without a gain"
+
+
+def test_a_text_that_edges_ahead_by_chance_still_stops_after_text_patience_checks():
+    """A new best that is not ahead of the features by more than chance (`text_evidence`
+    standard errors) is no reason to go on paying for text steps: with an evidence bar no
+    gain can clear, the text stage ends after exactly `text_patience` checks, whatever its
+    curve did, and the features' model serves."""
+    examples, data = TestBertContract().examples()
+    setup = {**TINY, "feature_steps": 8, "max_steps": 60, "eval_every": 4, "max_val_examples": 30,
+             "val_share": 0.4, "text_patience": 2, "text_evidence": 1e9}
+    m = BertRanker(setup).fit(examples, data)
+    text = [step for stage, step, _ in m["curve"] if stage == "text"]
+    features_end = max(step for stage, step, _ in m["curve"] if stage == "features")
+    assert text == [features_end + 4, features_end + 8], "two checks, then it stopped"
+    assert m["steps"] == features_end + 8 and m["best_stage"] != "text" and not m["uses_text"]

@@ -227,8 +227,9 @@ class Training:
                 self.cut_by_minutes = True
                 break
             self._train_step(opt, stage, use_text)
-            if self.step % cfg.eval_every == 0:
-                checks_without = 0 if self._check(stage) else checks_without + 1
+            if self.step % cfg.eval_every == 0:  # the text must show it is worth its cost
+                gained = self._check(stage) and (not use_text or self._text_gain(before)[2])
+                checks_without = 0 if gained else checks_without + 1
                 if checks_without >= (cfg.text_patience if use_text else cfg.patience):
                     break
         if self.train and self.step % cfg.eval_every:
@@ -237,14 +238,18 @@ class Training:
             self._test_text(before)
         return True
 
-    def _test_text(self, before: tuple) -> None:
-        """The text costs 10-20x the serving time, and its gains on these moments did not
-        always carry to later ones (README): it must win by more than chance."""
+    def _text_gain(self, before: tuple) -> tuple[float, float, bool]:
+        """(mean gain of the best model over the features', its standard error, whether it
+        is more than chance). The text costs 10-20x the serving time, and its gains on these
+        moments did not always carry to later ones (README): it must win by more than chance."""
         diff = self.best_per - before[1]
         se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
-        self.text_test = {"text_gain": float(diff.mean()), "text_gain_se": se,
-                          "text_kept": bool(diff.mean() > self.cfg.text_evidence * se)}
-        if not self.text_test["text_kept"]:
+        return float(diff.mean()), se, bool(diff.mean() > self.cfg.text_evidence * se)
+
+    def _test_text(self, before: tuple) -> None:
+        gain, se, kept = self._text_gain(before)
+        self.text_test = {"text_gain": gain, "text_gain_se": se, "text_kept": kept}
+        if not kept:
             self.best, self.best_per, self.best_state, self.best_step, self.best_stage = before
 
     # -- one step ----------------------------------------------------------------------
