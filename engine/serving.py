@@ -37,7 +37,7 @@ class Seen:
 
     version: int          # PRAGMA data_version
     models: str | None    # the active model rows
-    catalogue: tuple      # (item count, newest update)
+    catalogue: tuple      # Store.catalogue_mark: items and their vectors
     events: int           # the newest event row id whose shoppers' cached lists were dropped
     # the newest event row id when these models were first seen: a stored model without a
     # recorded `events_upto` (trained by an older version) is taken to hold the events up to it

@@ -387,10 +387,6 @@ class Store(ViewQueries, ModelStore, RuleStore):
             "id <= ? ORDER BY id", [after, upto]).fetchall()
         return [Event(*r) for r in rows]
 
-    def users_with_events_after(self, after: int) -> list[str]:
-        return [r[0] for r in self.conn.execute(
-            "SELECT DISTINCT user_id FROM events WHERE id > ?", [after])]
-
     # -- what changed: cheap marks another connection's writes move ----------------------
 
     def data_version(self) -> int:
