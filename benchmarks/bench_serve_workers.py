@@ -5,7 +5,8 @@
 The database must hold the trained demo shop (`shelfwise --db demo.db demo`); each run
 serves a fresh copy of it (never the original). The load is closed-loop: `--concurrency`
 clients, each sending its next request as soon as the last one is answered, over its own
-kept-alive connection (so the kernel spreads them over the processes). A request is GET
+kept-alive connection (the kernel hands each new connection to one process; the clients
+connect 0.1 s apart, since a process takes every connection waiting when it wakes). A request is GET
 /recommend for a shopper (half from 200 regulars whose lists get cached, half from all
 5,000) or, one time in `--event-every`, POST /events with 5 new events (which drop those
 shoppers' cached lists in every process). The rate limit is off (`--rate-limit ... 0`).
@@ -40,6 +41,7 @@ from benchmarks._env import machine  # noqa: E402
 from benchmarks.bench_server import PLUGINS, free_port  # noqa: E402
 
 REGULARS = 200  # shoppers who come back (their lists are cached between their events)
+CONNECT_GAP = 0.1  # seconds between two clients' first connections
 
 
 def start(db: Path, port: int, workers: int, log: Path) -> subprocess.Popen:
@@ -104,7 +106,10 @@ async def closed_loop(base: str, mix, concurrency: int, warmup: float, seconds: 
     measuring_from = time.perf_counter() + warmup
     until = measuring_from + seconds
 
-    async def client() -> None:
+    async def client(i: int) -> None:
+        # connect one after another: a worker takes every connection waiting when it wakes,
+        # so a burst of connects would all land on one process
+        await asyncio.sleep(i * CONNECT_GAP)
         async with httpx.AsyncClient(base_url=base, timeout=120) as c:
             pid = (await c.get("/status")).json()["process"]["pid"]
             pids[pid] = pids.get(pid, 0) + 1
@@ -116,7 +121,7 @@ async def closed_loop(base: str, mix, concurrency: int, warmup: float, seconds: 
                     statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
 
     cpu = os.times()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
     cpu_after = os.times()
     ms = np.array(latencies) * 1000
     return {"requests": len(latencies), "seconds": seconds,
@@ -159,6 +164,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per process count")
     ap.add_argument("--warmup", type=float, default=8.0, help="seconds of load before measuring")
     ap.add_argument("--event-every", type=int, default=20, help="one request in this many posts events")
+    ap.add_argument("--rounds", type=int, default=2, help="times each process count is measured, "
+                                                          "in turn (the box's other load varies)")
     args = ap.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
     if any(w < 1 for w in counts):
@@ -170,25 +177,31 @@ def main() -> None:
     console = Console(width=140)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for workers in counts:
-            console.print(f"{workers} process(es): starting, {args.warmup:g} s warm-up, "
-                          f"{args.seconds:g} s measured ...")
-            results.append(run(args, workers, Path(tmp), shop))
+        for round_no in range(1, args.rounds + 1):
+            for workers in counts:
+                console.print(f"round {round_no}, {workers} process(es): starting, {args.warmup:g} s "
+                              f"warm-up, {args.seconds:g} s measured ...")
+                results.append({"round": round_no, **run(args, workers, Path(tmp), shop)})
     table = Table(title=f"shelfwise serve --workers N on loopback ({os.cpu_count()} CPUs, "
                         f"{args.concurrency} closed-loop clients, 1 in {args.event_every} posts events)")
-    for col in ("processes", "req/s", "p50 ms", "p99 ms", "requests", "statuses",
+    for col in ("round", "processes", "req/s", "p50 ms", "p99 ms", "requests", "statuses",
                 "connections per process", "MiB per process", "client CPU s", "load avg"):
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(str(r["workers"]), f"{r['per_second']:.1f}", f"{r['p50_ms']:.1f}",
+        table.add_row(str(r["round"]), str(r["workers"]), f"{r['per_second']:.1f}", f"{r['p50_ms']:.1f}",
                       f"{r['p99_ms']:.1f}", str(r["requests"]), json.dumps(r["statuses"]),
                       str(r["connections_per_process"]), str(r["rss_mib_per_process"]),
                       str(r["load_generator_cpu_seconds"]),
                       f"{r['load_average'][0]:.1f}")
     console.print(table)
+    summary = {str(w): {key: float(np.median([r[key] for r in results if r["workers"] == w]))
+                        for key in ("per_second", "p50_ms", "p99_ms")} for w in counts}
+    console.print("median over the rounds: " + "; ".join(
+        f"{w} process(es) {m['per_second']:.1f} req/s, p50 {m['p50_ms']:.0f} ms, p99 {m['p99_ms']:.0f} ms"
+        for w, m in summary.items()))
     out = {"machine": env, "db": args.db, "plugins": PLUGINS, "shop": shop,
            "settings": {k: v for k, v in vars(args).items() if k not in ("db", "out")},
-           "results": results}
+           "median": summary, "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     console.print(f"wrote {args.out}")

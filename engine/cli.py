@@ -547,6 +547,9 @@ def serve(obj, host, port, cors, rate, workers, save_interval):
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 
+WORKER_HEALTHCHECK = 30  # seconds a worker may take to answer uvicorn's ping (a busy 2-core box)
+
+
 def _serve_workers(obj, host, port, cors, limits, workers, save_interval):
     """N uvicorn worker processes on one port, each making its app from the command's
     options (server.app.from_environment); uvicorn restarts a worker that dies."""
@@ -560,7 +563,8 @@ def _serve_workers(obj, host, port, cors, limits, workers, save_interval):
         "db": str(Path(obj.db).resolve()), "config": obj.config, "plugins_dir": obj.plugins_dir,
         "cors": cors, "rate_limits": limits, "incremental_save_interval": save_interval})
     uvicorn.run("engine.server.app:from_environment", factory=True, workers=workers,
-                host=host, port=port, log_level="info")
+                host=host, port=port, log_level="info",
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK)
 
 
 def _fresh_engine(obj):
