@@ -103,6 +103,7 @@ async def closed_loop(base: str, mix, concurrency: int, warmup: float, seconds: 
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     pids: dict[int, int] = {}
+    lists = {True: 0, False: 0}  # recommendation lists answered from a process's cache or not
     measuring_from = time.perf_counter() + warmup
     until = measuring_from + seconds
 
@@ -119,6 +120,8 @@ async def closed_loop(base: str, mix, concurrency: int, warmup: float, seconds: 
                 if now >= measuring_from:
                     latencies.append(time.perf_counter() - now)
                     statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                    if method == "GET" and r.status_code == 200:
+                        lists[r.json()["cached"]] += 1
 
     cpu = os.times()
     await asyncio.gather(*(client(i) for i in range(concurrency)))
@@ -129,6 +132,7 @@ async def closed_loop(base: str, mix, concurrency: int, warmup: float, seconds: 
             "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p99_ms": round(float(np.percentile(ms, 99)), 1),
             "statuses": {str(k): v for k, v in sorted(statuses.items())},
+            "cached_share": round(lists[True] / max(1, lists[True] + lists[False]), 3),
             "connections_per_process": sorted(pids.values(), reverse=True),
             "rss_mib_per_process": sorted((rss_mib(pid) for pid in pids), reverse=True),
             "load_generator_cpu_seconds": round(cpu_after.user + cpu_after.system
@@ -184,18 +188,19 @@ def main() -> None:
                 results.append({"round": round_no, **run(args, workers, Path(tmp), shop)})
     table = Table(title=f"shelfwise serve --workers N on loopback ({os.cpu_count()} CPUs, "
                         f"{args.concurrency} closed-loop clients, 1 in {args.event_every} posts events)")
-    for col in ("round", "processes", "req/s", "p50 ms", "p99 ms", "requests", "statuses",
+    for col in ("round", "processes", "req/s", "p50 ms", "p99 ms", "requests", "statuses", "cached",
                 "connections per process", "MiB per process", "client CPU s", "load avg"):
         table.add_column(col, justify="right")
     for r in results:
         table.add_row(str(r["round"]), str(r["workers"]), f"{r['per_second']:.1f}", f"{r['p50_ms']:.1f}",
                       f"{r['p99_ms']:.1f}", str(r["requests"]), json.dumps(r["statuses"]),
+                      f"{r['cached_share']:.0%}",
                       str(r["connections_per_process"]), str(r["rss_mib_per_process"]),
                       str(r["load_generator_cpu_seconds"]),
                       f"{r['load_average'][0]:.1f}")
     console.print(table)
     summary = {str(w): {key: float(np.median([r[key] for r in results if r["workers"] == w]))
-                        for key in ("per_second", "p50_ms", "p99_ms")} for w in counts}
+                        for key in ("per_second", "p50_ms", "p99_ms", "cached_share")} for w in counts}
     console.print("median over the rounds: " + "; ".join(
         f"{w} process(es) {m['per_second']:.1f} req/s, p50 {m['p50_ms']:.0f} ms, p99 {m['p99_ms']:.0f} ms"
         for w, m in summary.items()))

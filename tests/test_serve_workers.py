@@ -117,15 +117,18 @@ def event_row(db: Path, event_id: str) -> int:
         return conn.execute("SELECT id FROM events WHERE event_id = ?", [event_id]).fetchone()[0]
 
 
-@pytest.fixture(scope="module")
-def two_workers(shop_db, tmp_path_factory):
-    db = copy_db(shop_db, tmp_path_factory.mktemp("two-workers"))
-    with shelfwise_serve(db, "--workers", "2", "--save-interval", "1") as (url, proc):
-        yield db, url, proc
+def test_an_event_sent_to_one_process_changes_what_every_process_recommends(shop_db, tmp_path):
+    """No incremental save meanwhile (the default 30 s): the process that did not store the
+    events folds them in itself."""
+    db = copy_db(shop_db, tmp_path)
+    with shelfwise_serve(db, "--workers", "2") as (url, _):
+        pids = event_reaches_every_process(url)
+    saves = incremental_saves(db)
+    assert len(saves) == 1 and saves[0]["pid"] in pids, "one of them saved, at shutdown"
+    assert saves[0]["events_upto"] == event_row(db, "w3"), "with every event"
 
 
-def test_an_event_sent_to_one_process_changes_what_every_process_recommends(two_workers):
-    db, url, _ = two_workers
+def event_reaches_every_process(url: str) -> set[int]:
     clients = one_client_per_process(url, 2)
     first, second = clients.values()
     added = first.put("/items", json={"items": [{"item_id": "fresh-x", "title": "New X", "category": "cat0"},
@@ -156,10 +159,16 @@ def test_an_event_sent_to_one_process_changes_what_every_process_recommends(two_
     assert len({tuple(v) for v in together.values()}) == 1, together
     for c in clients.values():
         c.close()
+    return set(clients)
 
 
-def test_one_process_saves_and_trains_and_another_leads_when_it_dies(two_workers):
-    db, url, _ = two_workers
+def test_one_process_saves_and_trains_and_another_leads_when_it_dies(shop_db, tmp_path):
+    db = copy_db(shop_db, tmp_path)
+    with shelfwise_serve(db, "--workers", "2", "--save-interval", "1") as (url, _):
+        leader_saves_trains_and_is_replaced(db, url)
+
+
+def leader_saves_trains_and_is_replaced(db: Path, url: str) -> None:
     clients = one_client_per_process(url, 2)
     seen = {pid: status(c)["process"] for pid, c in clients.items()}
     leaders = [pid for pid, p in seen.items() if p["leader"]]
@@ -229,3 +238,32 @@ def test_one_worker_is_the_single_process_it_always_was(shop_db, tmp_path):
         refused = c.post("/train")
         assert refused.status_code == 409 and "already in progress (see GET /status)" in refused.json()["detail"]
         assert "elsewhere" not in status(c)["training"]
+
+
+@pytest.mark.slow
+def test_a_product_added_through_another_process_joins_this_ones_vector_index(
+        semantic_shop_db, tmp_path, monkeypatch):
+    """Neither process saves (followers): this one's index catches up from the item
+    vectors the other stored (real MiniLM, real HNSW)."""
+    from engine.engine import Engine
+    from engine.server.schemas import ItemIn
+
+    from .server_support import SEMANTIC_PLUGINS
+    from .test_server_catalogue import NEW
+
+    monkeypatch.setenv("SHELFWISE_LOAD_PLUGINS", SEMANTIC_PLUGINS)
+    db = copy_db(semantic_shop_db, tmp_path)
+    here = Engine(db)
+    here.serving.may_save = lambda: False
+    query = "knife sharpener three stage"
+    saved = here.store.active_artifacts("index/")[0]["version"]
+    assert NEW["item_id"] not in [r.item_id for r in here.search(query, 5)]
+    there = Engine(db, registry=here.registry)
+    there.serving.may_save = lambda: False
+    assert there.upsert_items([ItemIn(**NEW).to_item()])["vectors"]["encoded"] == 1
+    assert here.search(query, 5)[0].item_id == NEW["item_id"], "added to this index"
+    there.remove_items([NEW["item_id"]])
+    there.close()
+    assert NEW["item_id"] not in [r.item_id for r in here.search(query, 5)], "and removed from it"
+    assert here.store.active_artifacts("index/")[0]["version"] == saved, "nobody saved it"
+    here.close()

@@ -96,8 +96,8 @@ def lifespan(db_path: str | Path, engine_factory: Callable[[], Any],
         app.state.engine = EngineThread(engine_factory)
         app.state.leader = leader = FileLease.beside(db_path, "leader")
         leader.acquire()
-        def fold_in(upto: int):  # events that came in while training, on the new models
-            return app.state.engine.call(lambda e: e.catch_up())
+        def fold_in(_snapshot: int):  # events that came in while training, on the new models
+            return app.state.engine.call(lambda e: e.catch_up())  # (the models record their snapshot)
         app.state.trainer = Trainer(engine_factory, process=train_process, on_done=fold_in,
                                     lease=FileLease.beside(db_path, "train"))
         app.state.keys = KeyRing(db_path)
