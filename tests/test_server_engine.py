@@ -170,3 +170,18 @@ def test_a_model_loaded_from_another_connections_save_learns_what_came_after_it(
     other.serving.may_save = lambda: False
     assert [r.item_id for r in other.similar("fresh-p", 5)] == [r.item_id for r in eng.similar("fresh-p", 5)]
     other.close()
+
+
+def test_too_many_events_since_a_model_are_not_folded_in_one_by_one(eng, monkeypatch):
+    from engine import learning
+
+    eng.recommend("user001", 5)
+    monkeypatch.setattr(learning, "FOLD_IN_MAX", 1)
+    other = Engine(eng.db_path)
+    other.store.write([Event("newbie-9", "g0-i01", "view", LATER, event_id="m1"),
+                       Event("newbie-9", "g0-i02", "view", LATER + 1, event_id="m2")])
+    other.close()
+    with pytest.warns(RuntimeWarning, match='not folded in one by one. Run "shelfwise train"'):
+        eng.recommend("user001", 5)
+    assert eng.serving.upto["recaller/cooccurrence"] == eng.store.newest_event_id()
+    assert "recaller/cooccurrence" not in eng.serving.unsaved, "serves as it was"
