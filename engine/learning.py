@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .components import Recaller
 from .store import attribution
 from .db import write_transaction
-from .errors import EngineError
+from .errors import EngineError, UnknownComponentError
 from .types import Event
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -77,7 +77,12 @@ def catch_up(engine: Engine) -> int:
 
 
 def incremental(engine: Engine) -> list[str]:
-    """The pipeline's recallers that learn between retrains (their class has `update`)."""
+    """The pipeline's recallers that learn between retrains (their class has `update`).
+    Never raises: a recaller named in shelfwise.toml but not installed is said so by the
+    requests that build the pipeline, not by every sync."""
     found = engine.registry.components()["recallers"]
-    return [name for name in engine.lineup.quotas()
-            if name in found and found[name][1].update is not Recaller.update]
+    try:
+        names = list(engine.lineup.quotas())
+    except UnknownComponentError:
+        names = list(engine.settings.pipeline.recallers or {})
+    return [name for name in names if name in found and found[name][1].update is not Recaller.update]

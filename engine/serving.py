@@ -16,6 +16,7 @@ in the order stored, whoever stored them."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -29,6 +30,8 @@ from .components import Component
 from .errors import ArtifactError
 from .store import Store
 from .types import Event, Interaction
+
+log = logging.getLogger("shelfwise")
 
 
 @dataclass(frozen=True)
@@ -235,8 +238,14 @@ class Serving:
             recaller = self.fitted("recallers", name)
             if recaller is None:
                 continue
-            if events and recaller.update(events, histories):
-                self.unsaved.add(key)
+            try:
+                if events and recaller.update(events, histories):
+                    self.unsaved.add(key)
+            except Exception as exc:  # noqa: BLE001 — a plugin's bug: it serves on without them
+                if key not in self.failing:
+                    self.failing[key] = f"update: {type(exc).__name__}: {exc}"
+                    log.warning("%s could not fold in new events and serves without them: %s",
+                                key, self.failing[key])
             self.upto[key] = max(self.upto.get(key, 0), upto)
 
     def save_due(self) -> bool:

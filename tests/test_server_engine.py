@@ -185,3 +185,31 @@ def test_too_many_events_since_a_model_are_not_folded_in_one_by_one(eng, monkeyp
         eng.recommend("user001", 5)
     assert eng.serving.upto["recaller/cooccurrence"] == eng.store.newest_event_id()
     assert "recaller/cooccurrence" not in eng.serving.unsaved, "serves as it was"
+
+
+def test_a_recaller_whose_update_raises_serves_on_without_the_events(eng, monkeypatch):
+    """Every sync folds in events now, so a plugin's failing `update` must stay small: the
+    events are stored, that recaller serves what it knew, `status` names it."""
+    from plugins.cooccurrence import CooccurrenceRecaller
+
+    def broken(self, events, histories):
+        raise ValueError("boom")
+
+    eng.recommend("user001", 5)
+    monkeypatch.setattr(CooccurrenceRecaller, "update", broken)
+    assert eng.ingest([Event("user001", "g0-i01", "view", LATER, event_id="b1")])["accepted"] == 1
+    assert eng.ingest([Event("user001", "g0-i02", "view", LATER + 1, event_id="b2")])["accepted"] == 1
+    assert eng.status()["failing"]["recaller/cooccurrence"] == "update: ValueError: boom"
+    assert len(eng.recommend("user001", 5)) == 5
+
+
+def test_a_recaller_named_in_the_settings_but_not_installed_does_not_break_sync(eng):
+    from engine.errors import UnknownComponentError
+
+    (eng.db_path.parent / "shelfwise.toml").write_text("[pipeline]\nrecallers = {nope = 10, cooccurrence = 50}\n")
+    other = Engine(eng.db_path)
+    other.sync()
+    assert other.ingest([Event("user001", "g0-i01", "view", LATER, event_id="n1")])["accepted"] == 1
+    with pytest.raises(UnknownComponentError, match="nope"):
+        other.recommend("user001", 5)
+    other.close()
