@@ -505,14 +505,21 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option("--cors-origin", "cors", multiple=True,
               help="A web origin allowed to call the API from a browser (repeatable).")
 @click.option("--rate-limit", "rate", type=(click.Choice(["public", "secret"]), click.IntRange(0)),
-              multiple=True, help="Requests a minute per key of a scope, e.g. --rate-limit public 600.")
+              multiple=True, help="Requests a minute per key of a scope, e.g. --rate-limit public 600 "
+                                  "(0: no limit). Counted per server process.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes sharing the port (uvicorn's workers), each with its own models "
+                   "and caches; every event reaches all of them. Useful up to the number of cores.")
+@click.option("--save-interval", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds between saves of the state learnt from new events (by one process).")
 @click.pass_obj
-def serve(obj, host, port, cors, rate):
+def serve(obj, host, port, cors, rate, workers, save_interval):
     """Serve recommendations and event ingestion over HTTP (OpenAPI at /docs).
 
     \b
     Examples:
       shelfwise serve
+      shelfwise serve --workers 2
       shelfwise keys create --scope public && shelfwise serve --host 0.0.0.0 --cors-origin https://shop.example
     """
     import uvicorn
@@ -530,10 +537,34 @@ def serve(obj, host, port, cors, rate):
     if not keys:
         console.print("No API keys configured: serving without authentication on loopback only.")
     engine.close()
+    limits = {**DEFAULT_RATE_LIMITS, **dict(rate)}
+    if workers > 1:
+        _serve_workers(obj, host, port, list(cors), limits, workers, save_interval)
+        return
     app = create_app(obj.db, engine_factory=lambda: _fresh_engine(obj), cors_origins=list(cors),
-                     rate_limits={**DEFAULT_RATE_LIMITS, **dict(rate)},
-                     config_path=obj.config, plugins_dir=obj.plugins_dir)
+                     rate_limits=limits, config_path=obj.config, plugins_dir=obj.plugins_dir,
+                     incremental_save_interval=save_interval)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+WORKER_HEALTHCHECK = 30  # seconds a worker may take to answer uvicorn's ping (a busy 2-core box)
+
+
+def _serve_workers(obj, host, port, cors, limits, workers, save_interval):
+    """N uvicorn worker processes on one port, each making its app from the command's
+    options (server.app.from_environment); uvicorn restarts a worker that dies."""
+    import os
+
+    import uvicorn
+
+    from .server.app import SETTINGS_ENV
+
+    os.environ[SETTINGS_ENV] = json.dumps({
+        "db": str(Path(obj.db).resolve()), "config": obj.config, "plugins_dir": obj.plugins_dir,
+        "cors": cors, "rate_limits": limits, "incremental_save_interval": save_interval})
+    uvicorn.run("engine.server.app:from_environment", factory=True, workers=workers,
+                host=host, port=port, log_level="info",
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK)
 
 
 def _fresh_engine(obj):

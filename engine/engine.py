@@ -52,6 +52,7 @@ class Engine(ShopControls):
         self.serving = Serving(self.store, self.make)
         self.index = Vectors(self.serving, self._choose_encoder)
         self.serving.on_new_models = self.index.forget
+        self.serving.on_catalogue_elsewhere = self.index.catch_up
         self.lineup = Lineup(self.registry, self.settings, self.serving, self.make, vectors=self.vectors)
         self.merch = Merchandising(self.store, self.serving)
         self.abtests = Experiments(self)  # A/B experiments: the arm each request is served
@@ -77,7 +78,7 @@ class Engine(ShopControls):
         return self.serving.broken
 
     def close(self) -> None:
-        if self.serving.unsaved:
+        if self.serving.unsaved and self.serving.may_save():
             self.save_incremental()
         self.db.close()
 
@@ -138,9 +139,11 @@ class Engine(ShopControls):
 
     def sync(self) -> None:
         """Notice what other connections changed (serving.Serving.sync; the merchandising
-        rules: Merchandising.sync; experiments started or stopped: Experiments.sync). Called
-        before serving."""
+        rules: Merchandising.sync; experiments started or stopped: Experiments.sync), and
+        fold the events stored since into the incremental recallers (learning.catch_up).
+        Called before serving."""
         self.serving.sync()
+        learning.catch_up(self)
         self.merch.sync()
         self.abtests.sync()
 
@@ -196,10 +199,12 @@ class Engine(ShopControls):
         came from, for attribution) and fold them into incremental recallers at once."""
         return learning.ingest(self, events, recommendation_ids)
 
-    def fold_in_since(self, after_id: int) -> int:
-        """After another connection activated models trained on events up to id `after_id`:
-        fold the events stored after that snapshot into the incremental recallers."""
-        return learning.fold_in_since(self, after_id)
+    def catch_up(self) -> int:
+        """Fold the events stored since each incremental recaller's state into it now (after
+        another connection activated models, say; every request does it anyway, see
+        learning.catch_up). Returns how many events were folded in."""
+        self.serving.sync()
+        return learning.catch_up(self)
 
     def save_incremental(self) -> dict[str, int]:
         """Save what changed since loaded (recallers that folded in events, the vector index

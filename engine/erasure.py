@@ -55,5 +55,8 @@ def models_without(engine: Engine, user_id: str) -> dict[str, tuple[tuple[bytes,
         found = store.load_artifact(name, None if active else store.latest_artifact(name)["version"])
         component.load(load_state(*found))
         if component.forget(history, attrs):
-            out[name] = (dump_state(component.state()), active)
+            payload, fmt, meta = dump_state(component.state())
+            if "events_upto" in found[2]:  # the events it holds, less this shopper's
+                meta = {**meta, "events_upto": found[2]["events_upto"]}
+            out[name] = ((payload, fmt, meta), active)
     return out

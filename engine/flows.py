@@ -90,6 +90,9 @@ def _activate(engine: Engine, report: dict, recallers: dict[str, Recaller], rank
     blobs.update({f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name not in losers})
     inactive = {f"recaller/{n}": dump_state(recallers[n].state()) for n in out}
     inactive.update({f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name in losers})
+    for found in (blobs, inactive):  # the snapshot they learnt from: what came later is folded in
+        for name, (payload, fmt, meta) in found.items():
+            found[name] = (payload, fmt, {**meta, "events_upto": engine.dataset_events_upto})
     store = engine.store
     with write_transaction(engine.db):
         versions = store.save_artifacts(blobs)

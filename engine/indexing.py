@@ -50,9 +50,18 @@ class Vectors:
         self._encoder, self._chosen = None, False
         give_back_memory()
 
-    def forget(self) -> None:
-        """New models were activated: the stored index is read again when next asked."""
-        self._index = None
+    def forget(self, names: set[str] | None = None) -> None:
+        """New models were activated (`names`; None: all): if the index is one of them, the
+        stored one is read again when next asked."""
+        if names is None or any(name.startswith("index/") for name in names):
+            self._index = None
+
+    def catch_up(self) -> None:
+        """Another connection changed the catalogue: bring the loaded index up to the
+        embeddings it stored (new, edited and removed products)."""
+        enc = self._encoder
+        if self._index is not None and enc is not None:
+            self._indexed = self._catch_up(self._index, enc.name, self._indexed)
 
     def key(self) -> str:
         enc = self.encoder()

@@ -129,30 +129,87 @@ def test_events_stored_during_a_retrain_are_folded_into_the_new_models(eng):
     def together():  # what co-occurrence pairs with fresh-x
         return [r.item_id for r in eng.similar("fresh-x", 5) if "cooccurrence" in r.sources]
 
-    assert "fresh-y" not in together(), "the new models were trained without these events"
-    assert eng.fold_in_since(trainer.dataset_events_upto) == 2
-    assert together()[0] == "fresh-y"
-    assert eng.fold_in_since(trainer.dataset_events_upto) == 0, "never twice"
+    first = eng.store.conn.execute("SELECT min(id) FROM events WHERE event_id IN ('d1', 'd2')").fetchone()[0]
+    meta = eng.store.load_artifact("recaller/cooccurrence")[2]
+    assert meta["events_upto"] == trainer.dataset_events_upto < first, \
+        "the new models were trained without these events"
+    assert together()[0] == "fresh-y", "folded in on the next request"
+    assert eng.catch_up() == 0, "never twice"
 
 
-def test_models_activated_during_our_own_write_are_still_noticed(eng):
-    """The race seen once in the live retrain test: another connection activates new models
-    between our ingest's check and its bookkeeping. The serving engine must still notice
-    them (reload the models) rather than adopt them unseen and keep serving the old ones."""
-    eng.recommend("user001", 5)
-    old = {name: id(component) for name, component in eng.serving.loaded.items()}
-    other = Engine(eng.db_path)
-    real_sync = eng.sync
+def test_a_model_loaded_from_another_connections_save_learns_what_came_after_it(eng):
+    """Several server processes: only the leader saves its incremental state; the others
+    load each save and fold in the events stored after it (the save records which), none
+    twice, and then answer as the leader does."""
+    eng.upsert_items([shop.Item(f"fresh-{x}", f"New {x}", category="cat0") for x in "pqr"])
+    eng.serving.may_save = lambda: False  # a follower
+    leader = Engine(eng.db_path)
+    leader.incremental_save_interval = 3600
+    leader.ingest([Event("newbie-1", "fresh-p", "view", LATER, event_id="s1"),
+                   Event("newbie-1", "fresh-q", "view", LATER + 1, event_id="s2")])
+    eng.recommend("newbie-1", 5)  # eng folds in another connection's events
+    eng.ingest([Event("newbie-2", "fresh-p", "view", LATER, event_id="s3"),
+                Event("newbie-2", "fresh-r", "view", LATER + 1, event_id="s4")])
+    assert "recaller/cooccurrence" in eng.serving.unsaved and \
+        len(cooccurrence_versions(eng)) == 1, "a follower does not save"
+    assert "recaller/cooccurrence" in leader.save_incremental(), "holds s1, s2: not yet s3, s4"
+    s3 = eng.store.conn.execute("SELECT id FROM events WHERE event_id = 's3'").fetchone()[0]
+    assert leader.store.load_artifact("recaller/cooccurrence")[2]["events_upto"] < s3
+    leader.close()
 
-    def sync_then_another_connection_trains():
-        real_sync()
-        other.train()
-
-    eng.sync = sync_then_another_connection_trains
-    eng.ingest([Event("user001", "g1-i01", "view", LATER, event_id="race-1")])
-    eng.sync = real_sync
+    eng.similar("fresh-p", 5)  # notices the save, loads it, folds in s3 and s4 (again)
+    assert eng.serving.upto["recaller/cooccurrence"] == eng.store.newest_event_id()
+    rec = eng.serving.fitted("recallers", "cooccurrence")
+    row = rec.index["fresh-p"]
+    lo, hi = rec.indptr[row], rec.indptr[row + 1]
+    saved = {rec.ids[j]: float(c) for j, c in zip(rec.indices[lo:hi], rec.counts[lo:hi])}
+    folded = {rec.ids[j]: cell[0] for j, cell in rec.delta.get(row, {}).items()}
+    assert set(saved) == {"fresh-q"} and set(folded) == {"fresh-r"}, (saved, folded)
+    assert folded["fresh-r"] == saved["fresh-q"], "folded in once"
+    other = Engine(eng.db_path)  # a third process: the same state, the same answers
+    other.serving.may_save = lambda: False
+    assert [r.item_id for r in other.similar("fresh-p", 5)] == [r.item_id for r in eng.similar("fresh-p", 5)]
     other.close()
+
+
+def test_too_many_events_since_a_model_are_not_folded_in_one_by_one(eng, monkeypatch):
+    from engine import learning
+
     eng.recommend("user001", 5)
-    assert {name: id(c) for name, c in eng.serving.loaded.items()} != old, "the new models are loaded"
-    active = {a["name"]: a["version"] for a in eng.store.active_artifacts()}
-    assert all(getattr(c, "_fitted", True) for c in eng.serving.loaded.values()) and active
+    monkeypatch.setattr(learning, "FOLD_IN_MAX", 1)
+    other = Engine(eng.db_path)
+    other.store.write([Event("newbie-9", "g0-i01", "view", LATER, event_id="m1"),
+                       Event("newbie-9", "g0-i02", "view", LATER + 1, event_id="m2")])
+    other.close()
+    with pytest.warns(RuntimeWarning, match='not folded in one by one. Run "shelfwise train"'):
+        eng.recommend("user001", 5)
+    assert eng.serving.upto["recaller/cooccurrence"] == eng.store.newest_event_id()
+    assert "recaller/cooccurrence" not in eng.serving.unsaved, "serves as it was"
+
+
+def test_a_recaller_whose_update_raises_serves_on_without_the_events(eng, monkeypatch):
+    """Every sync folds in events now, so a plugin's failing `update` must stay small: the
+    events are stored, that recaller serves what it knew, `status` names it."""
+    from plugins.cooccurrence import CooccurrenceRecaller
+
+    def broken(self, events, histories):
+        raise ValueError("boom")
+
+    eng.recommend("user001", 5)
+    monkeypatch.setattr(CooccurrenceRecaller, "update", broken)
+    assert eng.ingest([Event("user001", "g0-i01", "view", LATER, event_id="b1")])["accepted"] == 1
+    assert eng.ingest([Event("user001", "g0-i02", "view", LATER + 1, event_id="b2")])["accepted"] == 1
+    assert eng.status()["failing"]["recaller/cooccurrence"] == "update: ValueError: boom"
+    assert len(eng.recommend("user001", 5)) == 5
+
+
+def test_a_recaller_named_in_the_settings_but_not_installed_does_not_break_sync(eng):
+    from engine.errors import UnknownComponentError
+
+    (eng.db_path.parent / "shelfwise.toml").write_text("[pipeline]\nrecallers = {nope = 10, cooccurrence = 50}\n")
+    other = Engine(eng.db_path)
+    other.sync()
+    assert other.ingest([Event("user001", "g0-i01", "view", LATER, event_id="n1")])["accepted"] == 1
+    with pytest.raises(UnknownComponentError, match="nope"):
+        other.recommend("user001", 5)
+    other.close()

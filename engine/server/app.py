@@ -3,8 +3,10 @@
 The routes live in `routes` (handlers parse, call one Engine method on the engine thread,
 and format); this module assembles them with the middleware, the request checks every
 route shares, and the lifespan: one `EngineThread` for serving, a `Trainer` for retrains,
-the API keys, and a task that warms the serving caches between requests. The
-recommendation logic, caching, attribution and erasure all live in the engine."""
+the API keys, a task that warms the serving caches between requests, and the leases that
+let several server processes share one database (`leases`: one leader saves incremental
+state, one retrain at a time). The recommendation logic, caching, attribution and erasure
+all live in the engine."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from .. import EngineThread
 from . import problems
+from .leases import LEADER_RETRY, FileLease
 from .problems import Problem
 from .routes import GROUPS
 from .schemas import ProblemOut
@@ -64,29 +67,56 @@ async def keep_warm(engine: EngineThread) -> None:
         await asyncio.sleep(0 if left else WARM_RECHECK)
 
 
+async def lead(engine: EngineThread, leader: FileLease) -> None:
+    """Ask to become the leader every LEADER_RETRY seconds (a leader that ended leaves the
+    lock free); while leading, fold in what other processes stored and save the incremental
+    state when due, with or without requests of its own."""
+    while True:
+        if leader.held or leader.acquire():
+            try:
+                await engine.background(_sync_and_save)
+            except Exception:  # the next turn tries again; the error is in the log
+                problems.log.exception("saving the incremental state failed")
+        await asyncio.sleep(LEADER_RETRY)
+
+
+def _sync_and_save(engine) -> None:
+    engine.sync()
+    if engine.serving.save_due():
+        engine.save_incremental()
+
+
 def lifespan(db_path: str | Path, engine_factory: Callable[[], Any],
              incremental_save_interval: float, train_process: tuple | None):
-    """The app's lifespan: open the serving engine (one `EngineThread`), the trainer and
-    the key ring on `app.state`, keep the caches warm while serving, close all at the end."""
+    """The app's lifespan: open the serving engine (one `EngineThread`), the trainer, the
+    key ring and the leases on `app.state`, keep the caches warm and lead while serving,
+    close all at the end."""
     @asynccontextmanager
     async def serve(app: FastAPI):
         app.state.engine = EngineThread(engine_factory)
-        def fold_in(upto: int):  # events that came in while training, on the new models
-            return app.state.engine.call(lambda e: e.fold_in_since(upto))
-        app.state.trainer = Trainer(engine_factory, process=train_process, on_done=fold_in)
+        app.state.leader = leader = FileLease.beside(db_path, "leader")
+        leader.acquire()
+        def fold_in(_snapshot: int):  # events that came in while training, on the new models
+            return app.state.engine.call(lambda e: e.catch_up())  # (the models record their snapshot)
+        app.state.trainer = Trainer(engine_factory, process=train_process, on_done=fold_in,
+                                    lease=FileLease.beside(db_path, "train"))
         app.state.keys = KeyRing(db_path)
         def warm(engine):  # open the engine before serving
             engine.incremental_save_interval = incremental_save_interval
+            engine.serving.may_save = lambda: leader.held
             engine.sync()
         await app.state.engine.run(warm)
-        warmer = asyncio.create_task(keep_warm(app.state.engine))
+        tasks = [asyncio.create_task(keep_warm(app.state.engine)),
+                 asyncio.create_task(lead(app.state.engine, leader))]
         try:
             yield
         finally:
-            warmer.cancel()
+            for task in tasks:
+                task.cancel()
             app.state.trainer.stop()
-            app.state.engine.close()
+            app.state.engine.close()  # the leader saves what is pending
             app.state.keys.close()
+            leader.release()
     return serve
 
 
@@ -127,3 +157,34 @@ def create_app(db_path: str | Path, engine_factory: Callable[[], Any] | None = N
     for group in GROUPS:
         group.add_to(app)
     return app
+
+
+SETTINGS_ENV = "SHELFWISE_SERVE_SETTINGS"  # how `shelfwise serve --workers N` hands its options on
+
+
+def from_environment() -> FastAPI:
+    """The app `shelfwise serve --workers N` gives each of uvicorn's worker processes
+    (`uvicorn.run("engine.server.app:from_environment", factory=True, workers=N)`): the
+    options of the command, as JSON in the SHELFWISE_SERVE_SETTINGS environment variable."""
+    import json
+    import os
+
+    raw = os.environ.get(SETTINGS_ENV)
+    if not raw:
+        raise RuntimeError(f"{SETTINGS_ENV} is not set: this factory serves the worker processes "
+                           f"of \"shelfwise serve --workers N\"; run that command instead.")
+    options = json.loads(raw)
+    db, config, plugins_dir = options["db"], options.get("config"), options.get("plugins_dir")
+    registry = None
+
+    def engine_factory():
+        nonlocal registry
+        from .. import Engine, load_plugins
+
+        if registry is None:
+            registry = load_plugins(plugins_dir)
+        return Engine(db, registry=registry, config_path=config)
+
+    return create_app(db, engine_factory=engine_factory, cors_origins=options.get("cors") or None,
+                      rate_limits=options["rate_limits"], config_path=config, plugins_dir=plugins_dir,
+                      incremental_save_interval=options.get("incremental_save_interval", 30.0))

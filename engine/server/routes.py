@@ -7,6 +7,7 @@ Each handler parses, runs one Engine method on the engine thread (`app.state.eng
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Callable
 
 from fastapi import Depends, FastAPI, Path as PathParam, Query, Request
@@ -193,7 +194,8 @@ async def train(request: Request):
     return {"started": True, "training": request.app.state.trainer.start()}
 
 
-@admin.get("/status", dependencies=[Secret], summary="Models, last training, queue depth")
+@admin.get("/status", dependencies=[Secret],
+           summary="Models, last training, queue depth, this process and the leader's pid")
 async def status(request: Request) -> dict[str, Any]:
     state = request.app.state
 
@@ -201,7 +203,12 @@ async def status(request: Request) -> dict[str, Any]:
         return {**engine.status(), "recommendation_cache": engine.recommendation_cache.stats()}
     out = await state.engine.run(work)
     out.update(training={k: v for k, v in state.trainer.state.items() if k != "trace"},
-               queue_depth=state.engine.pending, api_keys=state.keys.active())
+               queue_depth=state.engine.pending, api_keys=state.keys.active(),
+               process={"pid": os.getpid(), "leader": state.leader.held,
+                        "leader_pid": state.leader.holder()})
+    elsewhere = state.trainer.elsewhere()
+    if elsewhere is not None:
+        out["training"].update(running=True, elsewhere=elsewhere, stage="in another process")
     return out
 
 

@@ -13,6 +13,7 @@ loads the new models; until then the old ones keep serving."""
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import traceback
@@ -29,7 +30,6 @@ def _train_in_process(db_path: str, config_path: str | None, plugins_dir: str | 
     request handling for the GIL, and at a lower scheduling priority with one core left
     free, so requests keep their latency while it runs (a shop's box has few cores).
     Reports progress (at most twice a second) and the end."""
-    import os
     import signal
 
     with contextlib.suppress(OSError):
@@ -70,8 +70,11 @@ class Trainer:
     one (`factory`)."""
 
     def __init__(self, factory: Callable[[], Any], process: tuple | None = None,
-                 on_done: Callable[[int], Any] | None = None):
+                 on_done: Callable[[int], Any] | None = None, lease=None):
         self._factory = factory
+        # held while a run goes on, so that one run at a time goes on across the server
+        # processes on this database (leases.FileLease); None: this process only
+        self._lease = lease
         self._on_done = on_done  # called with the newest event id the new models saw
         self._process_args = process
         self._lock = threading.Lock()
@@ -90,12 +93,32 @@ class Trainer:
                 raise EngineError("A training run is already in progress (see GET /status); "
                                   "the active models keep serving until it finishes.",
                                   title="Conflict")
+            if self._lease is not None and not self._lease.acquire():
+                raise EngineError(f"A training run is already in progress in another server "
+                                  f"process on this database (pid {self._lease.holder()}); the "
+                                  f"active models keep serving until it finishes.",
+                                  title="Conflict")
             self.state.update(running=True, started_at=time.time(), finished_at=None,
                               stage="starting", done=0, total=None, error=None, run_id=None)
             target = self._run_process if self._process_args else self._run
-            self._thread = threading.Thread(target=target, name="shelfwise-train", daemon=True)
+            self._thread = threading.Thread(target=self._holding, args=(target,),
+                                            name="shelfwise-train", daemon=True)
             self._thread.start()
         return dict(self.state)
+
+    def _holding(self, run: Callable[[], None]) -> None:
+        try:
+            run()
+        finally:
+            if self._lease is not None:
+                self._lease.release()
+
+    def elsewhere(self) -> int | None:
+        """The pid of another server process on this database that is training now."""
+        if self._lease is None or self.running:
+            return None
+        pid = self._lease.holder()
+        return pid if pid != os.getpid() else None
 
     def _progress(self, stage: str, done: int, total: int | None, message: str = "") -> None:
         self.state.update(stage=stage, done=done, total=total)

@@ -387,10 +387,6 @@ class Store(ViewQueries, ModelStore, RuleStore):
             "id <= ? ORDER BY id", [after, upto]).fetchall()
         return [Event(*r) for r in rows]
 
-    def users_with_events_after(self, after: int) -> list[str]:
-        return [r[0] for r in self.conn.execute(
-            "SELECT DISTINCT user_id FROM events WHERE id > ?", [after])]
-
     # -- what changed: cheap marks another connection's writes move ----------------------
 
     def data_version(self) -> int:
@@ -398,10 +394,18 @@ class Store(ViewQueries, ModelStore, RuleStore):
         return self.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def catalogue_mark(self) -> tuple:
-        return tuple(self.conn.execute("SELECT count(*), max(updated_at) FROM items").fetchone())
+        """Moves when items or their vectors change (an embedding's row is replaced when
+        it is stored again, so its row id moves)."""
+        return tuple(self.conn.execute(
+            "SELECT count(*), max(updated_at), (SELECT count(*) FROM embeddings), "
+            "(SELECT max(rowid) FROM embeddings) FROM items").fetchone())
 
     def newest_event_id(self) -> int:
         return self.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+
+    def active_model_map(self) -> dict[str, int]:
+        """Each active model's name -> its artifact row id."""
+        return dict(self.conn.execute("SELECT name, id FROM artifacts WHERE active = 1"))
 
     def active_model_ids(self) -> str | None:
         """The active artifact rows' ids (a rollback that swaps versions changes it too)."""

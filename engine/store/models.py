@@ -33,9 +33,10 @@ class ModelStore:
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
         with self.db.atomic():
             self.conn.executemany(
-                "INSERT INTO embeddings (encoder, item_id, content_hash, dim, vector) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(encoder, item_id) DO UPDATE SET "
-                "content_hash = excluded.content_hash, dim = excluded.dim, vector = excluded.vector",
+                # REPLACE, not an update in place: the row id moves, and with it the catalogue
+                # mark other connections watch (Store.catalogue_mark)
+                "INSERT OR REPLACE INTO embeddings (encoder, item_id, content_hash, dim, vector) "
+                "VALUES (?, ?, ?, ?, ?)",
                 [(encoder, i, h, vectors.shape[1], v.tobytes())
                  for i, h, v in zip(ids, hashes, vectors)])
 
