@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -20,16 +20,21 @@ from .components import ProgressCallback, Ranker, Recaller
 from .db import write_transaction
 from .errors import EngineError
 from .evaluation import holdout
+from .executor import LocalExecutor, chunked
 from .metrics import aggregate
 from .pipeline import Pipeline
 from .results import EvaluationReport, ModelScores, RankerChoice, TrainReport
+from .snapshot import FittedPipeline, FittedShared
 from .training import choose_ranker, fit_pipeline
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
+    from .executor import Executor
+    from .types import Query
 
 
-def train(engine: Engine, progress: ProgressCallback) -> TrainReport:
+def train(engine: Engine, progress: ProgressCallback, executor: Executor | None = None) -> TrainReport:
+    """`executor`: where the catalogue is encoded (default: this process)."""
     started = time.perf_counter()
     data = engine.dataset()
     if data.n_events == 0:
@@ -41,7 +46,7 @@ def train(engine: Engine, progress: ProgressCallback) -> TrainReport:
                                        "recallers": list(installed["recallers"]),
                                        "rankers": list(installed["rankers"])})
     try:  # until the models are activated, a failure or a cancel leaves the old ones serving
-        vector_report = engine.refresh_vectors(progress)  # a cancel here is recorded too
+        vector_report = engine.refresh_vectors(progress, executor=executor)  # a cancel is recorded too
         # made after the refresh, so that they are given the index it brought up to date
         quotas, recallers, rankers = engine.lineup.fresh(every=True)
         report = fit_pipeline(data, recallers, quotas, rankers, engine.settings.pipeline, progress)
@@ -100,9 +105,13 @@ def _activate(engine: Engine, report: dict, recallers: dict[str, Recaller], rank
 
 
 def evaluate(engine: Engine, k: int, progress: ProgressCallback,
-             recallers: Sequence[str] | None, ranker: str | None) -> EvaluationReport:
+             recallers: Sequence[str] | None, ranker: str | None,
+             executor: Executor | None = None) -> EvaluationReport:
+    """`executor`: where the new items are encoded and the held-out users scored (default:
+    this process); the metrics are the same either way."""
+    executor = executor or LocalExecutor()
     ps = engine.settings.pipeline
-    engine.refresh_vectors(progress)
+    engine.refresh_vectors(progress, executor=executor)
     data = engine.dataset()
     split = holdout(data, ps.validation_share, ps.min_interactions, history=ps.history)
     if not split.queries:
@@ -124,7 +133,7 @@ def evaluate(engine: Engine, k: int, progress: ProgressCallback,
                 f"{name} failed to train ({f['error']})" for name, f in failed.items()),
                 title="Training failed")
         out = EvaluationReport(
-            run_id=run_id, **_score(engine, data, split, fresh, quotas, ranker_obj, k, progress),
+            run_id=run_id, **_score(engine, data, split, fresh, quotas, ranker_obj, k, progress, executor),
             candidate_hit_rate=fit_report.get("candidate_hit_rate"),
             ranker_validation=fit_report["rankers"].get(ranker_obj.name, {}) if ranker_obj else {},
             failed={name: f["error"] for name, f in failed.items()})
@@ -160,26 +169,49 @@ class _Slices:
 
 
 def _score(engine: Engine, data, split, fresh: dict[str, Recaller], quotas: dict[str, int],
-           ranker: Ranker | None, k: int, progress: ProgressCallback) -> dict[str, Any]:
-    progress("score", 0, len(fresh) + 1, "recalling for held-out users")
+           ranker: Ranker | None, k: int, progress: ProgressCallback,
+           executor: Executor) -> dict[str, Any]:
     seen = np.bincount(split.visible.items, minlength=data.n_items) > 0
     cold = {str(i) for i in data.item_ids[~seen]}
     pipe = Pipeline(fresh, {name: max(q, k) for name, q in quotas.items()}, ranker,
                     categories=engine.serving.catalogue().categories, new_items=cold,
                     **engine.lineup.rules())
-    recalled = pipe.recall(split.queries)
+    scored = [name for name in fresh if not fresh[name].text_queries]  # search answers typed
+    queries = split.queries                                           # queries; these have none
+    # in this process one chunk, as before; on a cluster a few per worker
+    size = len(queries) if executor.kind == "local" else -(-len(queries) // (4 * executor.workers))
+    chunks = chunked(queries, size or 1)
+    shared = FittedShared(engine, pipe, fresh, ranker, cold)
+    work = shared.here() if executor.kind == "local" else shared
+    lists: dict[str, list[list[str]]] = {name: [] for name in [*scored, "pipeline"]}
+    progress("score", 0, len(queries), f"recalling and ranking for {len(queries):,} held-out users")
+    done = 0
+    for part, found in zip(chunks, executor.map(ScoreChunk(k, tuple(scored)), chunks, work)):
+        for name, got in found.items():
+            lists[name].extend(got)
+        done += len(part)
+        progress("score", done, len(queries), "")
     slices = _Slices(data, split, cold, k)
-    results = []
-    for step, name in enumerate(fresh, start=1):
-        if fresh[name].text_queries:  # search answers typed queries; held-out users have none
-            continue
-        lists = [[c.item_id for c in per[name][:k]] for per in recalled]
-        results.append(ModelScores(name, "recaller", **slices.score(lists)))
-        progress("score", step, len(fresh) + 1, name)
-    lists = [[c.item_id for c in cs] for cs in pipe.run(split.queries, k, recalled)]
-    results.append(ModelScores("pipeline", "pipeline", **slices.score(lists),
+    results = [ModelScores(name, "recaller", **slices.score(lists[name])) for name in scored]
+    results.append(ModelScores("pipeline", "pipeline", **slices.score(lists["pipeline"]),
                                ranker=ranker.name if ranker else None))
-    progress("score", len(fresh) + 1, len(fresh) + 1, "pipeline")
     return {"k": k, "results": results, "users": len(split.queries),
             "cold_start_users": len(slices.cold_users), "light_users": len(slices.light_users),
             "light_user_max_items": slices.light_limit}
+
+
+@dataclass(frozen=True)
+class ScoreChunk:
+    """The top k of held-out `queries`, by each recaller in `recallers` and by the pipeline
+    (run where the executor runs it: this engine's pipeline or a worker's copy)."""
+
+    k: int
+    recallers: tuple[str, ...]
+
+    def __call__(self, queries: Sequence[Query], fitted: FittedPipeline) -> dict[str, list[list[str]]]:
+        pipe = fitted.pipe
+        recalled = pipe.recall(queries)
+        out = {name: [[c.item_id for c in per[name][:self.k]] for per in recalled]
+               for name in self.recallers}
+        out["pipeline"] = [[c.item_id for c in cs] for cs in pipe.run(queries, self.k, recalled)]
+        return out
