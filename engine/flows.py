@@ -184,13 +184,15 @@ def _score(engine: Engine, data, split, fresh: dict[str, Recaller], quotas: dict
     shared = FittedShared(engine, pipe, fresh, ranker, cold)
     work = shared.here() if executor.kind == "local" else shared
     lists: dict[str, list[list[str]]] = {name: [] for name in [*scored, "pipeline"]}
-    progress("score", 0, len(queries), f"recalling and ranking for {len(queries):,} held-out users")
+    # progress in chunks (a UI may cancel at each), the message in held-out users
+    progress("score", 0, len(chunks), f"recalling and ranking for {len(queries):,} held-out users")
     done = 0
-    for part, found in zip(chunks, executor.map(ScoreChunk(k, tuple(scored)), chunks, work)):
+    for step, (part, found) in enumerate(zip(chunks, executor.map(ScoreChunk(k, tuple(scored)),
+                                                                  chunks, work)), start=1):
         for name, got in found.items():
             lists[name].extend(got)
         done += len(part)
-        progress("score", done, len(queries), "")
+        progress("score", step, len(chunks), f"{done:,} of {len(queries):,} held-out users")
     slices = _Slices(data, split, cold, k)
     results = [ModelScores(name, "recaller", **slices.score(lists[name])) for name in scored]
     results.append(ModelScores("pipeline", "pipeline", **slices.score(lists["pipeline"]),
