@@ -126,9 +126,19 @@ class RayExecutor:
         for chunk in chunks:
             pending.append(self._task.remote(fn, chunk, [ref], key))
             if len(pending) > AHEAD_PER_CPU * self.workers:
-                yield ray.get(pending.popleft())
+                yield self._get(pending.popleft())
         while pending:
-            yield ray.get(pending.popleft())
+            yield self._get(pending.popleft())
+
+    def _get(self, ref: Any) -> Any:
+        """A task's result; an error a worker raised for the user (EngineError) is raised
+        here as itself, not wrapped in Ray's traceback."""
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, EngineError):
+                raise exc.cause from None
+            raise
 
     def close(self) -> None:
         if self.started and self.ray.is_initialized():
