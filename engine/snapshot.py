@@ -18,6 +18,8 @@ loaded on the worker into fresh components as serving loads a stored model."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import socket
 import tempfile
@@ -206,4 +208,8 @@ class EncoderShared:
 
     def shipped(self) -> EncoderSpec:
         config = self.encoder.config.model_dump(mode="json")
-        return EncoderSpec(uuid.uuid4().hex, self.encoder.name, config, plugin_names(self.registry))
+        plugins = plugin_names(self.registry)
+        # the same encoder has the same key: a worker that made it keeps it for the next job
+        key = hashlib.sha256(json.dumps([self.encoder.name, config, plugins], sort_keys=True,
+                                        default=str).encode()).hexdigest()
+        return EncoderSpec(key, self.encoder.name, config, plugins)
