@@ -24,8 +24,8 @@ from .executor import LocalExecutor, chunked
 from .metrics import aggregate
 from .pipeline import Pipeline
 from .results import EvaluationReport, ModelScores, RankerChoice, TrainReport
-from .snapshot import FittedPipeline, FittedShared
-from .training import choose_ranker, fit_pipeline
+from .snapshot import FittedPipeline, FittedShared, ShopSnapshot, snapshot
+from .training import VALIDATION_BATCH, Recall, choose_ranker, fit_pipeline, recall_here
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -34,7 +34,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def train(engine: Engine, progress: ProgressCallback, executor: Executor | None = None) -> TrainReport:
-    """`executor`: where the catalogue is encoded (default: this process)."""
+    """`executor`: where the catalogue is encoded and the validation candidates recalled
+    (default: this process); the fits run here."""
     started = time.perf_counter()
     data = engine.dataset()
     if data.n_events == 0:
@@ -49,7 +50,8 @@ def train(engine: Engine, progress: ProgressCallback, executor: Executor | None 
         vector_report = engine.refresh_vectors(progress, executor=executor)  # a cancel is recorded too
         # made after the refresh, so that they are given the index it brought up to date
         quotas, recallers, rankers = engine.lineup.fresh(every=True)
-        report = fit_pipeline(data, recallers, quotas, rankers, engine.settings.pipeline, progress)
+        report = fit_pipeline(data, recallers, quotas, rankers, engine.settings.pipeline, progress,
+                              recall_on(engine, executor))
         versions, chosen = _activate(engine, report, recallers, rankers, progress)
     except BaseException as exc:
         store.finish_run(run_id, {}, status="failed", note=str(exc))
@@ -107,8 +109,8 @@ def _activate(engine: Engine, report: dict, recallers: dict[str, Recaller], rank
 def evaluate(engine: Engine, k: int, progress: ProgressCallback,
              recallers: Sequence[str] | None, ranker: str | None,
              executor: Executor | None = None) -> EvaluationReport:
-    """`executor`: where the new items are encoded and the held-out users scored (default:
-    this process); the metrics are the same either way."""
+    """`executor`: where the new items are encoded, the validation candidates recalled and
+    the held-out users scored (default: this process); the metrics are the same either way."""
     executor = executor or LocalExecutor()
     ps = engine.settings.pipeline
     engine.refresh_vectors(progress, executor=executor)
@@ -122,7 +124,8 @@ def evaluate(engine: Engine, k: int, progress: ProgressCallback,
     run_id = engine.store.start_run("evaluate", {"k": k, "recallers": quotas,
                                                  "ranker": ranker_obj.name if ranker_obj else None})
     try:  # a failure or a cancel at any step is recorded, never left "running"
-        fit_report = fit_pipeline(split.visible, fresh, quotas, rankers, ps, progress)
+        fit_report = fit_pipeline(split.visible, fresh, quotas, rankers, ps, progress,
+                                  recall_on(engine, executor))
         failed = fit_report["failed"]  # left out of the evaluation, and said so
         fresh = {name: r for name, r in fresh.items() if name not in failed}
         quotas = {name: q for name, q in quotas.items() if name not in failed}
@@ -217,3 +220,37 @@ class ScoreChunk:
                for name in self.recallers}
         out["pipeline"] = [[c.item_id for c in cs] for cs in pipe.run(queries, self.k, recalled)]
         return out
+
+
+def recall_on(engine: Engine, executor: Executor | None) -> Recall:
+    """How `fit_pipeline` recalls the validation candidates: here (`recall_here`), or on
+    the executor's workers (`RecallOn`)."""
+    if executor is None or executor.kind == "local":
+        return recall_here
+    return RecallOn(engine, executor)
+
+
+@dataclass
+class RecallOn:
+    """training.Recall on an executor's workers: the recallers fitted at a validation cut
+    travel as their state, with one snapshot of the shop for every cut of the job; the
+    queries go in the batches `recall_here` uses, so the candidates are the same."""
+
+    engine: Engine
+    executor: Executor
+    shop: ShopSnapshot | None = None
+
+    def __call__(self, recallers, quotas, queries, report) -> list:
+        if self.shop is None:
+            self.shop = snapshot(self.engine)
+        shared = FittedShared(self.engine, Pipeline(dict(recallers), dict(quotas)), dict(recallers),
+                              None, plain=True, shop=self.shop)
+        cands: list = []
+        for found in self.executor.map(_candidates, chunked(queries, VALIDATION_BATCH), shared):
+            cands += found
+            report(len(cands))
+        return cands
+
+
+def _candidates(queries: Sequence[Query], fitted: FittedPipeline) -> list:
+    return [found.compact() for found in fitted.pipe.candidates(queries)]

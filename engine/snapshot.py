@@ -101,22 +101,24 @@ class FittedPipeline:
 
 @dataclass
 class FittedSnapshot:
-    """A pipeline of components fitted in this job, for workers (see the module's text)."""
+    """A pipeline of components fitted in this job, for workers (see the module's text).
+    `plain`: recallers and quotas only (the validation candidates of `train`), else with the
+    catalogue's categories, the new items and the re-rank rules (evaluate's pipeline)."""
 
+    key: str
     shop: ShopSnapshot
     recallers: dict[str, tuple[bytes, str, dict]]
     quotas: dict[str, int]
     ranker: tuple[str, tuple[bytes, str, dict]] | None
     new_items: set[str] = field(default_factory=set)
-
-    @property
-    def key(self) -> str:
-        return self.shop.key
+    plain: bool = False
 
     def open(self) -> FittedPipeline:
         engine = self.shop.open()
         recallers = {name: _loaded(engine, "recallers", name, blob) for name, blob in self.recallers.items()}
         ranker = _loaded(engine, "rankers", *self.ranker) if self.ranker else None
+        if self.plain:
+            return FittedPipeline(Pipeline(recallers, dict(self.quotas), ranker), engine)
         pipe = Pipeline(recallers, dict(self.quotas), ranker,
                         categories=engine.serving.catalogue().categories, new_items=self.new_items,
                         **engine.lineup.rules())
@@ -167,22 +169,26 @@ def _loaded(engine: Engine, kind: str, name: str, blob: tuple[bytes, str, dict])
 
 @dataclass
 class FittedShared:
-    """Evaluate's pipeline: `pipe` here; on workers, rebuilt from the components' state."""
+    """A pipeline of components fitted in this job: `pipe` here; on workers, rebuilt from
+    the components' state. `shop`: a snapshot taken earlier in the same job, reused (the
+    validation cuts of `train` ship new recallers, not a new copy of the shop)."""
 
     engine: Engine
     pipe: Pipeline
     recallers: dict[str, Recaller]
     ranker: Ranker | None
-    new_items: set[str]
+    new_items: set[str] = field(default_factory=set)
+    plain: bool = False
+    shop: ShopSnapshot | None = None
 
     def here(self) -> FittedPipeline:
         return FittedPipeline(self.pipe, self.engine)
 
     def shipped(self) -> FittedSnapshot:
         ranker = (self.ranker.name, dump_state(self.ranker.state())) if self.ranker else None
-        return FittedSnapshot(snapshot(self.engine),
+        return FittedSnapshot(uuid.uuid4().hex, self.shop or snapshot(self.engine),
                               {n: dump_state(r.state()) for n, r in self.recallers.items()},
-                              dict(self.pipe.quotas), ranker, set(self.new_items))
+                              dict(self.pipe.quotas), ranker, set(self.new_items), self.plain)
 
 
 @dataclass

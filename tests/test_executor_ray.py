@@ -126,6 +126,22 @@ def test_evaluate_on_ray_gives_the_local_metrics(shop_engine, on_ray):
     assert [r["status"] for r in shop_engine.store.runs("evaluate", 2)] == ["ok", "ok"]
 
 
+def test_train_on_ray_learns_what_a_local_train_learns(tmp_path, on_ray):
+    """The validation candidates are recalled on the workers (the recallers fitted at each
+    cut travel as their state): the rankers learn the same, the same models serve."""
+    learned = {}
+    for name, executor in (("local", None), ("ray", on_ray)):
+        eng = Engine(tmp_path / f"{name}.db", registry=load_plugins(), settings=Settings())
+        eng.store.write(shop.catalogue())
+        eng.store.write(shop.events(90))
+        report = eng.train(executor=executor)
+        learned[name] = (report.rankers, report.trials, report.candidate_hit_rate,
+                         report.validation_moments, list(eng.recommend_all(5)))
+        eng.close()
+    assert learned["local"][3] > 0 and learned["local"][0]["fusion"]["examples"] > 0
+    assert learned["ray"] == learned["local"]
+
+
 def test_a_plugin_missing_on_a_worker_is_one_clear_error(shop_engine, on_ray):
     snap = ShopSnapshot("missing-plugin", shop_engine.db.conn.serialize(), Settings(),
                         ("popular", "no_such_plugin"))
