@@ -2,6 +2,7 @@
 and the catalogue's encoding.
 
     python benchmarks/bench_executor.py                       # demo shop, 5,000 shoppers
+    python benchmarks/bench_executor.py --train               # and `train`, on a copy
     python benchmarks/bench_executor.py --users 20000 --items 4000 --repeat 3
     python benchmarks/bench_executor.py --show benchmarks/results/executor.json
 
@@ -18,6 +19,9 @@ each --repeat times, local and Ray taking turns so that the machine's load falls
   encode            --encode products' texts through MiniLM (engine.indexing.encode), in
                     chunks of 256 on Ray; the first Ray run includes each worker's model
                     load, the best of the repeats not
+  train             with --train: Engine.train on a copy of the shop (the vectors are there,
+                    so the fits and the validation candidates, recalled on the executor; the
+                    rankers' validation results are compared: they must be the same)
 
 Ray is a local instance of --cpus CPUs, started once (its start is timed apart). Prints a
 table (best and median of the repeats) and writes benchmarks/results/executor.json.
@@ -86,7 +90,24 @@ def encode(eng, executor, n: int):
     return timed(lambda: encode_items(enc, items, no_progress, executor, eng.registry))
 
 
-def measure(eng, ray_executor, repeat: int, n_encode: int) -> dict:
+def train(eng, executor, workdir: Path):
+    """`train` on a copy of the shop (its vectors are there: nothing to encode), so the fits,
+    the validation candidates (on the executor) and the activation."""
+    from engine.engine import Engine
+
+    copy = workdir / "train-copy.db"
+    copy.write_bytes(eng.db.conn.serialize())
+    other = Engine(copy, registry=eng.registry, settings=eng.settings)
+    try:
+        seconds, report = timed(lambda: other.train(executor=executor))
+        return seconds, (report.rankers, report.trials, report.validation_moments)
+    finally:
+        other.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{copy}{suffix}").unlink(missing_ok=True)
+
+
+def measure(eng, ray_executor, repeat: int, n_encode: int, workdir: Path | None) -> dict:
     from engine.executor import LocalExecutor
 
     runs: dict[str, list[float]] = {}
@@ -105,9 +126,15 @@ def measure(eng, ray_executor, repeat: int, n_encode: int) -> dict:
             seconds, vectors = encode(eng, executor, n_encode)
             runs.setdefault(f"encode/{name}", []).append(seconds)
             got[f"enc/{name}"] = vectors
+            if workdir is not None:
+                seconds, learned = train(eng, executor, workdir)
+                runs.setdefault(f"train/{name}", []).append(seconds)
+                got[f"train/{name}"] = learned
             print(f"round {round_ + 1}/{repeat} {name} done", file=sys.stderr)
         same["recommend_all"] &= got["rec/local"] == got["rec/ray"]
         same["evaluate"] &= got["eval/local"] == got["eval/ray"]
+        if workdir is not None:
+            same["train"] = same.get("train", True) and got["train/local"] == got["train/ray"]
         import numpy as np
 
         same["encode_max_abs_diff"] = max(same.get("encode_max_abs_diff", 0.0), float(
@@ -119,12 +146,15 @@ def table(out: dict) -> str:
     lines = [f"{'job':<18} {'local best':>10} {'ray best':>9} {'local med':>10} {'ray med':>8} "
              f"{'speed-up':>8}"]
     runs = out["seconds"]
-    for job in ("recommend_all", "evaluate", "evaluate_scoring", "encode"):
+    for job in ("recommend_all", "evaluate", "evaluate_scoring", "encode", "train"):
+        if f"{job}/local" not in runs:
+            continue
         loc, ray = runs[f"{job}/local"], runs[f"{job}/ray"]
         lines.append(f"{job:<18} {min(loc):>9.2f}s {min(ray):>8.2f}s {statistics.median(loc):>9.2f}s "
                      f"{statistics.median(ray):>7.2f}s {min(loc) / min(ray):>7.2f}x")
     lines.append(f"Ray start (local instance, {out['cpus']} CPUs): {out['ray_start_seconds']:.1f}s; "
                  f"same lists: {out['same']['recommend_all']}, same metrics: {out['same']['evaluate']}, "
+                 f"same trained rankers: {out['same'].get('train', 'not run')}, "
                  f"vectors differ by at most {out['same']['encode_max_abs_diff']:.1e}")
     lines.append(f"shop: {out['shop']['users']:,} shoppers with events, {out['shop']['items']:,} "
                  f"products, {out['shop']['events']:,} events; snapshot {out['shop']['db_mib']:.1f} MiB")
@@ -138,6 +168,7 @@ def main() -> None:
     ap.add_argument("--encode", type=int, default=512, help="products encoded in the encode rows")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--train", action="store_true", help="also time `train` (on a copy of the shop)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/shelfwise-bench-executor"))
     ap.add_argument("--out", type=Path, default=HERE / "results" / "executor.json")
     ap.add_argument("--show", type=Path, help="print the table of a results file and stop")
@@ -161,7 +192,7 @@ def main() -> None:
                     "events": eng.store.counts()["events"],
                     "db_mib": len(eng.db.conn.serialize()) / 2**20},
            "command": " ".join(["python", "benchmarks/bench_executor.py", *sys.argv[1:]])}
-    out.update(measure(eng, RayExecutor(), args.repeat, args.encode))
+    out.update(measure(eng, RayExecutor(), args.repeat, args.encode, args.workdir if args.train else None))
     out["machine"]["load_average_end"] = list(os.getloadavg())
     ray.shutdown()
     eng.close()
