@@ -15,6 +15,7 @@ A thin facade over named parts, each in its own module:
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -43,11 +44,14 @@ from .types import Candidate, Event, Item, Query, Recommendation
 
 class Engine(ShopControls):
     def __init__(self, db_path: str | Path = "shelfwise.db", settings: Settings | None = None,
-                 registry: PluginRegistry | None = None, config_path: str | Path | None = None):
+                 registry: PluginRegistry | None = None, config_path: str | Path | None = None,
+                 connection: sqlite3.Connection | None = None):
+        """`connection`: an open database to use instead of the file at `db_path` (a Ray
+        worker's in-memory copy of the shop: engine.snapshot)."""
         self.db_path = Path(db_path)
         self.registry = registry or load_plugins()
         self.settings = settings or load_settings(self.db_path, config_path)
-        self.db = open_db(self.db_path)
+        self.db = open_db(connection if connection is not None else self.db_path)
         self.store = Store(self.db)
         self.store.mark_interrupted_runs()  # a killed `train` does not stay "running"
         self.serving = Serving(self.store, self.make)

@@ -2,9 +2,10 @@
 the shop's SQLite file, which on a cluster they cannot see.
 
 `ShopSnapshot` is a read-only copy of the database: `sqlite3.Connection.serialize()`
-bytes, taken in one read, put once in Ray's object store; a worker writes them to a file
-of its own (its temporary folder) and opens an `Engine` over that copy with the driver's
-settings and plugins, once per job. Everything a worker does then runs the code a local
+bytes, taken in one read, put once in Ray's object store; a worker deserializes them into
+an in-memory database of its own (nothing written to its disk, nothing left behind when
+it is killed) and opens an `Engine` over that copy with the driver's settings and plugins,
+once per job. Everything a worker does then runs the code a local
 run runs — the same stored models loaded the way serving loads them, the same history
 reads, the same rendering — so its answers are the local executor's. A snapshot rather
 than each model's arrays: recallers and rankers read the store, the encoder and the vector
@@ -20,13 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import socket
-import tempfile
+import sqlite3
 import uuid
-import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .artifacts import dump_state, load_state
@@ -64,21 +62,15 @@ class ShopSnapshot:
     plugins: tuple[str, ...]
 
     def open(self) -> Engine:
-        """On a worker: an Engine over a private copy of the database (removed when the
-        engine is dropped)."""
+        """On a worker: an Engine over an in-memory copy of the database (nothing on disk)."""
         from .engine import Engine
 
-        folder = Path(tempfile.mkdtemp(prefix="shelfwise-snapshot-"))
-        path = folder / "shop.db"
-        path.write_bytes(self.database)
-        engine = Engine(path, settings=self.settings, registry=worker_registry(self.plugins))
-        weakref.finalize(engine, _discard, engine.db, folder)
-        return engine
-
-
-def _discard(db, folder: Path) -> None:
-    db.close()
-    shutil.rmtree(folder, ignore_errors=True)
+        image = bytearray(self.database)
+        image[18] = image[19] = 1  # the header's WAL mark off: a memory database has no WAL
+        conn = sqlite3.connect(":memory:", check_same_thread=False)
+        conn.deserialize(image)
+        return Engine(":memory:", settings=self.settings, registry=worker_registry(self.plugins),
+                      connection=conn)
 
 
 def snapshot(engine: Engine) -> ShopSnapshot:

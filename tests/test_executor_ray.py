@@ -110,10 +110,15 @@ def test_recommend_all_on_ray_equals_local(shop_engine, on_ray):
 
 def test_workers_read_a_snapshot_not_the_shop_file(shop_engine, on_ray):
     shared = ServingShared(shop_engine, None, None, "")
-    paths = set(on_ray.map(lambda users, fitted: str(fitted.engine.db_path), [["a"], ["b"], ["c"]],
-                           shared))
-    assert str(shop_engine.db_path) not in paths
-    assert all("shelfwise-snapshot-" in p for p in paths)
+    def where(users, fitted):
+        conn = fitted.engine.db.conn
+        return conn.execute("PRAGMA database_list").fetchone()[2], \
+            conn.execute("PRAGMA journal_mode").fetchone()[0]
+
+    seen = set(on_ray.map(where, [["a"], ["b"], ["c"]], shared))
+    assert str(shop_engine.db_path) not in {file for file, _ in seen}
+    assert {journal for _, journal in seen} == {"memory"}  # an in-memory copy, not a file in WAL mode
+    assert where(None, shared.here()) == (str(shop_engine.db_path), "wal")
 
 
 def test_evaluate_on_ray_gives_the_local_metrics(shop_engine, on_ray):
