@@ -82,7 +82,8 @@ def import_ray():
     try:
         import ray
     except ImportError as exc:
-        raise EngineError(f"--executor ray needs Ray, which is not installed here: run "
+        raise EngineError(f"The Ray executor (--executor ray, or kind = \"ray\" under [executor] in "
+                          f"shelfwise.toml) needs Ray, which is not installed here: run "
                           f"\"{INSTALL_HINT}\" (on every machine of the cluster), or use "
                           f"--executor local.", title="Ray is not installed") from exc
     return ray
