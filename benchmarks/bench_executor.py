@@ -185,7 +185,8 @@ def main() -> None:
 
     from engine.executor import RayExecutor
 
-    start, _ = timed(lambda: ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False))
+    start, _ = timed(lambda: ray.init(address="local", num_cpus=args.cpus,
+                                          include_dashboard=False, log_to_driver=False))
     out = {"machine": info, "cpus": args.cpus, "ray_start_seconds": start, "repeat": args.repeat,
            "plugins": PLUGINS, "encode_items": args.encode,
            "shop": {"users": len(eng.store.users_with_events()), "items": eng.store.counts()["items"],

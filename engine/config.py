@@ -15,7 +15,7 @@
 
     [executor]            # where train, evaluate and recommend --all run their batch work
     kind = "ray"          # "local" (default: this process) or "ray" (pip install 'shelfwise[ray]')
-    address = "auto"      # Ray's: "auto", "ray://head:10001"; default: a local Ray instance
+    address = "auto"      # Ray's: "auto", "ray://head:10001"; default: a new local instance
     num_cpus = 2          # CPUs of a local Ray instance started here (default: all)
 """
 
@@ -81,9 +81,10 @@ class ExecutorSettings(BaseModel):
     kind: str = Field("local", description="where the batch work of train, evaluate and recommend "
                       "--all runs: local (this process) or ray (a Ray cluster)")
     address: str | None = Field(None, description="the Ray cluster: \"auto\" (the one this machine "
-                                "belongs to), \"ray://head:10001\" (Ray Client); default: a local "
-                                "Ray instance started for the command")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (default: all)")
+                                "belongs to), \"ray://head:10001\" (Ray Client); default: a new local "
+                                "instance, started for the command")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a Ray instance started for the "
+                                 "command (default: all)")
 
     @field_validator("kind")
     @classmethod

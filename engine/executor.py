@@ -90,10 +90,10 @@ def import_ray():
 
 
 class RayExecutor:
-    """Chunks as Ray tasks. `address`: None starts a local Ray instance (or joins the one
-    this process already started, or the one RAY_ADDRESS names); "auto" joins the cluster
-    this machine belongs to; "ray://head:10001" a remote cluster through Ray Client.
-    `num_cpus`: the CPUs of a local instance started here (default: all of them)."""
+    """Chunks as Ray tasks, on the Ray instance this process already joined, else on:
+    `address` None or "local": a new local instance, of `num_cpus` CPUs (default: all);
+    "auto": the cluster this machine belongs to (`ray start`); "ray://head:10001": a remote
+    cluster through Ray Client."""
 
     kind = "ray"
 
@@ -101,15 +101,17 @@ class RayExecutor:
         self.ray = ray = import_ray()
         self.address, self.started = address, False
         if not ray.is_initialized():
-            options: dict[str, Any] = {"address": address, "include_dashboard": False}
-            if num_cpus is not None and address is None:
+            # no address: an instance of the command's own ("local"), never Ray's guess at a
+            # cluster `ray start` began here (one killed without `ray stop` hangs the command)
+            options: dict[str, Any] = {"address": address or "local", "include_dashboard": False}
+            if num_cpus is not None and options["address"] == "local":
                 options["num_cpus"] = num_cpus
             try:
                 ray.init(**options)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise EngineError(f"Cannot reach the Ray cluster at {address!r}: {exc}. Start one "
-                                  f"(\"ray start --head\") or check --address / [executor] address.",
-                                  title="Ray cluster unreachable") from exc
+                raise EngineError(f"Cannot reach the Ray cluster at {options['address']!r}: {exc}. "
+                                  f"Start one (\"ray start --head\") or check --address / "
+                                  f"[executor] address.", title="Ray cluster unreachable") from exc
             self.started = True
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._task = ray.remote(_run_chunk)
