@@ -12,18 +12,21 @@ answers what was typed, untouched by them."""
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from .components import ProgressCallback, no_progress
 from .config import PipelineSettings
 from .errors import ArtifactError, EngineError, NotTrainedError
+from .executor import LocalExecutor, chunked
 from .pipeline import Pipeline, Trace, interleave
 from .rendering import items_named, render
+from .snapshot import FittedPipeline, ServingShared
 from .types import Candidate, Interaction, Query, Recommendation
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
+    from .executor import Executor
     from .experiments import Assigned
 
 
@@ -169,21 +172,41 @@ def search(engine: Engine, text: str, n: int = 10, category: str | None = None) 
 def recommend_all(engine: Engine, n: int = 10, batch: int = 512,
                   progress: ProgressCallback = no_progress, recallers: Sequence[str] | None = None,
                   ranker: str | None = None, category: str | None = None,
-                  placement: str = "") -> Iterator[tuple[str, list[Recommendation]]]:
+                  placement: str = "", executor: Executor | None = None,
+                  ) -> Iterator[tuple[str, list[Recommendation]]]:
     """Recommendations for every user with at least one event, in batches, with the same
-    choices `recommend` takes (recallers, ranker, category, placement)."""
-    pipe = engine.pipeline(recallers, ranker, placement)
+    choices `recommend` takes (recallers, ranker, category, placement). `executor`: where
+    the batches are answered (engine.executor; default: this process); the lists come back
+    in the order of the users either way, and are the same."""
+    executor = executor or LocalExecutor()
+    shared = ServingShared(engine, tuple(recallers) if recallers else None, ranker, placement)
+    fitted = shared.here()  # not trained, an unknown recaller: said before any work starts
     users = engine.store.users_with_events()
     progress("recommend", 0, len(users), f"{len(users):,} shoppers")
-    for start in range(0, len(users), batch):
-        part = users[start:start + batch]
-        queries = [query_for(engine, u, category) for u in part]
+    done = 0
+    for answered in executor.map(RecommendBatch(n, category), chunked(users, batch),
+                                 fitted if executor.kind == "local" else shared):
+        yield from answered
+        done += len(answered)
+        progress("recommend", done, len(users), "")
+
+
+@dataclass(frozen=True)
+class RecommendBatch:
+    """One batch of `recommend_all`: the lists of `users`, in their order (run where the
+    executor runs it, against `fitted`: this engine's pipeline or a worker's copy)."""
+
+    n: int
+    category: str | None
+
+    def __call__(self, users: Sequence[str], fitted: FittedPipeline) -> list[tuple[str, list[Recommendation]]]:
+        engine, pipe = fitted.engine, fitted.pipe
+        queries = [query_for(engine, u, self.category) for u in users]
         traces: list[Trace] = []
-        shown = pipe.run(queries, n, traces=traces)
+        shown = pipe.run(queries, self.n, traces=traces)
         items = items_named(engine.store, (c for cands in shown for c in cands))  # one read a batch
-        for u, cands, done in zip(part, shown, traces):
-            yield u, with_rules(render(engine.store, cands, pipe.ranker_name, items), done.notes)
-        progress("recommend", min(start + batch, len(users)), len(users), "")
+        return [(u, with_rules(render(engine.store, cands, pipe.ranker_name, items), done.notes))
+                for u, cands, done in zip(users, shown, traces)]
 
 
 def similar(engine: Engine, item_id: str, n: int = 10, placement: str = "") -> list[Recommendation]:

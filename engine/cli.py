@@ -76,6 +76,18 @@ class ShelfwiseGroup(click.Group):
             raise click.ClickException(str(exc)) from exc
 
 
+def executor_options(command):
+    """--executor and --address: where a command's batch work runs (over [executor] in
+    shelfwise.toml)."""
+    command = click.option("--address", default=None, metavar="ADDRESS",
+                           help="The Ray cluster with --executor ray: auto, ray://head:10001 "
+                                "(default: a local Ray instance).")(command)
+    return click.option("--executor", "executor_kind", type=click.Choice(["local", "ray"]),
+                        default=None, help="Where the batch work runs: local (this process) or "
+                        "ray (pip install 'shelfwise[ray]'); default: [executor] in "
+                        "shelfwise.toml, else local.")(command)
+
+
 def rich_progress(enabled: bool = True):
     """The progress callback of a long job: rich bars in a terminal, plain lines in a log."""
     return progress_for(console, enabled)
@@ -205,11 +217,20 @@ def import_(obj, source, location, items, users, events, triples, links, product
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--verbose", is_flag=True, help="Print the traceback of a component that failed.")
+@executor_options
 @click.pass_obj
-def train(obj, as_json, verbose):
-    """Fit every recaller and the ranker; activate the new models together."""
+def train(obj, as_json, verbose, executor_kind, address):
+    """Fit every recaller and the ranker; activate the new models together.
+
+    \b
+    Examples:
+      shelfwise train
+      shelfwise train --executor ray                       # encode the catalogue on Ray
+    """
+    engine = obj.engine()
+    executor = engine.executor(executor_kind, address)
     with rich_progress(not as_json) as progress:
-        report = obj.engine().train(progress=progress)
+        report = engine.train(progress=progress, executor=executor)
     if as_json:
         click.echo(json.dumps(report.to_dict(), default=str))
     else:
@@ -253,9 +274,10 @@ def _print_train_summary(report: TrainReport, verbose: bool = False) -> None:
               show_default=True, help="Output format with --all.")
 @click.option("--placement", default="", help="Where the list is shown (home, product-page, ...): "
               "its merchandising rules apply (see \"shelfwise rules\").")
+@executor_options
 @click.pass_obj
 def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, items, text, explain, fmt,
-              placement):
+              placement, executor_kind, address):
     """Personalised recommendations for USER, with the reason for each.
 
     \b
@@ -263,6 +285,7 @@ def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, ite
       shelfwise recommend u42 -n 5
       shelfwise recommend u42 --recallers als,popular --json
       shelfwise recommend --all -n 20 --format tsv > campaign.tsv
+      shelfwise recommend --all --executor ray --address auto > campaign.tsv
       shelfwise recommend --item p00042 --item p00107     # an anonymous visitor
       shelfwise recommend u42 --explain                     # how the list was made
     """
@@ -272,18 +295,22 @@ def recommend(obj, user, n, as_json, recallers, ranker, category, all_users, ite
         if user or items or text or explain:
             raise click.UsageError("--all writes every shopper's list: give no USER, --item, "
                                    "--text or --explain with it.")
+        executor = engine.executor(executor_kind, address)
         if fmt == "tsv":
             click.echo("user_id\titem_id\trank\tscore")
         with rich_progress() as progress:  # on stderr: stdout is the campaign file
             for user_id, recs in engine.recommend_all(n, progress=progress, recallers=names,
                                                       ranker=ranker, category=category,
-                                                      placement=placement):
+                                                      placement=placement, executor=executor):
                 for r in recs:
                     if fmt == "tsv":
                         click.echo(f"{user_id}\t{r.item_id}\t{r.rank}\t{r.score:.6f}")
                     else:
                         click.echo(json.dumps({"user_id": user_id, **r.to_dict()}))
         return
+    if executor_kind or address:
+        raise click.UsageError("--executor and --address are for --all (every shopper's list); "
+                               "one shopper's list is answered here.")
     if not user and not items and not text:
         raise click.UsageError("Missing USER (or --item / --text for a visitor, or --all).")
     if explain:
@@ -391,12 +418,16 @@ def similar(obj, item, n, as_json):
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--recallers", help="Comma-separated recallers to evaluate (default: the pipeline's).")
 @click.option("--ranker", help="Ranker to evaluate.")
+@executor_options
 @click.pass_obj
-def evaluate(obj, k, as_json, recallers, ranker):
+def evaluate(obj, k, as_json, recallers, ranker, executor_kind, address):
     """Offline metrics: chronological hold-out, full ranking, per recaller and pipeline."""
     names = [r.strip() for r in recallers.split(",") if r.strip()] if recallers else None
+    engine = obj.engine()
+    executor = engine.executor(executor_kind, address)
     with rich_progress(not as_json) as progress:
-        report = obj.engine().evaluate(k, progress=progress, recallers=names, ranker=ranker)
+        report = engine.evaluate(k, progress=progress, recallers=names, ranker=ranker,
+                                 executor=executor)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:

@@ -12,6 +12,11 @@
 
     [plugins.als]
     factors = 64
+
+    [executor]            # where train, evaluate and recommend --all run their batch work
+    kind = "ray"          # "local" (default: this process) or "ray" (pip install 'shelfwise[ray]')
+    address = "auto"      # Ray's: "auto", "ray://head:10001"; default: a new local instance
+    num_cpus = 2          # CPUs of a local Ray instance started here (default: all)
 """
 
 from __future__ import annotations
@@ -71,9 +76,29 @@ class StoreSettings(BaseModel):
                                "catalogue edits")
 
 
+class ExecutorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field("local", description="where the batch work of train, evaluate and recommend "
+                      "--all runs: local (this process) or ray (a Ray cluster)")
+    address: str | None = Field(None, description="the Ray cluster: \"auto\" (the one this machine "
+                                "belongs to), \"ray://head:10001\" (Ray Client); default: a new local "
+                                "instance, started for the command")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a Ray instance started for the "
+                                 "command (default: all)")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in ("local", "ray"):
+            raise ValueError(f"kind must be \"local\" (this process) or \"ray\" (a Ray cluster), "
+                             f"not {value!r}")
+        return value
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     events: EventSettings = Field(default_factory=EventSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)

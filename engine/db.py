@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -13,19 +14,23 @@ from .errors import EngineError
 from .migrations import migrations as engine_migrations
 
 
-def open_db(path: str | Path, extra: Iterable[Migrations] = ()) -> sqlite_utils.Database:
+def open_db(path: str | Path | sqlite3.Connection, extra: Iterable[Migrations] = ()) -> sqlite_utils.Database:
     """Open (creating if needed) the database at `path` and bring its schema up to date.
+    `path` may be an open connection (an in-memory copy: its journal stays in memory).
 
     `extra` are plugins' migration sets, applied after the engine's own."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise EngineError(f"Cannot create database {path}: folder {path.parent} does not exist.")
-    db = sqlite_utils.Database(path)
+    if isinstance(path, sqlite3.Connection):
+        db = sqlite_utils.Database(path)
+    else:
+        path = Path(path)
+        if path.parent and not path.parent.exists():
+            raise EngineError(f"Cannot create database {path}: folder {path.parent} does not exist.")
+        db = sqlite_utils.Database(path)
     db.conn.execute("PRAGMA busy_timeout = 30000")
     if not db.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
         # a new file: pages freed by pruning old models go back to the file system
         db.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-    if db.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+    if db.conn.execute("PRAGMA journal_mode").fetchone()[0] not in ("wal", "memory"):
         db.enable_wal()
     db.conn.execute("PRAGMA synchronous = NORMAL")
     db.conn.execute("PRAGMA foreign_keys = ON")

@@ -15,6 +15,7 @@ A thin facade over named parts, each in its own module:
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from .config import Settings, load_settings
 from .dataset import Dataset
 from .experiments import Experiments
 from .db import open_db
+from .executor import Executor, make_executor
 from .errors import NotTrainedError, UnknownComponentError
 from .indexing import Vectors
 from .lineup import Lineup
@@ -42,11 +44,14 @@ from .types import Candidate, Event, Item, Query, Recommendation
 
 class Engine(ShopControls):
     def __init__(self, db_path: str | Path = "shelfwise.db", settings: Settings | None = None,
-                 registry: PluginRegistry | None = None, config_path: str | Path | None = None):
+                 registry: PluginRegistry | None = None, config_path: str | Path | None = None,
+                 connection: sqlite3.Connection | None = None):
+        """`connection`: an open database to use instead of the file at `db_path` (a Ray
+        worker's in-memory copy of the shop: engine.snapshot)."""
         self.db_path = Path(db_path)
         self.registry = registry or load_plugins()
         self.settings = settings or load_settings(self.db_path, config_path)
-        self.db = open_db(self.db_path)
+        self.db = open_db(connection if connection is not None else self.db_path)
         self.store = Store(self.db)
         self.store.mark_interrupted_runs()  # a killed `train` does not stay "running"
         self.serving = Serving(self.store, self.make)
@@ -57,6 +62,7 @@ class Engine(ShopControls):
         self.merch = Merchandising(self.store, self.serving)
         self.abtests = Experiments(self)  # A/B experiments: the arm each request is served
         self.dataset_events_upto = 0  # the newest event the last `dataset()` holds
+        self._executors: dict[tuple, Executor] = {}
 
     # incremental state (events folded in, catalogue edits) is saved at most this often,
     # in seconds (0: at once); `close` saves what is pending
@@ -80,7 +86,24 @@ class Engine(ShopControls):
     def close(self) -> None:
         if self.serving.unsaved and self.serving.may_save():
             self.save_incremental()
+        for executor in self._executors.values():
+            executor.close()
+        self._executors.clear()
         self.db.close()
+
+    def executor(self, kind: str | None = None, address: str | None = None) -> Executor:
+        """Where the batch work of train, evaluate and recommend --all runs: `[executor]` in
+        shelfwise.toml, with `kind` and `address` (a command's --executor and --address)
+        taking precedence. Made once per choice; a local Ray instance started for it stops
+        at `close`."""
+        conf = self.settings.executor
+        kind = kind or conf.kind
+        if address is None and kind == "ray":
+            address = conf.address
+        key = (kind, address, conf.num_cpus)
+        if key not in self._executors:
+            self._executors[key] = make_executor(kind, address, conf.num_cpus)
+        return self._executors[key]
 
     # -- plugins and components --------------------------------------------------------
 
@@ -117,10 +140,11 @@ class Engine(ShopControls):
         return Resources(store=self.store, encoder=self.encoder(), vectors=self.vectors())
 
     def refresh_vectors(self, progress: ProgressCallback = no_progress,
-                        rebuild: bool = False) -> dict[str, Any]:
+                        rebuild: bool = False, executor: Executor | None = None) -> dict[str, Any]:
         """Encode new and edited items and bring the vector index up to date (see
-        indexing.Vectors); serving components see the new index."""
-        report = self.index.refresh(progress, rebuild)
+        indexing.Vectors); serving components see the new index. `executor`: where the
+        items are encoded (default: this process)."""
+        report = self.index.refresh(progress, rebuild, executor, self.registry)
         if self.serving.save_due():
             self.save_incremental()
         for component in self.serving.loaded.values():
@@ -213,16 +237,20 @@ class Engine(ShopControls):
 
     # -- training and evaluation -------------------------------------------------------
 
-    def train(self, progress: ProgressCallback = no_progress) -> TrainReport:
+    def train(self, progress: ProgressCallback = no_progress,
+              executor: Executor | None = None) -> TrainReport:
         """Fit every installed recaller and ranker on the whole store; activate them together
         (flows.train). Every recaller is fitted (so any can be asked for with `recallers=`);
-        the rankers learn from the candidates of the pipeline's recallers."""
-        return flows.train(self, progress)
+        the rankers learn from the candidates of the pipeline's recallers. `executor`: where
+        the catalogue is encoded (`Engine.executor`; default: this process)."""
+        return flows.train(self, progress, executor)
 
     def evaluate(self, k: int = 10, progress: ProgressCallback = no_progress,
-                 recallers: Sequence[str] | None = None, ranker: str | None = None) -> EvaluationReport:
-        """Hold out each user's newest items, fit on the rest, score per recaller and pipeline."""
-        return flows.evaluate(self, k, progress, recallers, ranker)
+                 recallers: Sequence[str] | None = None, ranker: str | None = None,
+                 executor: Executor | None = None) -> EvaluationReport:
+        """Hold out each user's newest items, fit on the rest, score per recaller and pipeline
+        (`executor`: where the held-out users are scored; the same metrics anywhere)."""
+        return flows.evaluate(self, k, progress, recallers, ranker, executor)
 
     # -- recommendations ---------------------------------------------------------------
 
@@ -259,10 +287,12 @@ class Engine(ShopControls):
 
     def recommend_all(self, n: int = 10, batch: int = 512, progress: ProgressCallback = no_progress,
                       recallers: Sequence[str] | None = None, ranker: str | None = None,
-                      category: str | None = None,
-                      placement: str = "") -> Iterator[tuple[str, list[Recommendation]]]:
-        """Recommendations for every user with at least one event, in batches."""
-        return answers.recommend_all(self, n, batch, progress, recallers, ranker, category, placement)
+                      category: str | None = None, placement: str = "",
+                      executor: Executor | None = None) -> Iterator[tuple[str, list[Recommendation]]]:
+        """Recommendations for every user with at least one event, in batches (`executor`:
+        where the batches are answered; the same lists, in the same order, anywhere)."""
+        return answers.recommend_all(self, n, batch, progress, recallers, ranker, category, placement,
+                                     executor)
 
     def similar(self, item_id: str, n: int = 10, placement: str = "") -> list[Recommendation]:
         """Items like this one (the recallers that answer item queries, interleaved)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -20,16 +20,22 @@ from .components import ProgressCallback, Ranker, Recaller
 from .db import write_transaction
 from .errors import EngineError
 from .evaluation import holdout
+from .executor import LocalExecutor, chunked
 from .metrics import aggregate
 from .pipeline import Pipeline
 from .results import EvaluationReport, ModelScores, RankerChoice, TrainReport
-from .training import choose_ranker, fit_pipeline
+from .snapshot import FittedPipeline, FittedShared, ShopSnapshot, snapshot
+from .training import VALIDATION_BATCH, Recall, choose_ranker, fit_pipeline, recall_here
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
+    from .executor import Executor
+    from .types import Query
 
 
-def train(engine: Engine, progress: ProgressCallback) -> TrainReport:
+def train(engine: Engine, progress: ProgressCallback, executor: Executor | None = None) -> TrainReport:
+    """`executor`: where the catalogue is encoded and the validation candidates recalled
+    (default: this process); the fits run here."""
     started = time.perf_counter()
     data = engine.dataset()
     if data.n_events == 0:
@@ -41,10 +47,11 @@ def train(engine: Engine, progress: ProgressCallback) -> TrainReport:
                                        "recallers": list(installed["recallers"]),
                                        "rankers": list(installed["rankers"])})
     try:  # until the models are activated, a failure or a cancel leaves the old ones serving
-        vector_report = engine.refresh_vectors(progress)  # a cancel here is recorded too
+        vector_report = engine.refresh_vectors(progress, executor=executor)  # a cancel is recorded too
         # made after the refresh, so that they are given the index it brought up to date
         quotas, recallers, rankers = engine.lineup.fresh(every=True)
-        report = fit_pipeline(data, recallers, quotas, rankers, engine.settings.pipeline, progress)
+        report = fit_pipeline(data, recallers, quotas, rankers, engine.settings.pipeline, progress,
+                              recall_on(engine, executor))
         versions, chosen = _activate(engine, report, recallers, rankers, progress)
     except BaseException as exc:
         store.finish_run(run_id, {}, status="failed", note=str(exc))
@@ -103,9 +110,13 @@ def _activate(engine: Engine, report: dict, recallers: dict[str, Recaller], rank
 
 
 def evaluate(engine: Engine, k: int, progress: ProgressCallback,
-             recallers: Sequence[str] | None, ranker: str | None) -> EvaluationReport:
+             recallers: Sequence[str] | None, ranker: str | None,
+             executor: Executor | None = None) -> EvaluationReport:
+    """`executor`: where the new items are encoded, the validation candidates recalled and
+    the held-out users scored (default: this process); the metrics are the same either way."""
+    executor = executor or LocalExecutor()
     ps = engine.settings.pipeline
-    engine.refresh_vectors(progress)
+    engine.refresh_vectors(progress, executor=executor)
     data = engine.dataset()
     split = holdout(data, ps.validation_share, ps.min_interactions, history=ps.history)
     if not split.queries:
@@ -116,7 +127,8 @@ def evaluate(engine: Engine, k: int, progress: ProgressCallback,
     run_id = engine.store.start_run("evaluate", {"k": k, "recallers": quotas,
                                                  "ranker": ranker_obj.name if ranker_obj else None})
     try:  # a failure or a cancel at any step is recorded, never left "running"
-        fit_report = fit_pipeline(split.visible, fresh, quotas, rankers, ps, progress)
+        fit_report = fit_pipeline(split.visible, fresh, quotas, rankers, ps, progress,
+                                  recall_on(engine, executor))
         failed = fit_report["failed"]  # left out of the evaluation, and said so
         fresh = {name: r for name, r in fresh.items() if name not in failed}
         quotas = {name: q for name, q in quotas.items() if name not in failed}
@@ -127,7 +139,7 @@ def evaluate(engine: Engine, k: int, progress: ProgressCallback,
                 f"{name} failed to train ({f['error']})" for name, f in failed.items()),
                 title="Training failed")
         out = EvaluationReport(
-            run_id=run_id, **_score(engine, data, split, fresh, quotas, ranker_obj, k, progress),
+            run_id=run_id, **_score(engine, data, split, fresh, quotas, ranker_obj, k, progress, executor),
             candidate_hit_rate=fit_report.get("candidate_hit_rate"),
             ranker_validation=fit_report["rankers"].get(ranker_obj.name, {}) if ranker_obj else {},
             failed={name: f["error"] for name, f in failed.items()})
@@ -163,26 +175,85 @@ class _Slices:
 
 
 def _score(engine: Engine, data, split, fresh: dict[str, Recaller], quotas: dict[str, int],
-           ranker: Ranker | None, k: int, progress: ProgressCallback) -> dict[str, Any]:
-    progress("score", 0, len(fresh) + 1, "recalling for held-out users")
+           ranker: Ranker | None, k: int, progress: ProgressCallback,
+           executor: Executor) -> dict[str, Any]:
     seen = np.bincount(split.visible.items, minlength=data.n_items) > 0
     cold = {str(i) for i in data.item_ids[~seen]}
     pipe = Pipeline(fresh, {name: max(q, k) for name, q in quotas.items()}, ranker,
                     categories=engine.serving.catalogue().categories, new_items=cold,
                     **engine.lineup.rules())
-    recalled = pipe.recall(split.queries)
+    scored = [name for name in fresh if not fresh[name].text_queries]  # search answers typed
+    queries = split.queries                                           # queries; these have none
+    # in this process one chunk, as before; on a cluster a few per worker
+    size = len(queries) if executor.kind == "local" else -(-len(queries) // (4 * executor.workers))
+    chunks = chunked(queries, size or 1)
+    shared = FittedShared(engine, pipe, fresh, ranker, cold)
+    work = shared.here() if executor.kind == "local" else shared
+    lists: dict[str, list[list[str]]] = {name: [] for name in [*scored, "pipeline"]}
+    # progress in chunks (a UI may cancel at each), the message in held-out users
+    progress("score", 0, len(chunks), f"recalling and ranking for {len(queries):,} held-out users")
+    done = 0
+    for step, (part, found) in enumerate(zip(chunks, executor.map(ScoreChunk(k, tuple(scored)),
+                                                                  chunks, work)), start=1):
+        for name, got in found.items():
+            lists[name].extend(got)
+        done += len(part)
+        progress("score", step, len(chunks), f"{done:,} of {len(queries):,} held-out users")
     slices = _Slices(data, split, cold, k)
-    results = []
-    for step, name in enumerate(fresh, start=1):
-        if fresh[name].text_queries:  # search answers typed queries; held-out users have none
-            continue
-        lists = [[c.item_id for c in per[name][:k]] for per in recalled]
-        results.append(ModelScores(name, "recaller", **slices.score(lists)))
-        progress("score", step, len(fresh) + 1, name)
-    lists = [[c.item_id for c in cs] for cs in pipe.run(split.queries, k, recalled)]
-    results.append(ModelScores("pipeline", "pipeline", **slices.score(lists),
+    results = [ModelScores(name, "recaller", **slices.score(lists[name])) for name in scored]
+    results.append(ModelScores("pipeline", "pipeline", **slices.score(lists["pipeline"]),
                                ranker=ranker.name if ranker else None))
-    progress("score", len(fresh) + 1, len(fresh) + 1, "pipeline")
     return {"k": k, "results": results, "users": len(split.queries),
             "cold_start_users": len(slices.cold_users), "light_users": len(slices.light_users),
             "light_user_max_items": slices.light_limit}
+
+
+@dataclass(frozen=True)
+class ScoreChunk:
+    """The top k of held-out `queries`, by each recaller in `recallers` and by the pipeline
+    (run where the executor runs it: this engine's pipeline or a worker's copy)."""
+
+    k: int
+    recallers: tuple[str, ...]
+
+    def __call__(self, queries: Sequence[Query], fitted: FittedPipeline) -> dict[str, list[list[str]]]:
+        pipe = fitted.pipe
+        recalled = pipe.recall(queries)
+        out = {name: [[c.item_id for c in per[name][:self.k]] for per in recalled]
+               for name in self.recallers}
+        out["pipeline"] = [[c.item_id for c in cs] for cs in pipe.run(queries, self.k, recalled)]
+        return out
+
+
+def recall_on(engine: Engine, executor: Executor | None) -> Recall:
+    """How `fit_pipeline` recalls the validation candidates: here (`recall_here`), or on
+    the executor's workers (`RecallOn`)."""
+    if executor is None or executor.kind == "local":
+        return recall_here
+    return RecallOn(engine, executor)
+
+
+@dataclass
+class RecallOn:
+    """training.Recall on an executor's workers: the recallers fitted at a validation cut
+    travel as their state, with one snapshot of the shop for every cut of the job; the
+    queries go in the batches `recall_here` uses, so the candidates are the same."""
+
+    engine: Engine
+    executor: Executor
+    shop: ShopSnapshot | None = None
+
+    def __call__(self, recallers, quotas, queries, report) -> list:
+        if self.shop is None:
+            self.shop = snapshot(self.engine)
+        shared = FittedShared(self.engine, Pipeline(dict(recallers), dict(quotas)), dict(recallers),
+                              None, plain=True, shop=self.shop)
+        cands: list = []
+        for found in self.executor.map(_candidates, chunked(queries, VALIDATION_BATCH), shared):
+            cands += found
+            report(len(cands))
+        return cands
+
+
+def _candidates(queries: Sequence[Query], fitted: FittedPipeline) -> list:
+    return [found.compact() for found in fitted.pipe.candidates(queries)]

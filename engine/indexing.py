@@ -11,11 +11,16 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
+
 from .components import Encoder, ProgressCallback, no_progress
+from .executor import chunked
 from .memory import give_back_memory
 from .serving import Serving
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .executor import Executor
+    from .plugins import PluginRegistry
     from .vectors import VectorIndex
 
 # the index is rebuilt from the embeddings once it holds more replaced (deleted) vectors
@@ -109,9 +114,12 @@ class Vectors:
         payload, meta = self._index.to_bytes()
         return payload, "hnsw", {**meta, "content": self._indexed}
 
-    def refresh(self, progress: ProgressCallback = no_progress, rebuild: bool = False) -> dict[str, Any]:
+    def refresh(self, progress: ProgressCallback = no_progress, rebuild: bool = False,
+                executor: Executor | None = None, registry: PluginRegistry | None = None) -> dict[str, Any]:
         """Encode new and edited items, drop removed ones, and bring the index up to date
-        incrementally (or rebuild it). Returns what was done; the index is marked unsaved."""
+        incrementally (or rebuild it). Returns what was done; the index is marked unsaved.
+        `executor`: where the items are encoded (default: here; `registry`: the plugins
+        the workers load to make the same encoder)."""
         enc = self.encoder()
         if enc is None:
             return {}
@@ -124,8 +132,7 @@ class Vectors:
         vectors = None
         if todo:
             progress(f"encode {enc.name}", 0, len(todo), f"{len(todo):,} new or changed items")
-            vectors = enc.encode_items(todo, progress=lambda _s, d, t, m="": progress(
-                f"encode {enc.name}", d, t, m))
+            vectors = encode(enc, todo, progress, executor, registry)
             self.store.save_embeddings(enc.name, [i.item_id for i in todo],
                                        [hashes[i.item_id] for i in todo], vectors)
             if len(todo) >= BULK:
@@ -164,3 +171,30 @@ class Vectors:
         if gone:
             index.remove(gone)
         return index, bool(todo or gone)
+
+
+# items per task when a cluster encodes the catalogue
+ENCODE_CHUNK = 256
+
+
+def encode(enc: Encoder, items: list, progress: ProgressCallback, executor: Executor | None,
+           registry: PluginRegistry | None) -> np.ndarray:
+    """The items' vectors, by `enc` here, or by the same encoder (plugin, name, settings)
+    on the executor's workers, in chunks of ENCODE_CHUNK, concatenated in order. The
+    caller (the driver) writes them in one transaction."""
+    stage = f"encode {enc.name}"
+    if executor is None or executor.kind == "local" or registry is None:
+        return enc.encode_items(items, progress=lambda _s, d, t, m="": progress(stage, d, t, m))
+    from .snapshot import EncoderShared
+
+    chunks = chunked(items, ENCODE_CHUNK)
+    parts, done = [], 0
+    for part, vectors in zip(chunks, executor.map(_encode_chunk, chunks, EncoderShared(enc, registry))):
+        parts.append(vectors)
+        done += len(part)
+        progress(stage, done, len(items), f"on {executor.describe()}")
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def _encode_chunk(items: list, enc: Encoder) -> np.ndarray:
+    return enc.encode_items(items)

@@ -10,7 +10,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pluggy
 
@@ -103,11 +103,12 @@ def _wanted() -> set[str] | None:
 
 
 def load_plugins(plugins_dir: str | Path | None = None,
-                 blocked: tuple[str, ...] = ()) -> PluginRegistry:
+                 blocked: tuple[str, ...] = (), only: Iterable[str] | None = None) -> PluginRegistry:
     """Create a plugin manager with every plugin of the `shelfwise` entry-point group.
 
     SHELFWISE_LOAD_PLUGINS="a,b" loads only those (an empty value loads none); a name
-    there that is not installed is an error. A plugin that fails to import is reported
+    there that is not installed is an error. `only` does the same, overriding it (a Ray
+    worker loads the plugins its driver loaded). A plugin that fails to import is reported
     (warning + `failures`) and the rest keep working. SHELFWISE_TRACE_PLUGINS=1 prints
     every hook call."""
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
@@ -115,7 +116,7 @@ def load_plugins(plugins_dir: str | Path | None = None,
     registry = PluginRegistry(pm)
     for name in blocked:
         pm.set_blocked(name)
-    wanted = _wanted()
+    wanted = set(only) if only is not None else _wanted()
     seen = set()
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in seen:
@@ -148,8 +149,9 @@ def load_plugins(plugins_dir: str | Path | None = None,
     if wanted is not None:
         missing = wanted - seen
         if missing:
+            asked = "The plugins asked for name" if only is not None else "SHELFWISE_LOAD_PLUGINS names"
             raise PluginError(
-                f"SHELFWISE_LOAD_PLUGINS names {', '.join(sorted(missing))}, which "
+                f"{asked} {', '.join(sorted(missing))}, which "
                 f"{'is' if len(missing) == 1 else 'are'} not installed. Installed: "
                 f"{', '.join(sorted(seen)) or 'none'}.")
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -18,8 +18,13 @@ from .config import PipelineSettings
 from .dataset import Dataset
 from .evaluation import holdout
 from .metrics import ndcg_at, user_metrics
-from .candidates import item_ids
+from .candidates import CandidateSet, item_ids
 from .pipeline import Pipeline
+from .types import Query
+
+# (recallers fitted, their quotas, queries, report(done)) -> the queries' candidates
+Recall = Callable[[Mapping[str, Recaller], Mapping[str, int], Sequence[Query], Callable[[int], None]],
+                  list[CandidateSet]]
 
 
 CHECK_SHARE = 0.2   # validation users no ranker learns from: the rankers are compared on them
@@ -136,15 +141,32 @@ def fit_recallers(data: Dataset, recallers: Mapping[str, Recaller],
     return seconds
 
 
+# validation queries recalled at a time (a progress step, where a cancel lands)
+VALIDATION_BATCH = 128
+
+
+def recall_here(recallers: Mapping[str, Recaller], quotas: Mapping[str, int],
+                queries: Sequence[Query], report: Callable[[int], None]) -> list[CandidateSet]:
+    """The merged candidates of validation `queries` (compacted: what rankers learn from),
+    recalled in this process in batches of VALIDATION_BATCH; `report(done)` after each."""
+    pipe, cands = Pipeline(dict(recallers), dict(quotas)), []
+    for start in range(0, len(queries), VALIDATION_BATCH):
+        cands += [found.compact() for found in pipe.candidates(queries[start:start + VALIDATION_BATCH])]
+        report(len(cands))
+    return cands
+
+
 def validation_examples(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mapping[str, int],
                         settings: PipelineSettings, progress: ProgressCallback = no_progress,
-                        failed: dict | None = None) -> tuple[list[RankingExample], list[RankingExample]]:
+                        failed: dict | None = None, recall: Recall = recall_here,
+                        ) -> tuple[list[RankingExample], list[RankingExample]]:
     """The moments rankers learn from, built time-correctly: each user's newest items are
     held out, the recallers are fitted on what came before, and the candidates they recall
     are paired with the items the user met next. With `validation_windows` > 1 the same is
     done again on the part before each cut (an earlier moment of the same users, recallers
     fitted again, except those with `refit_per_cut` False: fitted at the oldest cut only).
-    Returns (moments of the latest cut, moments of the earlier cuts)."""
+    `recall`: how the candidates are recalled (`recall_here`, or on an executor's workers:
+    flows.py). Returns (moments of the latest cut, moments of the earlier cuts)."""
     latest: list[RankingExample] = []
     earlier: list[RankingExample] = []
     splits, visible = [], data
@@ -166,11 +188,10 @@ def validation_examples(data: Dataset, recallers: Mapping[str, Recaller], quotas
         fit_recallers(split.visible, {name: r for name, r in recallers.items() if oldest or r.refit_per_cut},
                       progress, label=label, failed=failed)
         working = {name: r for name, r in recallers.items() if name not in failed}
-        progress("candidates", 0, len(split.queries), f"recalling for validation users ({label})")
-        pipe, cands, batch = Pipeline(working, {n: q for n, q in quotas.items() if n in working}), [], 128
-        for start in range(0, len(split.queries), batch):  # in batches: progress, and a cancel lands
-            cands += [found.compact() for found in pipe.candidates(split.queries[start:start + batch])]
-            progress("candidates", len(cands), len(split.queries), f"recalling for validation users ({label})")
+        what = f"recalling for validation users ({label})"
+        progress("candidates", 0, len(split.queries), what)
+        cands = recall(working, {n: q for n, q in quotas.items() if n in working}, split.queries,
+                       lambda done, n=len(split.queries), what=what: progress("candidates", done, n, what))
         moments = [RankingExample(q, c, rel, split.visible)
                    for q, c, rel in zip(split.queries, cands, split.relevant)]
         (latest if window == 0 else earlier)[:0] = moments  # newest cut's moments first
@@ -215,16 +236,18 @@ def try_out(latest: list[RankingExample], earlier: list[RankingExample],
 
 def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mapping[str, int],
                  rankers: Sequence[Ranker], settings: PipelineSettings,
-                 progress: ProgressCallback = no_progress) -> dict:
+                 progress: ProgressCallback = no_progress, recall: Recall = recall_here) -> dict:
     """Fit everything on `data`: the recallers on validation splits first, so that each
     ranker learns from candidates of recallers that did not see the held-out items; then
     the recallers again on all of `data`. Only recallers in `quotas` feed the rankers.
+    `recall`: how the validation candidates are recalled (see `validation_examples`).
     Returns timings, each ranker's validation metrics and the candidates' hit rate."""
     failed: dict = {}  # component -> {"error", "traceback"}: it is not saved, the rest is
     report: dict = {"seconds": {}, "rankers": {}, "failed": failed, "trials": {}}
     if rankers:
         in_pipeline = {name: recallers[name] for name in quotas}
-        latest, earlier = validation_examples(data, in_pipeline, quotas, settings, progress, failed)
+        latest, earlier = validation_examples(data, in_pipeline, quotas, settings, progress, failed,
+                                              recall)
         report["trials"], latest, earlier = try_out(
             latest, earlier, [n for n, r in in_pipeline.items() if r.on_trial and n not in failed])
         examples = latest + earlier
