@@ -212,29 +212,40 @@ PHASES = {**bench_core.PHASES, "write": phase_write, "import-demo": phase_import
 
 # == one size ==================================================================================
 
+STEPS = ("write", "train", "recommend-all", "serve")
+
+
 def run_size(run: Runner, label: str, users: int, items: int, events: int | None,
-             args: argparse.Namespace) -> dict:
+             args: argparse.Namespace, steps: tuple[str, ...] = STEPS,
+             earlier: dict | None = None) -> dict:
+    """Run `steps` of one size; the results of steps not run are kept from `earlier` (a
+    previous run of the same label on the same database, with --workdir and --keep)."""
     db = str(run.work / f"scale-{label}.db")
     out: dict[str, Any] = {"label": label, "users": users, "items": items, "events": events}
+    out.update({k: v for k, v in (earlier or {}).items()
+                if k in ("write", "train", "recommend_all", "serve")})
     shape = f"{users:,} users x {items:,} items x {f'{events:,}' if events else 'demo'} events"
-    if events is None:
+    if "write" in steps and events is None:
         out["write"] = run.phase(f"{label}: import the demo shop ({shape})", "import-demo",
                                  db=db, users=users, items=items, seed=7)
-    else:
+    elif "write" in steps:
         out["write"] = run.phase(f"{label}: generate and Store.write ({shape})", "write",
                                  db=db, users=users, items=items, events=events, seed=2)
-    if "error" in out["write"]:
+    if "error" in out.get("write", {}):
         return out
-    out["train"] = run.phase(f"{label}: engine.train()", "train", db=db)
-    if "error" in out["train"]:
+    if "train" in steps:
+        out["train"] = run.phase(f"{label}: engine.train()", "train", db=db)
+    if "error" in out.get("train", {}):
         return out
-    out["recommend_all"] = run.phase(
-        f"{label}: engine.recommend_all(10)", "recommend-all", db=db, n=10, probe=args.all_probe,
-        sample=args.all_sample, budget_s=args.all_budget)
-    out["serve"] = run.phase(
-        f"{label}: shelfwise serve: GET /recommend x {args.latency_users}, POST /events",
-        "serve", db=db, users=args.latency_users, warmup=args.warmup, seed=3,
-        batches=args.batches, batch_size=args.batch_size, ready_timeout_s=args.ready_timeout)
+    if "recommend-all" in steps:
+        out["recommend_all"] = run.phase(
+            f"{label}: engine.recommend_all(10)", "recommend-all", db=db, n=10,
+            probe=args.all_probe, sample=args.all_sample, budget_s=args.all_budget)
+    if "serve" in steps:
+        out["serve"] = run.phase(
+            f"{label}: shelfwise serve: GET /recommend x {args.latency_users}, POST /events",
+            "serve", db=db, users=args.latency_users, warmup=args.warmup, seed=3,
+            batches=args.batches, batch_size=args.batch_size, ready_timeout_s=args.ready_timeout)
     return out
 
 
@@ -322,6 +333,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=str(HERE / "results" / "scale.json"))
     p.add_argument("--workdir", help="where the database goes (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (and the database)")
+    p.add_argument("--steps", default=",".join(STEPS),
+                   help=f"comma-separated steps to run ({', '.join(STEPS)}); the others keep "
+                        f"their results from --out (use with --workdir and --keep)")
     p.add_argument("--rss-limit-mib", type=float, default=16_384,
                    help="kill a phase whose resident memory passes this (default 16 GiB)")
     p.add_argument("--all-probe", type=int, default=200)
@@ -347,6 +361,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--events {args.events:,} is less than --users {args.users:,}: every "
                     f"shopper needs an event")
         args.label = args.label or args.size or f"{args.users}x{args.items}x{args.events}"
+        args.steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
+        unknown = sorted(set(args.steps) - set(STEPS))
+        if unknown:
+            p.error(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
     return args
 
 
@@ -365,23 +383,26 @@ def main(argv: list[str] | None = None) -> int:
                  rss_limit_mib=args.rss_limit_mib)
     env = bench_core.environment()
     env["settings"] = settings
+    out = Path(args.out)
+    doc = json.loads(out.read_text()) if out.exists() else {"benchmark": "scale", "sizes": {}}
     started = time.perf_counter()
     try:
-        res = run_size(run, args.label, args.users, args.items, args.events, args)
+        res = run_size(run, args.label, args.users, args.items, args.events, args, args.steps,
+                       doc["sizes"].get(args.label))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    res["total_seconds"] = time.perf_counter() - started
-    res["environment"] = env
+    # every invocation that added to this size: its steps, machine, commit and settings
+    res["runs"] = (doc["sizes"].get(args.label) or {}).get("runs", []) + [
+        {"steps": list(args.steps), "seconds": time.perf_counter() - started, "environment": env}]
     res["summary"] = summary_row(res)
-    out = Path(args.out)
-    doc = json.loads(out.read_text()) if out.exists() else {"benchmark": "scale", "sizes": {}}
+    doc = json.loads(out.read_text()) if out.exists() else doc  # other sizes may have finished
     doc["sizes"][args.label] = res
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2, default=float) + "\n")
     print_stages(console, res)
     print_table(console, [r["summary"] for r in doc["sizes"].values()])
-    console.print(f"Results written to {out} (this size took {res['total_seconds']:,.0f} s).")
+    console.print(f"Results written to {out} ({res['runs'][-1]['seconds']:,.0f} s).")
     return 1 if run.failures else 0
 
 

@@ -435,13 +435,11 @@ class Store(ViewQueries, ModelStore, RuleStore):
 
     def dataset(self, kind_weights: Mapping[str, float] | None = None) -> Dataset:
         """Everything in the store as arrays, events in time order."""
-        rows = self.conn.execute("SELECT user_id, item_id, kind, value, ts FROM events ORDER BY ts, id")
-        cols = list(zip(*rows)) or [(), (), (), (), ()]
-        users, items, kinds, values, ts = cols
         cat = self.conn.execute("SELECT item_id, in_stock, category FROM items ORDER BY item_id").fetchall()
         cat_ids = [r[0] for r in cat]
-        data = Dataset.from_arrays(users, items, kinds, ts, values=values, catalogue=cat_ids,
-                                   kind_weights=kind_weights or DEFAULT_KIND_WEIGHTS, store=self)
+        rows = self.conn.execute("SELECT user_id, item_id, kind, value, ts FROM events ORDER BY ts, id")
+        data = Dataset.from_rows(rows, catalogue=cat_ids,
+                                 kind_weights=kind_weights or DEFAULT_KIND_WEIGHTS, store=self)
         stock = dict((r[0], bool(r[1])) for r in cat)
         category = dict((r[0], r[2] or "") for r in cat)
         ids = data.item_ids.tolist()

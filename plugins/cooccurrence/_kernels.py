@@ -29,23 +29,29 @@ def pair_counts(users, items, strength, n_items, window, strong_at, chunk=PAIR_C
     strengths are >= strong_at ("bought together"). Returns (indptr, indices, [C, S]).
 
     Summed a block of rows at a time (`blocked_csr`): all pairs at once took 2.9 GB on a
-    shop of 2 million events."""
+    shop of 2 million events. A block reads only the interactions of its own items
+    (`positions_by_item`): scanning every interaction for every block took 25 minutes on
+    20 million events."""
     dists = _distances(users, window)
+    n = len(items)
+    positions = positions_by_item(items, n_items)
 
     def entries(lo, hi):
+        p = positions(lo, hi)  # the block's interactions, in time order
         rows, cols, vals, strong = [], [], [], []
         for forward in (True, False):  # a -> b for every distance, then b -> a
             for d in dists:
-                same = users[d:] == users[:-d]
-                a, b = items[:-d][same], items[d:][same]
-                sa, sb = strength[:-d][same], strength[d:][same]
-                if not forward:
-                    a, b = b, a
-                m = (a >= lo) & (a < hi)
-                rows.append(a[m])
-                cols.append(b[m])
-                vals.append(np.minimum(sa[m], sb[m]))
-                strong.append(((sa[m] >= strong_at) & (sb[m] >= strong_at)).astype(np.float32))
+                q = p + d if forward else p - d
+                ok = (q < n) if forward else (q >= 0)
+                pa, q = p[ok], q[ok]
+                same = users[q] == users[pa]
+                pa, q = pa[same], q[same]
+                # forward: pa holds the earlier interaction; backward, the later one
+                sa, sb = strength[pa], strength[q]
+                rows.append(items[pa])
+                cols.append(items[q])
+                vals.append(np.minimum(sa, sb))
+                strong.append(((sa >= strong_at) & (sb >= strong_at)).astype(np.float32))
         return _cat(rows, np.int64), _cat(cols, np.int64), [_cat(vals, np.float64), _cat(strong, np.float32)]
 
     per_row = np.zeros(n_items, np.int64)
@@ -54,6 +60,17 @@ def pair_counts(users, items, strength, n_items, window, strong_at, chunk=PAIR_C
         per_row += np.bincount(items[:-d][same], minlength=n_items)
         per_row += np.bincount(items[d:][same], minlength=n_items)
     return blocked_csr(entries, per_row, 2, n_items, chunk)
+
+
+def positions_by_item(items, n_items):
+    """A function (lo, hi) -> the positions in `items` holding an item lo..hi-1, ascending:
+    each block of `blocked_csr` finds its own interactions without a pass over all of them."""
+    by_item = np.argsort(items, kind="stable")
+    starts = np.searchsorted(items[by_item], np.arange(n_items + 1))
+
+    def positions(lo, hi):
+        return np.sort(by_item[starts[lo]:starts[hi]])
+    return positions
 
 
 def _distances(users, window) -> list[int]:
