@@ -59,6 +59,7 @@ EXPECTED_COLUMNS = {
         "name": str, "placement": str, "arms": str, "split": str, "started_at": float,
         "stopped_at": float, "winner": str,
     },
+    "artifact_parts": {"artifact_id": int, "part": int, "bytes": bytes},
 }
 
 
@@ -259,6 +260,27 @@ def test_load_artifact_verifies_sha256(store):
     with pytest.raises(ArtifactError, match="corrupted") as err:
         store.load_artifact("recaller/a")
     assert "shelfwise train" in str(err.value)
+
+
+def test_an_artifact_over_one_part_is_stored_in_parts_and_read_whole(store, monkeypatch):
+    """SQLite refuses a value over 1 GB: bigger artifacts are split into parts (here parts of
+    10 bytes), read back whole, checked by sha256, and deleted with their artifact."""
+    from engine.store import models
+
+    monkeypatch.setattr(models, "ARTIFACT_PART_BYTES", 10)
+    payload = bytes(range(256)) * 3 + b"end"  # 771 bytes: 78 parts
+    store.save_artifacts({"recaller/big": (payload, "npz", {"n": 1}),
+                          "recaller/small": (b"tiny", "npz", {})})
+    assert store.load_artifact("recaller/big") == (payload, "npz", {"n": 1})
+    assert store.load_artifact("recaller/small")[0] == b"tiny"
+    assert store.conn.execute("SELECT count(*), max(length(bytes)) FROM artifact_parts").fetchone() == (77, 10)
+    store.conn.execute("UPDATE artifact_parts SET bytes = ? WHERE part = 40", [b"0123456789"])
+    with pytest.raises(ArtifactError, match="corrupted"):
+        store.load_artifact("recaller/big")
+    store.save_artifacts({"recaller/big": (b"short now", "npz", {})})
+    store.delete_versions_except("recaller/big", 2)
+    assert store.load_artifact("recaller/big")[0] == b"short now"
+    assert store.conn.execute("SELECT count(*) FROM artifact_parts").fetchone() == (0,)
 
 
 # -- runs -----------------------------------------------------------------------------

@@ -116,20 +116,29 @@ def summed_csr(rows, cols, values, n, n_cols=None):
     """CSR structure (indptr, indices) of the distinct (row, col) pairs and, for each array in
     `values`, its sums aligned with that structure. All arrays share one sparsity pattern
     (scipy keeps explicit zeros when it sums duplicates, so the patterns are identical).
-    `n` rows and `n_cols` columns (default: n)."""
+    `n` rows and `n_cols` columns (default: n). Two value arrays are summed as the real and
+    imaginary parts of one complex64 matrix: one sort of the entries instead of two (the
+    sort is most of the time), and each part's float32 sums are those of its own matrix."""
     import scipy.sparse as sp  # here, not at the top: `shelfwise --help` loads every plugin
 
     n_cols = n if n_cols is None else n_cols
     indptr = indices = None
     sums = []
-    for v in values:
-        m = sp.coo_matrix((np.asarray(v, dtype=np.float32), (rows, cols)), shape=(n, n_cols)).tocsr()
+    for k in range(0, len(values), 2):
+        pair = values[k:k + 2]
+        data = np.asarray(pair[0], dtype=np.float32)
+        if len(pair) == 2:
+            data = data + 1j * np.asarray(pair[1], dtype=np.float32)  # complex64
+        m = sp.coo_matrix((data, (rows, cols)), shape=(n, n_cols)).tocsr()
         m.sort_indices()
         if indptr is None:
             indptr, indices = m.indptr.astype(np.int64), m.indices.astype(np.int32)
         elif not (np.array_equal(indptr, m.indptr) and np.array_equal(indices, m.indices)):
             raise AssertionError("co-occurrence matrices lost their common structure")
-        sums.append(m.data.astype(np.float32))
+        if len(pair) == 2:
+            sums += [m.data.real.astype(np.float32), m.data.imag.astype(np.float32)]
+        else:
+            sums.append(m.data.astype(np.float32))
     if indptr is None:
         indptr, indices = np.zeros(n + 1, np.int64), np.zeros(0, np.int32)
     return indptr, indices, sums
