@@ -159,7 +159,8 @@ class StageClock:
     whole run. At the end of each stage the clock also reads the process's CPU time (all
     threads) and its peak RSS so far."""
 
-    def __init__(self):
+    def __init__(self, echo: bool = False):
+        self.echo = echo  # print a line when a stage starts (a long run's log)
         self.started = (time.perf_counter(), time.process_time())
         # [stage, (wall, cpu) at its first call, (wall, cpu) at its last, peak RSS at the
         #  first call, peak RSS at the last]
@@ -172,6 +173,9 @@ class StageClock:
             self.runs[-1][4] = rss
         else:
             self.runs.append([stage, now, now, rss, rss])
+            if self.echo:
+                print(f"{time.strftime('%H:%M:%S')} {stage} (peak RSS so far {rss:,.0f} MiB) "
+                      f"{message}", flush=True)
 
     def stages(self) -> dict[str, dict[str, float]]:
         """stage -> {"seconds", "cpu_seconds", "peak_rss_mib"}, in order, from "prepare"
@@ -194,7 +198,7 @@ class StageClock:
 
 def phase_train(spec: dict) -> dict:
     engine = _engine(spec["db"])
-    clock = StageClock()
+    clock = StageClock(echo=spec.get("echo", False))
     report = engine.train(progress=clock)
     stages = clock.stages()
     rankers = report.get("rankers")

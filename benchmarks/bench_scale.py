@@ -234,7 +234,7 @@ def run_size(run: Runner, label: str, users: int, items: int, events: int | None
     if "error" in out.get("write", {}):
         return out
     if "train" in steps:
-        out["train"] = run.phase(f"{label}: engine.train()", "train", db=db)
+        out["train"] = run.phase(f"{label}: engine.train()", "train", db=db, echo=True)
     if "error" in out.get("train", {}):
         return out
     if "recommend-all" in steps:
