@@ -272,7 +272,9 @@ def summary_row(res: dict) -> dict:
         "items": t["items"] if _ok(t) else res["items"],
         "events": w["events"] if _ok(w) else res["events"],
         "import_events_per_s": w["events_per_s"] if _ok(w) else None,
+        "import_events_per_cpu_s": w["events"] / w["timed_cpu_seconds"] if _ok(w) else None,
         "train_seconds": t["seconds"] if _ok(t) else None,
+        "train_cpu_seconds": t["cpu_seconds"] if _ok(t) else None,
         "train_top": top_components(t) if _ok(t) else [],
         "train_peak_rss_mib": t["rss_peak_mib"] if _ok(t) else None,
         "peak_rss_mib": peak,
@@ -293,14 +295,15 @@ def print_table(console, rows: list[dict]) -> None:
         return "—" if x is None else fmt.format(x)
 
     table = Table(title="How far one machine goes")
-    for col in ("size", "users × items", "events", "import ev/s", "train", "top stages",
+    for col in ("size", "users × items", "events", "import ev/s (per CPU-s)", "train (CPU)", "top stages",
                 "peak RSS (train)", "DB", "p50 / p99 ms", "server RSS", "--all users/s",
                 "ingest ev/s", "failed"):
         table.add_column(col, justify="left" if col in ("size", "top stages", "failed") else "right")
     for r in rows:
         table.add_row(
             r["size"], f"{r['users']:,} × {r['items']:,}", num(r["events"]),
-            num(r["import_events_per_s"]), num(r["train_seconds"], "{:,.0f} s"),
+            f"{num(r['import_events_per_s'])} ({num(r.get('import_events_per_cpu_s'))})",
+            f"{num(r['train_seconds'], '{:,.0f} s')} ({num(r.get('train_cpu_seconds'), '{:,.0f} s')})",
             ", ".join(f"{n} {s:,.0f} s" for n, s in r["train_top"]),
             _mib(r["train_peak_rss_mib"]), "—" if r["db_bytes"] is None else _mib(r["db_bytes"] / 2**20),
             "—" if r["p50_ms"] is None else f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f}",
@@ -345,11 +348,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=20, help="POST /events batches")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--ready-timeout", type=float, default=1800)
+    p.add_argument("--table", action="store_true",
+                   help="only print the table of every size in --out (nothing is run)")
     p.add_argument("--phase", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if not args.phase:
+    if not args.phase and not args.table:
         if args.size:
             users, items, events = SIZES[args.size]
             args.users, args.items = args.users or users, args.items or items
@@ -375,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     console = Console() if sys.stdout.isatty() else Console(width=170)
+    if args.table:
+        sizes = json.loads(Path(args.out).read_text())["sizes"].values()
+        for res in sizes:
+            print_stages(console, res)
+        print_table(console, [summary_row(res) for res in sizes])
+        return 0
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="shelfwise-scale-"))
     (work / "home").mkdir(parents=True, exist_ok=True)
     settings = Path(args.settings).read_text() if args.settings else ""
