@@ -159,14 +159,16 @@ def _latencies(client, users: list[str]) -> dict:
 
 
 def _ingest(client, pairs: list[tuple[str, str]], batches: int, size: int) -> dict:
-    """POST /events batches of new events (views and carts of known shoppers and items)."""
+    """POST /events: `batches` batches of `size` new events (views and carts of known
+    shoppers and items, each shopper paired with items of other picked events)."""
     rng = np.random.default_rng(1)
-    accepted, seconds, now = 0, 0.0, time.time()
+    accepted, seconds, now, m = 0, 0.0, time.time(), len(pairs)
     for b in range(batches):
-        body = {"events": [{"event_id": f"scale-{b}-{i}", "user_id": u, "item_id": it,
+        body = {"events": [{"event_id": f"scale-{b}-{i}", "user_id": pairs[(b * size + i) % m][0],
+                            "item_id": pairs[(b * size + 7 * i + 1) % m][1],
                             "kind": "cart" if rng.random() < 0.2 else "view",
-                            "timestamp": now + b}
-                           for i, (u, it) in enumerate(pairs[(b * size) % len(pairs):][:size])]}
+                            "timestamp": now + b + i / size}
+                           for i in range(size)]}
         t = time.perf_counter()
         r = client.post("/events", json=body)
         seconds += time.perf_counter() - t
@@ -194,9 +196,7 @@ def phase_serve(spec: dict) -> dict:
             warm["seconds"] = time.perf_counter() - t
             latency = _latencies(client, [u for u, _ in pairs[spec["warmup"]:]])
             rss_serving = process_rss_mib(server.pid, "VmHWM")
-            # the events come from the picked pairs, shifted so the pairs are new to the store
-            shifted = [(u, it) for (u, _), (_, it) in zip(pairs, pairs[1:] + pairs[:1])]
-            ingest = _ingest(client, shifted, spec["batches"], spec["batch_size"])
+            ingest = _ingest(client, pairs, spec["batches"], spec["batch_size"])
         server_peak = process_rss_mib(server.pid, "VmHWM")
     finally:
         server.terminate()
