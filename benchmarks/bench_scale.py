@@ -278,7 +278,7 @@ def summary_row(res: dict) -> dict:
         "train_top": top_components(t) if _ok(t) else [],
         "train_peak_rss_mib": t["rss_peak_mib"] if _ok(t) else None,
         "peak_rss_mib": peak,
-        "db_bytes": (t or w or {}).get("db_bytes") if _ok(t) or _ok(w) else None,
+        "db_bytes": next((r["db_bytes"] for r in (t, w) if _ok(r)), None),
         "p50_ms": s["latency"]["p50_ms"] if _ok(s) else None,
         "p99_ms": s["latency"]["p99_ms"] if _ok(s) else None,
         "server_peak_rss_mib": s["server_peak_rss_mib"] if _ok(s) else None,
