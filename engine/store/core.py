@@ -80,8 +80,8 @@ class Store(ViewQueries, ModelStore, RuleStore):
         seen = 0
         deferred: list[str] = []
         # while importing, up to 2 GiB of pages (taken only as used): the unique index of
-        # 20 million event ids is ~0.9 GB of random inserts, and with 256 MiB an import
-        # slowed from 60,000 to 8,000 events/s once the index outgrew the cache
+        # 20 million event ids is ~0.9 GB of random inserts; with 256 MiB an import of 20M
+        # events slowed to 8,000 events/s past 11M (on a busy machine)
         self.conn.execute("PRAGMA cache_size = -2097152")
         self._users_written = set()
         try:
