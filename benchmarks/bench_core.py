@@ -159,7 +159,8 @@ class StageClock:
     whole run. At the end of each stage the clock also reads the process's CPU time (all
     threads) and its peak RSS so far."""
 
-    def __init__(self):
+    def __init__(self, echo: bool = False):
+        self.echo = echo  # print a line when a stage starts (a long run's log)
         self.started = (time.perf_counter(), time.process_time())
         # [stage, (wall, cpu) at its first call, (wall, cpu) at its last, peak RSS at the
         #  first call, peak RSS at the last]
@@ -172,6 +173,9 @@ class StageClock:
             self.runs[-1][4] = rss
         else:
             self.runs.append([stage, now, now, rss, rss])
+            if self.echo:
+                print(f"{time.strftime('%H:%M:%S')} {stage} (peak RSS so far {rss:,.0f} MiB) "
+                      f"{message}", flush=True)
 
     def stages(self) -> dict[str, dict[str, float]]:
         """stage -> {"seconds", "cpu_seconds", "peak_rss_mib"}, in order, from "prepare"
@@ -194,7 +198,7 @@ class StageClock:
 
 def phase_train(spec: dict) -> dict:
     engine = _engine(spec["db"])
-    clock = StageClock()
+    clock = StageClock(echo=spec.get("echo", False))
     report = engine.train(progress=clock)
     stages = clock.stages()
     rankers = report.get("rankers")
@@ -279,9 +283,10 @@ def _db_bytes(db: str) -> int:
     return sum(os.path.getsize(p) for p in (db, db + "-wal") if os.path.exists(p))
 
 
-def run_phase_here(name: str, spec_json: str, result_path: str) -> None:
+def run_phase_here(name: str, spec_json: str, result_path: str,
+                   phases: dict[str, Callable[[dict], dict]] = PHASES) -> None:
     rss_start, load_start, cpu_start = _rss_mib(), os.getloadavg()[0], time.process_time()
-    out = PHASES[name](json.loads(spec_json))
+    out = phases[name](json.loads(spec_json))
     out["cpu_seconds"] = time.process_time() - cpu_start  # the whole phase, all threads
     out["loadavg"] = [load_start, os.getloadavg()[0]]  # 1-minute load at start and end
     out["rss_start_mib"] = rss_start
@@ -298,9 +303,17 @@ def installed_plugins() -> list[str]:
 
 
 class Runner:
-    def __init__(self, work: Path, console, skip_plugins: list[str] = (), settings: str = ""):
+    """Runs phases, each in a fresh interpreter of `script` (`script --phase NAME --spec JSON
+    --result PATH`; default: this file). With `rss_limit_mib`, a phase whose process grows
+    past that resident size is killed (and counted as failed) instead of exhausting the
+    machine's memory."""
+
+    def __init__(self, work: Path, console, skip_plugins: list[str] = (), settings: str = "",
+                 script: Path | None = None, rss_limit_mib: float | None = None):
         self.work = work
         self.console = console
+        self.script = Path(script or __file__).resolve()
+        self.rss_limit_mib = rss_limit_mib
         self.env = dict(os.environ, SHELFWISE_HOME=str(work / "home"))
         self.env.pop("SHELFWISE_CONFIG", None)  # the defaults, not someone's shelfwise.toml
         if settings:
@@ -316,24 +329,51 @@ class Runner:
         result = self.work / f"{name}-{time.monotonic_ns()}.json"
         self.console.print(f"[bold]▶ {label}[/]", highlight=False)
         started = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--phase", name,
-             "--spec", json.dumps(spec), "--result", str(result)],
-            env=self.env, cwd=self.work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True)
+        log = self.work / f"{name}-{time.monotonic_ns()}.log"
+        with open(log, "w+") as out_file:
+            proc = subprocess.Popen(
+                [sys.executable, str(self.script), "--phase", name,
+                 "--spec", json.dumps(spec), "--result", str(result)],
+                env=self.env, cwd=self.work, stdout=out_file, stderr=subprocess.STDOUT, text=True)
+            killed = self._wait(proc)
+            out_file.seek(0)
+            output = out_file.read()
         wall = time.perf_counter() - started
-        if done.returncode != 0 or not result.exists():
-            tail = "\n".join(done.stdout.strip().splitlines()[-15:])
-            self.console.print(f"[red]  ✗ {label} failed (exit {done.returncode})[/]\n{tail}",
+        if proc.returncode != 0 or not result.exists():
+            tail = "\n".join(output.strip().splitlines()[-15:])
+            if killed:
+                tail += f"\nkilled: resident memory passed {self.rss_limit_mib:,.0f} MiB"
+            self.console.print(f"[red]  ✗ {label} failed (exit {proc.returncode})[/]\n{tail}",
                                highlight=False, markup=True)
             self.failures.append(label)
-            return {"error": tail or f"exit {done.returncode}", "wall_seconds": wall}
+            return {"error": tail or f"exit {proc.returncode}", "wall_seconds": wall}
         out = json.loads(result.read_text())
         out["wall_seconds"] = wall
         if "skipped" not in out:
             self.console.print(f"  done in {wall:.1f}s (peak RSS {out['rss_peak_mib']:.0f} MiB)",
                                style="dim", highlight=False)
         return out
+
+    def _wait(self, proc: subprocess.Popen) -> bool:
+        """Wait for the phase; True when it was killed for passing `rss_limit_mib`."""
+        if self.rss_limit_mib is None:
+            proc.wait()
+            return False
+        while proc.poll() is None:
+            if process_rss_mib(proc.pid) > self.rss_limit_mib:
+                proc.kill()
+                proc.wait()
+                return True
+            time.sleep(0.5)
+        return False
+
+
+def process_rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident size (`VmRSS`) or its peak (`VmHWM`) in MiB; 0 once it is gone."""
+    for line in _read(f"/proc/{pid}/status").splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def section_import(run: Runner, size: dict) -> dict:

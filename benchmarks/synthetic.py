@@ -171,12 +171,16 @@ def catalogue_records(shop: Shop):
             for i, t, c, b, p, s in _catalogue_columns(shop)]
 
 
-def event_records(shop: Shop) -> Iterator:
-    """Event objects without event ids (the store derives stable ids, as for a CSV)."""
+def event_records(shop: Shop, chunk: int = 500_000) -> Iterator:
+    """Event objects without event ids (the store derives stable ids, as for a CSV), made a
+    chunk at a time (20 million events as Python lists at once took gigabytes)."""
     from engine import Event
 
     uid, iid = shop.user_ids, shop.item_ids
-    values = [None if v != v else v for v in shop.values.tolist()]
-    for u, i, k, t, v in zip(shop.users.tolist(), shop.items.tolist(), shop.kinds.tolist(),
-                             shop.ts.astype(np.float64).tolist(), values):
-        yield Event(uid[u], iid[i], KINDS[k], t, v)
+    for start in range(0, shop.n_events, chunk):
+        part = slice(start, start + chunk)
+        values = [None if v != v else v for v in shop.values[part].tolist()]
+        for u, i, k, t, v in zip(shop.users[part].tolist(), shop.items[part].tolist(),
+                                 shop.kinds[part].tolist(),
+                                 shop.ts[part].astype(np.float64).tolist(), values):
+            yield Event(uid[u], iid[i], KINDS[k], t, v)

@@ -122,3 +122,14 @@ def m008_experiments(db):
     db["impressions"].add_column("experiment", str, not_null_default="")
     db["impressions"].add_column("arm", str, not_null_default="")
     db["impressions"].create_index(["experiment", "arm", "user_id"])
+
+
+@migrations()
+def m009_artifact_parts(db):
+    """Artifacts bigger than one SQLite value may be (1 GB; the co-occurrence model of a
+    shop with 20 million events is about 1.6 GB): the artifact's row holds the first part of
+    its bytes, this table the rest, in order. Deleting an artifact deletes its parts."""
+    db["artifact_parts"].create({"artifact_id": int, "part": int, "bytes": bytes},
+                                pk=("artifact_id", "part"), not_null={"bytes"})
+    db.execute("CREATE TRIGGER artifact_parts_follow AFTER DELETE ON artifacts "
+               "BEGIN DELETE FROM artifact_parts WHERE artifact_id = old.id; END")

@@ -59,6 +59,7 @@ EXPECTED_COLUMNS = {
         "name": str, "placement": str, "arms": str, "split": str, "started_at": float,
         "stopped_at": float, "winner": str,
     },
+    "artifact_parts": {"artifact_id": int, "part": int, "bytes": bytes},
 }
 
 
@@ -261,6 +262,27 @@ def test_load_artifact_verifies_sha256(store):
     assert "shelfwise train" in str(err.value)
 
 
+def test_an_artifact_over_one_part_is_stored_in_parts_and_read_whole(store, monkeypatch):
+    """SQLite refuses a value over 1 GB: bigger artifacts are split into parts (here parts of
+    10 bytes), read back whole, checked by sha256, and deleted with their artifact."""
+    from engine.store import models
+
+    monkeypatch.setattr(models, "ARTIFACT_PART_BYTES", 10)
+    payload = bytes(range(256)) * 3 + b"end"  # 771 bytes: 78 parts
+    store.save_artifacts({"recaller/big": (payload, "npz", {"n": 1}),
+                          "recaller/small": (b"tiny", "npz", {})})
+    assert store.load_artifact("recaller/big") == (payload, "npz", {"n": 1})
+    assert store.load_artifact("recaller/small")[0] == b"tiny"
+    assert store.conn.execute("SELECT count(*), max(length(bytes)) FROM artifact_parts").fetchone() == (77, 10)
+    store.conn.execute("UPDATE artifact_parts SET bytes = ? WHERE part = 40", [b"0123456789"])
+    with pytest.raises(ArtifactError, match="corrupted"):
+        store.load_artifact("recaller/big")
+    store.save_artifacts({"recaller/big": (b"short now", "npz", {})})
+    store.delete_versions_except("recaller/big", 2)
+    assert store.load_artifact("recaller/big")[0] == b"short now"
+    assert store.conn.execute("SELECT count(*) FROM artifact_parts").fetchone() == (0,)
+
+
 # -- runs -----------------------------------------------------------------------------
 
 
@@ -304,6 +326,32 @@ def test_dataset_is_time_ordered_with_the_whole_catalogue(store):
     assert data.categories.tolist() == ["shoes", "hats", "socks", ""]
     assert data.store is store
     assert [h.item_id for h in data.history(data.user_index["u1"])] == ["b", "a", "ghost"]
+
+
+def test_dataset_read_in_chunks_is_the_dataset_of_all_rows_at_once(store):
+    """store.dataset reads the events a chunk at a time into integer codes (Dataset.from_rows);
+    the result is the Dataset that from_arrays makes of every row at once."""
+    from engine.dataset import Dataset
+
+    rng = np.random.default_rng(5)
+    kinds = ["view", "cart", "purchase"]
+    store.write([Item(f"i{j:02d}") for j in range(0, 40, 3)] + [  # items only in the catalogue,
+        Event(f"u{rng.integers(60)}", f"i{rng.integers(35):02d}",  # and only in events
+              kinds[rng.integers(3)], T0 + float(rng.integers(80)),
+              None if rng.random() < 0.6 else float(rng.integers(1, 4)))
+        for _ in range(400)])
+    query = "SELECT user_id, item_id, kind, value, ts FROM events ORDER BY ts, id"
+    catalogue = [r[0] for r in store.conn.execute("SELECT item_id FROM items")]
+    users, items, kinds_, values, ts = zip(*store.conn.execute(query).fetchall())
+    whole = Dataset.from_arrays(users, items, kinds_, ts, values=values, catalogue=catalogue)
+    for chunk in (7, 1000):
+        data = Dataset.from_rows(store.conn.execute(query), catalogue=catalogue, chunk=chunk)
+        for name in ("item_ids", "user_ids", "users", "items", "kinds", "ts", "known"):
+            assert np.array_equal(getattr(data, name), getattr(whole, name)), name
+        assert data.kind_names == whole.kind_names
+        assert data.users.dtype == np.int32 and data.kinds.dtype == np.int16
+        assert np.array_equal(data.values, whole.values, equal_nan=True)
+    assert np.array_equal(store.dataset().items, whole.items)
 
 
 def test_dataset_of_an_empty_store(store):

@@ -17,6 +17,11 @@ from ..db import write_transaction
 from ..errors import ArtifactError
 
 
+# An artifact's bytes are stored in parts of at most this size: SQLite refuses a value
+# over 1 GB (SQLITE_MAX_LENGTH).
+ARTIFACT_PART_BYTES = 512 * 2**20
+
+
 class ModelStore:
     conn: Any  # sqlite3.Connection, from Store
     db: Any    # sqlite_utils.Database, from Store
@@ -87,11 +92,17 @@ class ModelStore:
             for name, (payload, fmt, meta) in blobs.items():
                 version = (self.conn.execute("SELECT max(version) FROM artifacts WHERE name = ?",
                                              [name]).fetchone()[0] or 0) + 1
-                self.conn.execute(
+                view = memoryview(payload)
+                cursor = self.conn.execute(
                     "INSERT INTO artifacts (name, version, format, bytes, sha256, size, meta, "
                     "created_at, active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
-                    [name, version, fmt, payload, hashlib.sha256(payload).hexdigest(),
-                     len(payload), json.dumps(meta), now])
+                    [name, version, fmt, view[:ARTIFACT_PART_BYTES],
+                     hashlib.sha256(payload).hexdigest(), len(payload), json.dumps(meta), now])
+                self.conn.executemany(
+                    "INSERT INTO artifact_parts (artifact_id, part, bytes) VALUES (?, ?, ?)",
+                    [(cursor.lastrowid, k, view[start:start + ARTIFACT_PART_BYTES])
+                     for k, start in enumerate(range(ARTIFACT_PART_BYTES, len(payload),
+                                                     ARTIFACT_PART_BYTES), start=1)])
                 versions[name] = version
             if activate:
                 for name, version in versions.items():
@@ -145,15 +156,20 @@ class ModelStore:
 
     def load_artifact(self, name: str, version: int | None = None) -> tuple[bytes, str, dict] | None:
         """The active (or given) version's bytes, format and meta, checked against its sha256."""
+        columns = "SELECT bytes, format, meta, sha256, version, id, size FROM artifacts"
         if version is None:
-            row = self.conn.execute("SELECT bytes, format, meta, sha256, version FROM artifacts "
-                                    "WHERE name = ? AND active = 1", [name]).fetchone()
+            row = self.conn.execute(f"{columns} WHERE name = ? AND active = 1", [name]).fetchone()
         else:
-            row = self.conn.execute("SELECT bytes, format, meta, sha256, version FROM artifacts "
-                                    "WHERE name = ? AND version = ?", [name, version]).fetchone()
+            row = self.conn.execute(f"{columns} WHERE name = ? AND version = ?",
+                                    [name, version]).fetchone()
         if row is None:
             return None
-        payload, fmt, meta, digest, version = row
+        payload, fmt, meta, digest, version, artifact_id, size = row
+        if size is not None and size > len(payload):  # stored in parts (ARTIFACT_PART_BYTES)
+            parts = [payload] + [r[0] for r in self.conn.execute(
+                "SELECT bytes FROM artifact_parts WHERE artifact_id = ? ORDER BY part", [artifact_id])]
+            payload = b"".join(parts)
+            del parts
         if hashlib.sha256(payload).hexdigest() != digest:
             raise ArtifactError(
                 f"Artifact {name!r} version {version} is corrupted (sha256 mismatch). "

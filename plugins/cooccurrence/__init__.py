@@ -174,10 +174,7 @@ class CooccurrenceRecaller(Recaller):
             return None
         n_rows, size = len(self.indptr) - 1, len(self.item_ids)
         if self._similarity is None:
-            rows = np.repeat(np.arange(n_rows), np.diff(self.indptr))
-            sims = similarity(self.counts.astype(np.float64), self.degree[rows],
-                              self.degree[self.indices], self.config.shrinkage)
-            self._similarity = sp.csr_matrix((sims, self.indices, self.indptr), shape=(n_rows, size))
+            self._similarity = self._similarity_matrix(n_rows, size)
         q_rows = [qi for qi, anc in enumerate(anchors) for a, _ in anc if a < n_rows]
         cols = [a for anc in anchors for a, _ in anc if a < n_rows]
         vals = [w for anc in anchors for a, w in anc if a < n_rows]
@@ -185,6 +182,23 @@ class CooccurrenceRecaller(Recaller):
         scores = (weights @ self._similarity).tocsr()
         scores.sort_indices()
         return scores
+
+    def _similarity_matrix(self, n_rows: int, size: int, rows_per_step: int = 4096):
+        """(anchor x item) similarities of the stored counts, worked out a block of rows at a
+        time and sharing the stored indices: at 130 million pairs, all rows at once took
+        five temporary arrays of 1 GB each and a copy of the indices."""
+        import scipy.sparse as sp
+
+        sims = np.empty(len(self.indices), np.float64)
+        for lo in range(0, n_rows, rows_per_step):
+            hi = min(lo + rows_per_step, n_rows)
+            a, b = self.indptr[lo], self.indptr[hi]
+            rows = np.repeat(np.arange(lo, hi), np.diff(self.indptr[lo:hi + 1]))
+            sims[a:b] = similarity(self.counts[a:b].astype(np.float64), self.degree[rows],
+                                   self.degree[self.indices[a:b]], self.config.shrinkage)
+        # int32 offsets while they fit, as the indices are: scipy then keeps both arrays
+        indptr = self.indptr.astype(np.int32) if len(self.indices) < 2**31 - 1 else self.indptr
+        return sp.csr_matrix((sims, self.indices, indptr), shape=(n_rows, size), copy=False)
 
     def _explainer(self, top: np.ndarray, anchors: list[tuple[int, float]]):
         """Reason for the j-th recalled item, made when it is shown: the anchor that

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from engine import Dataset, ModelState, Query, Recaller, banned_items, mention, recent_anchors, top_n
 
-from ._kernels import blocked_csr, distinct_interactions
+from ._kernels import padded, blocked_csr, distinct_interactions, positions_by_item
 
 
 class SequenceConfig(BaseModel):
@@ -42,15 +42,18 @@ class SequenceRecaller(Recaller):
             same = users[d:] == users[:-d]
             per_row += np.bincount(items[:-d][same], minlength=n)
 
+        positions, w = positions_by_item(items, n), cfg.window
+        users_p, items_p = padded(users, w, -1, np.int32), padded(items, w, 0, np.int32)
+
         def entries(lo, hi):  # the steps from items lo..hi-1, nearest first (blocked_csr)
+            p = positions(lo, hi) + w  # only the block's own interactions, in time order
+            up, ip = users_p[p], items_p[p]
             rows, cols, vals = [], [], []
             for d in range(1, cfg.window + 1):
-                same = users[d:] == users[:-d]
-                a, b = items[:-d][same], items[d:][same]
-                m = (a >= lo) & (a < hi)
-                rows.append(a[m])
-                cols.append(b[m])
-                vals.append(np.full(int(m.sum()), 1.0 / d))
+                same = np.flatnonzero(users_p[p + d] == up)
+                rows.append(ip[same])
+                cols.append(items_p[p[same] + d])
+                vals.append(np.full(len(same), 1.0 / d))
             r, v = np.concatenate(rows), np.concatenate(vals)
             out_degree[lo:hi] = np.bincount(r - lo, weights=v, minlength=hi - lo)
             return r, np.concatenate(cols), [v]
