@@ -161,6 +161,17 @@ def test_a_recaller_on_trial_joins_only_when_it_improves_validation(tmp_path, mo
     assert eng.recommend("user001", recallers=["helpful"])
 
 
+def test_the_budget_stops_training_within_an_epoch():
+    """At a million shoppers one epoch outlasts the CPU budget: the budget is checked at
+    every step, and the steps taken so far are scored and kept (a model that serves)."""
+    recaller = TransformerRecaller({**FAST, "batch_size": 4, "budget_seconds": 1e-6})
+    recaller.fit(cycle_shop())
+    report = recaller.report
+    assert report["stopped"] == "budget" and report["epochs"] == 1
+    assert report["steps"] == 1  # an epoch here is 15 steps of 4 windows
+    assert report["validation_ndcg@10"] >= 0 and len(ask(recaller, ["i00", "i01"])) == 3
+
+
 def test_naming_a_recaller_in_the_settings_overrules_its_trial(tmp_path, monkeypatch, make_engine):
     from engine.plugins import load_plugins
 

@@ -4,7 +4,7 @@ the validation score stops improving.
 Validation is each (sampled) shopper's newest item, when it is one they had not met before:
 the model learns from everything before it and is scored on ranking it among all items but
 the shopper's earlier ones (NDCG@10). The weights of the best epoch are kept. A budget of
-CPU seconds spent in training steps (validation and waiting for a busy machine do not
+CPU seconds spent in training steps (checked at every step; validation and waiting for a busy machine do not
 count) stops a run that would not converge in time; with the default settings early
 stopping ends it first, so the same data gives the same model bit for bit."""
 
@@ -88,7 +88,7 @@ def train(net, torch, prep: Prepared, cfg, progress) -> dict:
     gen = np.random.default_rng(cfg.seed)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_items = net.n_items
-    best, best_epoch, best_state, stale, epochs = -1.0, 0, None, 0, 0
+    best, best_epoch, best_state, stale, epochs, steps = -1.0, 0, None, 0, 0, 0
     cpu_used, history = 0.0, []
     stopped = "max_epochs"
     lengths = (prep.inputs > 0).sum(1)
@@ -97,6 +97,9 @@ def train(net, torch, prep: Prepared, cfg, progress) -> dict:
         net.train()
         losses = []
         for rows in _batches(lengths, cfg.batch_size, gen):
+            if losses and cpu_used + time.process_time() - started >= cfg.budget_seconds:
+                stopped = "budget"  # mid-epoch: at a million shoppers one epoch outlasts a budget
+                break
             width = max(int(lengths[rows].max()), 1)  # the batch's longest window: no all-padding columns
             seqs = torch.from_numpy(prep.inputs[rows, -width:])
             target = torch.from_numpy(prep.targets[rows, -width:])
@@ -118,6 +121,7 @@ def train(net, torch, prep: Prepared, cfg, progress) -> dict:
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
+            steps += 1
         cpu_used += time.process_time() - started
         epochs = epoch
         score = validation_ndcg(net, torch, prep)
@@ -139,7 +143,7 @@ def train(net, torch, prep: Prepared, cfg, progress) -> dict:
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
-    return {"epochs": epochs, "best_epoch": best_epoch, "validation_ndcg@10": round(best, 6),
+    return {"epochs": epochs, "steps": steps, "best_epoch": best_epoch, "validation_ndcg@10": round(best, 6),
             "stopped": stopped, "cpu_seconds": round(cpu_used, 1), "curve": history,
             "windows": int(len(prep.inputs)), "validation_users": int(len(prep.val_targets))}
 
