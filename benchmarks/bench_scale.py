@@ -33,7 +33,6 @@ import itertools
 import json
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +48,7 @@ import numpy as np  # noqa: E402
 import bench_core  # noqa: E402
 import synthetic  # noqa: E402
 from bench_core import Runner, _db_bytes, _rss_mib, process_rss_mib  # noqa: E402
+from bench_server import start_server  # noqa: E402
 
 # label -> (users, items, events); events None: the demo source decides (about 54 a shopper)
 SIZES: dict[str, tuple[int, int, int | None]] = {
@@ -125,26 +125,6 @@ def _sample_events(db: str, n: int, seed: int) -> list[tuple[str, str]]:
     return rows[:n]
 
 
-def _start_server(db: str, port: int, timeout_s: float):
-    import httpx
-
-    proc = subprocess.Popen([sys.executable, "-c", "from engine.cli import main; main()",
-                             "--db", db, "serve", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=60).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"server did not become ready in {timeout_s:.0f} s")
-
-
 def _latencies(client, users: list[str]) -> dict:
     times, statuses = [], {}
     for user in users:
@@ -187,7 +167,7 @@ def phase_serve(spec: dict) -> dict:
     pairs = _sample_events(spec["db"], spec["users"] + spec["warmup"], spec["seed"])
     port = free_port()
     started = time.perf_counter()
-    server = _start_server(spec["db"], port, spec["ready_timeout_s"])
+    server = start_server(spec["db"], port, spec["ready_timeout_s"], plugins=None)
     ready_s = time.perf_counter() - started
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:

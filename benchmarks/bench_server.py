@@ -52,12 +52,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(db: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "SHELFWISE_LOAD_PLUGINS": PLUGINS}
+def start_server(db: Path | str, port: int, timeout_s: float = 120,
+                 plugins: str | None = PLUGINS) -> subprocess.Popen:
+    """`shelfwise serve` in a new process, once it answers /readyz; `plugins` None: every
+    installed plugin."""
+    env = {**os.environ, **({"SHELFWISE_LOAD_PLUGINS": plugins} if plugins else {})}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from engine.cli import main; main()", "--db", str(db), "serve",
          "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
@@ -68,7 +71,7 @@ def start_server(db: Path, port: int) -> subprocess.Popen:
             pass
         time.sleep(0.3)
     proc.kill()
-    raise SystemExit("server did not become ready in 120 s")
+    raise SystemExit(f"server did not become ready in {timeout_s:.0f} s")
 
 
 async def load(client: httpx.AsyncClient, requests: list[tuple[str, str, dict | None]],
