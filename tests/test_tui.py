@@ -768,6 +768,22 @@ async def _settle_then(pilot, keys=()):
     for key in keys:
         await pilot.press(key)
         await settle(pilot)
+    await _until_still(pilot)
+
+
+async def _until_still(pilot, still: int = 3) -> None:
+    """Wait until the screen stops changing: the same picture `still` times in a row, 0.1 s
+    apart. On a loaded machine a table may re-measure its columns, or a chart redraw,
+    after the workers are done; the snapshot must show the screen as it stays."""
+    last, same = None, 0
+    for _ in range(100):
+        await pilot.pause(0.1)
+        picture = pilot.app.export_screenshot()
+        same = same + 1 if picture == last else 0
+        last = picture
+        if same >= still:
+            return
+    raise AssertionError("the screen kept changing for 10 s")
 
 
 def _typed(text_: str) -> list[str]:
