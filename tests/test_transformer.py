@@ -263,3 +263,22 @@ def test_its_thread_count_is_its_own_and_not_left_for_the_next_plugin():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_training_windows_cover_every_step_once_and_hold_out_the_newest_new_item():
+    """Shopper 0 met items 1..7 (rows 2..8), shopper 1 met 1, 2, 1 (their newest is not new),
+    shopper 2 a single item. Windows of 3 steps are cut from the newest back; shopper 0's
+    newest goes to validation, and no window trains on it."""
+    from plugins.transformer import _training
+
+    users = np.array([0] * 7 + [1] * 3 + [2])
+    items = np.array([1, 2, 3, 4, 5, 6, 7, 1, 2, 1, 4])
+    ts = np.arange(len(users), dtype=float)
+    seqs = _training.user_sequences(users, items, ts)
+    prep = _training.prepare(seqs, max_len=3, val_users=10, seed=0)
+    assert prep.val_inputs.tolist() == [[5, 6, 7]] and prep.val_targets.tolist() == [8]
+    windows = [(a.tolist(), b.tolist()) for a, b in zip(prep.inputs, prep.targets)]
+    assert windows == [([4, 5, 6], [5, 6, 7]),   # shopper 0, newest window first
+                       ([0, 2, 3], [0, 3, 4]),   # … then what is left, right-aligned
+                       ([0, 2, 3], [0, 3, 2])]   # shopper 1: 2, 3, 2 (met again, so not held out)
+    assert prep.inputs.dtype == np.int32  # a million shoppers' windows in half the memory

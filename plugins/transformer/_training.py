@@ -16,49 +16,78 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def user_sequences(users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> list[np.ndarray]:
+@dataclass
+class Sequences:
+    """Each shopper's items in time order, end to end: shopper j's are
+    `items[bounds[j]:bounds[j + 1]]` (model rows: item index + 1)."""
+    items: np.ndarray   # int32
+    bounds: np.ndarray  # int64, (shoppers + 1,)
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+
+def user_sequences(users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> Sequences:
     """Each shopper's items in time order (ties by item), as model rows (item index + 1);
-    the same item met again straight away (viewed, then carted) counts once."""
+    the same item met again straight away (viewed, then carted) counts once. One flat
+    array, not an array per shopper: a million small arrays cost more than their items."""
     order = np.lexsort((items, ts, users))
-    u, i = users[order], items[order].astype(np.int64) + 1
+    u, i = users[order], items[order].astype(np.int32) + 1
+    del order
     keep = np.ones(len(i), bool)
     keep[1:] = (i[1:] != i[:-1]) | (u[1:] != u[:-1])
     u, i = u[keep], i[keep]
-    return np.split(i, np.flatnonzero(np.diff(u)) + 1) if len(i) else []
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(u)) + 1, [len(i)]]) if len(i) else np.zeros(1)
+    return Sequences(i, bounds.astype(np.int64))
 
 
 @dataclass
 class Prepared:
-    inputs: np.ndarray    # (windows, L) model rows, right-aligned, 0 = padding
-    targets: np.ndarray   # (windows, L) the next item at each step, 0 = none
+    inputs: np.ndarray    # (windows, L) int32 model rows, right-aligned, 0 = padding
+    targets: np.ndarray   # (windows, L) int32 the next item at each step, 0 = none
     val_inputs: np.ndarray  # (shoppers, L)
     val_targets: np.ndarray  # (shoppers,) model rows
 
 
-def prepare(seqs: list[np.ndarray], max_len: int, val_users: int, seed: int) -> Prepared:
+def prepare(seqs: Sequences, max_len: int, val_users: int, seed: int,
+            chunk: int = 100_000) -> Prepared:
+    """Validation: a sample of `val_users` shoppers whose newest item is new to them (at
+    least 3 items) lose it to validation. Training windows: each shopper's items cut from
+    the newest back into windows of `max_len` steps, each step a target once; windows in
+    shopper order, newest first. Filled `chunk` windows at a time, as int32 (at a million
+    shoppers the windows are 1.2M x 50)."""
     rng = np.random.default_rng(seed)
-    eligible = [j for j, s in enumerate(seqs) if len(s) >= 3 and s[-1] not in s[:-1]]
+    flat, bounds, L = seqs.items, seqs.bounds, max_len
+    n = np.diff(bounds)
+    last = bounds[1:] - 1
+    owner = np.repeat(np.arange(len(n)), n)
+    again = flat == flat[last][owner]  # the newest item met before, in the same sequence
+    again[last] = False
+    seen_before = np.bincount(owner[again], minlength=len(n)) > 0
+    del owner, again
+    eligible = np.flatnonzero((n >= 3) & ~seen_before)
     if len(eligible) > val_users:
-        eligible = sorted(rng.choice(eligible, val_users, replace=False).tolist())
-    held = {j: row for row, j in enumerate(eligible)}
-    val_in = np.zeros((len(eligible), max_len), np.int64)
-    val_t = np.zeros(len(eligible), np.int64)
-    windows_in, windows_t = [], []
-    for j, s in enumerate(seqs):
-        if j in held:
-            before = s[:-1][-max_len:]
-            val_in[held[j], max_len - len(before):] = before
-            val_t[held[j]] = s[-1]
-            s = s[:-1]
-        for end in range(len(s), 1, -max_len):  # windows from the newest back, each step a target once
-            w = s[max(0, end - max_len - 1):end]
-            windows_in.append(w[:-1])
-            windows_t.append(w[1:])
-    inputs = np.zeros((len(windows_in), max_len), np.int64)
-    targets = np.zeros((len(windows_in), max_len), np.int64)
-    for r, (a, b) in enumerate(zip(windows_in, windows_t)):
-        inputs[r, max_len - len(a):] = a
-        targets[r, max_len - len(b):] = b
+        eligible = np.array(sorted(rng.choice(eligible, val_users, replace=False).tolist()), np.int64)
+    cols = np.arange(L)
+    # the held-out shoppers' items before the newest, right-aligned
+    pos = (n[eligible] - 1 - L)[:, None] + cols[None]
+    val_in = np.where(pos >= 0, flat[bounds[eligible][:, None] + np.maximum(pos, 0)], 0).astype(np.int64)
+    val_t = flat[last[eligible]].astype(np.int64)
+    m = n.copy()
+    m[eligible] -= 1  # the held-out item is no one's training target
+    count = np.where(m > 1, (m - 1 + L - 1) // L, 0)  # windows ending at m, m - L, ... (> 1)
+    w_owner = np.repeat(np.arange(len(n)), count)
+    w_k = np.arange(len(w_owner)) - np.repeat(np.cumsum(count) - count, count)
+    inputs = np.zeros((len(w_owner), L), np.int32)
+    targets = np.zeros((len(w_owner), L), np.int32)
+    for lo in range(0, len(w_owner), chunk):
+        o, k = w_owner[lo:lo + chunk], w_k[lo:lo + chunk]
+        end = m[o] - k * L
+        pos = (end - 1 - L)[:, None] + cols[None]  # the inputs' places in the sequence
+        at = bounds[o][:, None] + np.maximum(pos, 0)
+        real = pos >= 0
+        inputs[lo:lo + chunk] = np.where(real, flat[at], 0)
+        targets[lo:lo + chunk] = np.where(real, flat[at + 1], 0)
     return Prepared(inputs, targets, val_in, val_t)
 
 
@@ -101,8 +130,8 @@ def train(net, torch, prep: Prepared, cfg, progress) -> dict:
                 stopped = "budget"  # mid-epoch: at a million shoppers one epoch outlasts a budget
                 break
             width = max(int(lengths[rows].max()), 1)  # the batch's longest window: no all-padding columns
-            seqs = torch.from_numpy(prep.inputs[rows, -width:])
-            target = torch.from_numpy(prep.targets[rows, -width:])
+            seqs = torch.from_numpy(prep.inputs[rows, -width:].astype(np.int64))
+            target = torch.from_numpy(prep.targets[rows, -width:].astype(np.int64))
             real = target > 0
             vectors = net.item_vectors()
             h = net.hidden(seqs, vectors)[real]          # (steps, dim)
