@@ -17,6 +17,7 @@ from .components import ProgressCallback, Ranker, RankingExample, Recaller, no_p
 from .config import PipelineSettings
 from .dataset import Dataset
 from .evaluation import holdout
+from .memory import give_back_memory
 from .metrics import ndcg_at, user_metrics
 from .candidates import CandidateSet, item_ids
 from .pipeline import Pipeline
@@ -103,7 +104,10 @@ class _Stopped(BaseException):
 def isolated(name: str, fit, progress: ProgressCallback, stage: str, failed: dict) -> bool:
     """Run one component's `fit(progress=…)` so that its failure is its own: the exception
     is recorded in `failed[name]` (a line and the traceback) and False returned, and the
-    other components go on. A stop raised by `progress` (a cancel) still stops everything."""
+    other components go on. A stop raised by `progress` (a cancel) still stops everything.
+    Afterwards the memory the fit freed goes back to the system: a fit's temporaries left
+    in the C heap added up across fits (at a million shoppers, gigabytes of free but
+    resident heap under the next fit's peak)."""
     def report(_stage, done, total, msg=""):
         try:
             progress(stage, done, total, msg)
@@ -119,6 +123,8 @@ def isolated(name: str, fit, progress: ProgressCallback, stage: str, failed: dic
                         "traceback": traceback.format_exc()}
         progress(stage, 1, 1, f"failed: {type(exc).__name__}: {exc}")
         return False
+    finally:
+        give_back_memory()
     return True
 
 

@@ -638,3 +638,25 @@ def test_a_text_that_edges_ahead_by_chance_still_stops_after_text_patience_check
     features_end = max(step for stage, step, _ in m["curve"] if stage == "features")
     assert text == [features_end + 4, features_end + 8], "two checks, then it stopped"
     assert m["steps"] == features_end + 8 and m["best_stage"] != "text" and not m["uses_text"]
+
+
+def test_early_stopping_scores_the_same_when_the_items_keys_are_made_in_groups(monkeypatch):
+    """A big shop's early-stopping moments are scored a group at a time, so that their
+    items' keys and values fit `KV_BYTES` (all at once took 3.5 GB at 300,000 shoppers);
+    the text stage's checks come out the same, bit for bit."""
+    from plugins.bert import _training
+
+    examples, data = TestBertContract().examples()
+    setup = {**TINY, "feature_steps": 4, "max_steps": 8, "eval_every": 4, "max_val_examples": 30,
+             "val_share": 0.4, "text_evidence": 0.0}
+    whole = BertRanker(setup).fit(examples, data)
+    groups = []
+    monkeypatch.setattr(_training, "KV_BYTES", 1)  # one moment's items at a time
+    original = _training.Training._group_val
+    monkeypatch.setattr(_training.Training, "_group_val",
+                        lambda self: groups.append(original(self)) or groups[-1])
+    grouped = BertRanker(setup).fit(examples, data)
+    assert len(groups[0]) == whole["val_examples"] > 1  # one group per moment
+    assert [v for _, _, v in grouped["curve"]] == [v for _, _, v in whole["curve"]]
+    assert any(stage == "text" for stage, _, _ in grouped["curve"])
+    assert grouped["ndcg@10"] == whole["ndcg@10"]

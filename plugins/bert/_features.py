@@ -181,11 +181,16 @@ class ItemStats:
             first = np.ones(len(order), bool)
             first[1:] = (items[1:] != items[:-1]) | (users[1:] != users[:-1])
             # the pair's first rating (nan: none), counted from the pair's first event
-            values = np.where(data.kinds[order] == rating, data.values[order], np.nan)
             starts = np.flatnonzero(first)
-            at = np.where(np.isnan(values), len(values), np.arange(len(values)))
-            first_rated = np.minimum.reduceat(at, starts) if len(starts) else at[:0]
-            ratings = np.append(values, np.nan)[first_rated]
+            if rating >= 0:
+                values = np.where(data.kinds[order] == rating, data.values[order], np.nan)
+                at = np.where(np.isnan(values), len(values), np.arange(len(values)))
+                first_rated = np.minimum.reduceat(at, starts) if len(starts) else at[:0]
+                ratings = np.append(values, np.nan)[first_rated]
+                del values, at
+            else:  # no ratings in this shop: skip four event-sized arrays (1.2 GB at 20M events)
+                ratings = np.full(len(starts), np.nan)
+            del order
             items, users, ts = items[first], users[first], ts[first]
             by_time = np.lexsort((ts, items))
             items, users, ts, ratings = items[by_time], users[by_time], ts[by_time], ratings[by_time]
