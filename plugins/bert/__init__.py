@@ -140,22 +140,6 @@ def load_bert():
     return AutoModel.from_pretrained(str(model_path())).eval()
 
 
-def fixed_mmap_threshold() -> None:
-    """Keep glibc's mmap threshold at its initial 128 KiB. By default glibc raises it to the
-    size of each large block freed (up to 32 MiB); after that the training steps' tensors (a
-    few MB each, a different size every step) come from the heap, which fragments and is
-    never given back: +0.6 GB over 300 feature steps of the demo shop's size, 5% faster.
-    With a fixed threshold they get mappings of their own, returned when freed. A no-op
-    where the C library is not glibc."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD (also ends the dynamic adjustment)
-    except (OSError, AttributeError):
-        pass
-
-
 class BertRanker(Ranker):
     name = "bert"
     description = "MiniLM cross-encoder fine-tuned on this shop's events, with recall features"
@@ -419,7 +403,6 @@ class BertRanker(Ranker):
         from ._training import Training
 
         started = time.perf_counter()
-        fixed_mmap_threshold()
         self.recallers = recallers_of(ex.candidates for ex in examples)
         self._item_stats = ItemStats.from_dataset(data)  # until `observe` gives the serving data's
         self._fit_data = data
