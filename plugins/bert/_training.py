@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from . import BertRanker
 
 K = 10  # the NDCG cut-off early stopping watches
-KV_BYTES = 512 << 20  # the early-stopping items' keys and values held at once
+KV_BYTES = 256 << 20  # the early-stopping items' keys and values held at once
 
 
 class Training:

@@ -35,6 +35,7 @@ class CooccurrenceRecaller(Recaller):
 
     def fit(self, data: Dataset, progress=None) -> None:
         cfg = self.config
+        self._forget()
         users, items, strength = distinct_interactions(
             data.users, data.items, data.event_weights().astype(np.float64), data.n_items)
         if progress:
@@ -52,6 +53,14 @@ class CooccurrenceRecaller(Recaller):
                   dict(data.kind_weights), phrase)
         if progress:
             progress("cooccurrence", 1, 1, f"{len(indices):,} item pairs")
+
+    def _forget(self) -> None:
+        """Drop the last fit's pairs before counting again (a train fits at each validation
+        cut, then on all events): at a million shoppers they are 1.4 GB, and the similarity
+        matrix made from them for batches as much again, beside the new counts."""
+        self.indptr = self.indices = self.counts = self.strong = self._similarity = None
+        self.delta = {}
+        self._fitted = False
 
     def _set(self, item_ids, known, indptr, indices, counts, strong, degree, kind_weights, phrase) -> None:
         self.item_ids = np.asarray(item_ids, dtype=str)

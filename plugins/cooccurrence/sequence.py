@@ -34,6 +34,10 @@ class SequenceRecaller(Recaller):
 
     def fit(self, data: Dataset, progress=None) -> None:
         cfg = self.config
+        # the last fit's steps go first (a train fits at each validation cut, then on all
+        # events): they would sit beside the new ones being counted
+        self.indptr = self.indices = self.weights = None
+        self._fitted = False
         users, items, _ = distinct_interactions(data.users, data.items,
                                                 np.ones(data.n_events), data.n_items)
         n = data.n_items
