@@ -93,13 +93,20 @@ def _activate(engine: Engine, report: dict, recallers: dict[str, Recaller], rank
     named = engine.settings.pipeline.recallers or {}
     out = [name for name, verdict in report["trials"].items()
            if not verdict["joined"] and name not in named and name in recallers]
-    blobs = {f"recaller/{n}": dump_state(r.state()) for n, r in recallers.items() if n not in out}
-    blobs.update({f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name not in losers})
-    inactive = {f"recaller/{n}": dump_state(recallers[n].state()) for n in out}
-    inactive.update({f"ranker/{r.name}": dump_state(r.state()) for r in rankers if r.name in losers})
-    for found in (blobs, inactive):  # the snapshot they learnt from: what came later is folded in
-        for name, (payload, fmt, meta) in found.items():
-            found[name] = (payload, fmt, {**meta, "events_upto": engine.dataset_events_upto})
+    upto = engine.dataset_events_upto
+
+    def blob(component):
+        """The component's artifact, made when the store writes it (one at a time); with
+        the snapshot it learnt from: what came later is folded in."""
+        def make():
+            payload, fmt, meta = dump_state(component.state())
+            return payload, fmt, {**meta, "events_upto": upto}
+        return make
+
+    blobs = {f"recaller/{n}": blob(r) for n, r in recallers.items() if n not in out}
+    blobs.update({f"ranker/{r.name}": blob(r) for r in rankers if r.name not in losers})
+    inactive = {f"recaller/{n}": blob(recallers[n]) for n in out}
+    inactive.update({f"ranker/{r.name}": blob(r) for r in rankers if r.name in losers})
     store = engine.store
     with write_transaction(engine.db):
         versions = store.save_artifacts(blobs)

@@ -224,6 +224,32 @@ def test_save_artifacts_creates_versions_and_activates(store):
     assert store.load_artifact("recaller/missing") is None
 
 
+def test_artifacts_made_in_turn_are_saved_together_or_not_at_all(store):
+    """`train` hands the store functions that serialize each model when its turn comes
+    (one serialized model in memory at a time); the save is still one transaction: a
+    model that fails to serialize leaves every artifact as it was."""
+    made = []
+
+    def lazy(payload):
+        def make():
+            made.append(payload)
+            return payload, "npz", {"n": len(made)}
+        return make
+
+    assert store.save_artifacts({"recaller/a": lazy(b"one"), "recaller/b": lazy(b"two")}) == \
+        {"recaller/a": 1, "recaller/b": 1}
+    assert made == [b"one", b"two"]
+    assert store.load_artifact("recaller/b") == (b"two", "npz", {"n": 2})
+
+    def broken():
+        raise ValueError("cannot serialize")
+
+    with pytest.raises(ValueError):
+        store.save_artifacts({"recaller/a": (b"new", "npz", {}), "recaller/b": broken})
+    assert store.load_artifact("recaller/a") == (b"one", "npz", {"n": 1})
+    assert {a["name"]: a["version"] for a in store.active_artifacts()} == {"recaller/a": 1, "recaller/b": 1}
+
+
 def test_save_without_activation_then_activate(store):
     store.save_artifacts({"x": (b"1", "npz", {})})
     versions = store.save_artifacts({"x": (b"2", "npz", {})}, activate=False)

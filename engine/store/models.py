@@ -9,7 +9,7 @@ import json
 import os
 import socket
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -83,13 +83,18 @@ class ModelStore:
 
     # -- artifacts ---------------------------------------------------------------------
 
-    def save_artifacts(self, blobs: Mapping[str, tuple[bytes, str, dict]], activate: bool = True) -> dict[str, int]:
+    def save_artifacts(self, blobs: Mapping[str, tuple[bytes, str, dict] | Callable[[], tuple[bytes, str, dict]]],
+                       activate: bool = True) -> dict[str, int]:
         """Store new versions of several artifacts and (optionally) make them the active
-        ones, all in one transaction. Returns name -> version."""
+        ones, all in one transaction. Returns name -> version. A blob may be a function
+        that makes it: it is called when its turn comes and dropped once written, so only
+        one serialized model is in memory at a time (at a million shoppers they were
+        2 GB together, and the save was the train's peak)."""
         versions = {}
         now = time.time()
         with write_transaction(self.db):
-            for name, (payload, fmt, meta) in blobs.items():
+            for name, entry in blobs.items():
+                payload, fmt, meta = entry() if callable(entry) else entry
                 version = (self.conn.execute("SELECT max(version) FROM artifacts WHERE name = ?",
                                              [name]).fetchone()[0] or 0) + 1
                 view = memoryview(payload)
@@ -104,6 +109,7 @@ class ModelStore:
                      for k, start in enumerate(range(ARTIFACT_PART_BYTES, len(payload),
                                                      ARTIFACT_PART_BYTES), start=1)])
                 versions[name] = version
+                del payload, view  # before the next blob is made
             if activate:
                 for name, version in versions.items():
                     self._activate(name, version)
