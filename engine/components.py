@@ -212,6 +212,12 @@ class Recaller(Component):
     def is_fitted(self) -> bool:
         return getattr(self, "_fitted", False)
 
+    def forget(self) -> None:
+        """Drop what the last `fit` learned. `train` calls it once the validation candidates
+        are recalled: the rankers learn from those alone, and every recaller is fitted again
+        on all the events, so a large model (co-occurrence pairs) need not sit beside the
+        rankers' fits. Keep what the next fit starts from (a warm start). Default: nothing."""
+
     def update(self, events: Sequence[Event],
                histories: Mapping[str, Sequence[Interaction]]) -> bool:
         """Fold new events in without a full retrain. Return True if the state changed

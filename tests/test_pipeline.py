@@ -637,6 +637,44 @@ def test_a_recaller_that_is_not_refitted_per_cut_is_fitted_once_at_the_oldest_cu
     assert fits["once"] == fits["each"][:1], "fitted once, on the oldest cut's data"
     assert all("once" in ex.candidates.names for ex in latest + earlier if len(ex.candidates))
 
+def test_rankers_fit_after_the_validation_models_are_dropped_and_the_final_fit_is_unchanged():
+    """Once the validation candidates are recalled, each recaller forgets its cut's model
+    (at a million shoppers co-occurrence alone is gigabytes) before the rankers fit; then
+    every recaller is fitted on all the events, and recalls what a fresh fit recalls."""
+    from engine.config import PipelineSettings
+    from engine.training import fit_pipeline
+    from plugins.cooccurrence import CooccurrenceRecaller
+    from plugins.cooccurrence.sequence import SequenceRecaller
+    from plugins.fusion import FusionRanker
+    from plugins.popular import PopularRecaller
+
+    from engine import Dataset
+
+    evs = shop.events(n_users=60, per_user=25)
+    data = Dataset.from_arrays([e.user_id for e in evs], [e.item_id for e in evs],
+                               [e.kind for e in evs], [e.ts for e in evs])
+    recallers = {"cooccurrence": CooccurrenceRecaller(), "sequence": SequenceRecaller(),
+                 "popular": PopularRecaller()}
+    seen_at_ranker_fit = {}
+
+    class Probe(FusionRanker):
+        def fit(self, examples, data, progress=None):
+            seen_at_ranker_fit.update({n: r.is_fitted() for n, r in recallers.items()})
+            return super().fit(examples, data, progress)
+
+    report = fit_pipeline(data, recallers, {n: 20 for n in recallers}, [Probe()],
+                          PipelineSettings(validation_windows=2))
+    assert not report["failed"] and report["validation_moments"] > 0
+    assert seen_at_ranker_fit == {"cooccurrence": False, "sequence": False, "popular": True}
+    queries = [Query(user_id=str(u), history=data.history(j)) for j, u in enumerate(data.user_ids[:20])]
+    for name, cls in [("cooccurrence", CooccurrenceRecaller), ("sequence", SequenceRecaller)]:
+        fresh = cls()
+        fresh.fit(data)
+        assert recallers[name].is_fitted()
+        assert ([list(c.items) for c in recallers[name].recall(queries, 20)]
+                == [list(c.items) for c in fresh.recall(queries, 20)])
+
+
 def _merge_objects(lists):
     """The merge written plainly over objects: every recaller's scores, ranks and reasons;
     the best score; the source and reason of the best rank (earlier recallers win ties);

@@ -35,7 +35,7 @@ class CooccurrenceRecaller(Recaller):
 
     def fit(self, data: Dataset, progress=None) -> None:
         cfg = self.config
-        self._forget()
+        self.forget()
         users, items, strength = distinct_interactions(
             data.users, data.items, data.event_weights().astype(np.float64), data.n_items)
         if progress:
@@ -54,10 +54,10 @@ class CooccurrenceRecaller(Recaller):
         if progress:
             progress("cooccurrence", 1, 1, f"{len(indices):,} item pairs")
 
-    def _forget(self) -> None:
-        """Drop the last fit's pairs before counting again (a train fits at each validation
-        cut, then on all events): at a million shoppers they are 1.4 GB, and the similarity
-        matrix made from them for batches as much again, beside the new counts."""
+    def forget(self) -> None:
+        """Drop the last fit's pairs (before counting again, and when train is done with a
+        validation cut's model): at a million shoppers they are 1.4 GB, and the similarity
+        matrix made from them for batches as much again."""
         self.indptr = self.indices = self.counts = self.strong = self._similarity = None
         self.delta = {}
         self._fitted = False

@@ -34,10 +34,7 @@ class SequenceRecaller(Recaller):
 
     def fit(self, data: Dataset, progress=None) -> None:
         cfg = self.config
-        # the last fit's steps go first (a train fits at each validation cut, then on all
-        # events): they would sit beside the new ones being counted
-        self.indptr = self.indices = self.weights = None
-        self._fitted = False
+        self.forget()  # the last fit's steps would sit beside the new ones being counted
         users, items, _ = distinct_interactions(data.users, data.items,
                                                 np.ones(data.n_events), data.n_items)
         n = data.n_items
@@ -67,6 +64,10 @@ class SequenceRecaller(Recaller):
         self._set(data.item_ids, known, indptr, indices, weights, out_degree)
         if progress:
             progress("sequence", 1, 1, f"{len(indices):,} steps between items")
+
+    def forget(self) -> None:
+        self.indptr = self.indices = self.weights = None
+        self._fitted = False
 
     def _set(self, item_ids, known, indptr, indices, weights, out_degree) -> None:
         self.item_ids = np.asarray(item_ids, dtype=str)
