@@ -212,7 +212,7 @@ class Recaller(Component):
     def is_fitted(self) -> bool:
         return getattr(self, "_fitted", False)
 
-    def forget(self) -> None:
+    def drop_fit(self) -> None:
         """Drop what the last `fit` learned. `train` calls it once the validation candidates
         are recalled: the rankers learn from those alone, and every recaller is fitted again
         on all the events, so a large model (co-occurrence pairs) need not sit beside the

@@ -258,7 +258,7 @@ def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mappi
             latest, earlier, [n for n, r in in_pipeline.items() if r.on_trial and n not in failed])
         for name, recaller in in_pipeline.items():  # refitted on all the events below
             if name not in failed:
-                isolated(name, lambda _report, r=recaller: r.forget(), progress, "candidates", failed)
+                isolated(name, lambda _report, r=recaller: r.drop_fit(), progress, "candidates", failed)
         examples = latest + earlier
         progress("candidates", len(examples), len(examples), f"{len(examples)} validation moments")
         # the rankers are compared on users of the latest cut that none of them learned from

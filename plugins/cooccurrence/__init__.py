@@ -35,7 +35,7 @@ class CooccurrenceRecaller(Recaller):
 
     def fit(self, data: Dataset, progress=None) -> None:
         cfg = self.config
-        self.forget()
+        self.drop_fit()
         users, items, strength = distinct_interactions(
             data.users, data.items, data.event_weights().astype(np.float64), data.n_items)
         if progress:
@@ -54,7 +54,7 @@ class CooccurrenceRecaller(Recaller):
         if progress:
             progress("cooccurrence", 1, 1, f"{len(indices):,} item pairs")
 
-    def forget(self) -> None:
+    def drop_fit(self) -> None:
         """Drop the last fit's pairs (before counting again, and when train is done with a
         validation cut's model): at a million shoppers they are 1.4 GB, and the similarity
         matrix made from them for batches as much again."""

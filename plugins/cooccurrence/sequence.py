@@ -34,7 +34,7 @@ class SequenceRecaller(Recaller):
 
     def fit(self, data: Dataset, progress=None) -> None:
         cfg = self.config
-        self.forget()  # the last fit's steps would sit beside the new ones being counted
+        self.drop_fit()  # the last fit's steps would sit beside the new ones being counted
         users, items, _ = distinct_interactions(data.users, data.items,
                                                 np.ones(data.n_events), data.n_items)
         n = data.n_items
@@ -65,7 +65,7 @@ class SequenceRecaller(Recaller):
         if progress:
             progress("sequence", 1, 1, f"{len(indices):,} steps between items")
 
-    def forget(self) -> None:
+    def drop_fit(self) -> None:
         self.indptr = self.indices = self.weights = None
         self._fitted = False
 
