@@ -16,7 +16,7 @@ from engine import (
     Dataset, Event, Interaction, ModelState, Query, Recaller, hookimpl, mention, recent_anchors, top_n,
 )
 
-from ._kernels import distinct_interactions, pair_counts, similarity, summed_csr
+from ._kernels import distinct_interactions, joined_csr, pair_blocks, similarity, summed_csr
 
 
 class CooccurrenceConfig(BaseModel):
@@ -40,9 +40,10 @@ class CooccurrenceRecaller(Recaller):
             data.users, data.items, data.event_weights().astype(np.float64), data.n_items)
         if progress:
             progress("cooccurrence", 0, 1, "counting pairs")
-        indptr, indices, (counts, strong) = pair_counts(
-            users, items, strength, data.n_items, cfg.window, cfg.strong_weight)
         degree = np.bincount(items, weights=strength, minlength=data.n_items)
+        parts = pair_blocks(users, items, strength, data.n_items, cfg.window, cfg.strong_weight)
+        del users, items, strength  # before the join: 0.5 GB at 20M interactions
+        indptr, indices, (counts, strong) = joined_csr(*parts)
         strong_kinds = [k for k in data.kind_names if data.kind_weight(k) >= cfg.strong_weight]
         counts_by_kind = {k: int((data.kinds == data.kind_names.index(k)).sum()) for k in strong_kinds}
         phrase = ("liked by the same people as"

@@ -28,11 +28,23 @@ def pair_counts(users, items, strength, n_items, window, strong_at, chunk=PAIR_C
     user. C[a, b] adds min(strength_a, strength_b); S[a, b] counts pairs where both
     strengths are >= strong_at ("bought together"). Returns (indptr, indices, [C, S]).
 
-    Summed a block of rows at a time (`blocked_csr`): all pairs at once took 2.9 GB on a
+    Summed a block of rows at a time (`blocked_parts`): all pairs at once took 2.9 GB on a
     shop of 2 million events. A block reads only the interactions of its own items
     (`positions_by_item`): scanning every interaction for every block took 25 minutes on
     20 million events."""
+    return joined_csr(*pair_blocks(users, items, strength, n_items, window, strong_at, chunk))
+
+
+def pair_blocks(users, items, strength, n_items, window, strong_at, chunk=PAIR_CHUNK):
+    """`pair_counts`' blocks (`blocked_parts`), not yet joined: the caller lets go of the
+    interactions first (the join is the fit's peak). The padded copies and the positions
+    made here are gone by then."""
     dists = _distances(users, window)
+    per_row = np.zeros(n_items, np.int64)
+    for d in dists:
+        same = users[d:] == users[:-d]
+        per_row += np.bincount(items[:-d][same], minlength=n_items)
+        per_row += np.bincount(items[d:][same], minlength=n_items)
     w = max(dists, default=0)
     # padded with `w` entries of no user at each end: p ± d never leaves the arrays
     users_p, items_p, strength_p = (padded(a, w, fill, dt) for a, fill, dt in (
@@ -55,17 +67,12 @@ def pair_counts(users, items, strength, n_items, window, strong_at, chunk=PAIR_C
                 strong.append((sp_strong[same] & (sb >= strong_at)).astype(np.float32))
         return _cat(rows, np.int64), _cat(cols, np.int64), [_cat(vals, np.float64), _cat(strong, np.float32)]
 
-    per_row = np.zeros(n_items, np.int64)
-    for d in dists:
-        same = users[d:] == users[:-d]
-        per_row += np.bincount(items[:-d][same], minlength=n_items)
-        per_row += np.bincount(items[d:][same], minlength=n_items)
-    return blocked_csr(entries, per_row, 2, n_items, chunk)
+    return blocked_parts(entries, per_row, 2, n_items, chunk)
 
 
 def positions_by_item(items, n_items):
     """A function (lo, hi) -> the positions in `items` holding an item lo..hi-1, ascending:
-    each block of `blocked_csr` finds its own interactions without a pass over all of them."""
+    each block of `blocked_parts` finds its own interactions without a pass over all of them."""
     by_item = np.argsort(items, kind="stable")
     starts = np.searchsorted(items[by_item], np.arange(n_items + 1))
 
@@ -94,12 +101,14 @@ def _cat(parts, dtype):
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
 
-def blocked_csr(entries, per_row, n_values, n, chunk=PAIR_CHUNK):
+def blocked_parts(entries, per_row, n_values, n, chunk=PAIR_CHUNK):
     """`summed_csr` of a big set of (row, col, values) entries, a block of rows at a time so
     that only about `chunk` entries are held at once. `entries(lo, hi)` returns (rows, cols,
     [values...]) of the rows lo..hi-1, in the order in which all entries would come at once
     (then every row holds the same sequence and sums the same floats in the same order: the
-    result equals `summed_csr` of everything); `per_row`: how many entries each row has."""
+    joined result equals `summed_csr` of everything); `per_row`: how many entries each row
+    has. Returns the blocks for `joined_csr`: a caller lets go of what `entries` reads before
+    they are joined into one structure (the join is the fit's peak)."""
     bounds = [0]
     if n:
         total = np.cumsum(per_row)
@@ -115,8 +124,13 @@ def blocked_csr(entries, per_row, n_values, n, chunk=PAIR_CHUNK):
         for acc, v in zip(sums, vals):
             acc.append(v)
         at += len(idx)
-    # joined one array at a time, each block's parts let go as soon as they are copied: the
-    # blocks of all three at once and their joined copies took 2.8 GB at 120M pairs
+    return indptr, indices, sums
+
+
+def joined_csr(indptr, indices, sums):
+    """The blocks of `blocked_parts` as one CSR structure (indptr, indices, sums), joined one
+    array at a time, each block's parts let go as soon as they are copied: the blocks of all
+    three at once and their joined copies took 2.8 GB at 120M pairs."""
     indices_all = _cat(indices, np.int32)
     indices.clear()
     joined = []

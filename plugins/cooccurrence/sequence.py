@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from engine import Dataset, ModelState, Query, Recaller, banned_items, mention, recent_anchors, top_n
 
-from ._kernels import padded, blocked_csr, distinct_interactions, positions_by_item
+from ._kernels import blocked_parts, distinct_interactions, joined_csr, padded, positions_by_item
 
 
 class SequenceConfig(BaseModel):
@@ -43,23 +43,9 @@ class SequenceRecaller(Recaller):
             same = users[d:] == users[:-d]
             per_row += np.bincount(items[:-d][same], minlength=n)
 
-        positions, w = positions_by_item(items, n), cfg.window
-        users_p, items_p = padded(users, w, -1, np.int32), padded(items, w, 0, np.int32)
-
-        def entries(lo, hi):  # the steps from items lo..hi-1, nearest first (blocked_csr)
-            p = positions(lo, hi) + w  # only the block's own interactions, in time order
-            up, ip = users_p[p], items_p[p]
-            rows, cols, vals = [], [], []
-            for d in range(1, cfg.window + 1):
-                same = np.flatnonzero(users_p[p + d] == up)
-                rows.append(ip[same])
-                cols.append(items_p[p[same] + d])
-                vals.append(np.full(len(same), 1.0 / d))
-            r, v = np.concatenate(rows), np.concatenate(vals)
-            out_degree[lo:hi] = np.bincount(r - lo, weights=v, minlength=hi - lo)
-            return r, np.concatenate(cols), [v]
-
-        indptr, indices, (weights,) = blocked_csr(entries, per_row, 1, n)
+        parts = _step_blocks(users, items, n, cfg.window, per_row, out_degree)
+        del users, items  # with the padded copies (gone with `_step_blocks`), before the join
+        indptr, indices, (weights,) = joined_csr(*parts)
         known = data.known if data.known is not None else np.ones(data.n_items, bool)
         self._set(data.item_ids, known, indptr, indices, weights, out_degree)
         if progress:
@@ -116,3 +102,25 @@ class SequenceRecaller(Recaller):
             out.append(self.recalled([ids[i] for i in top.tolist()], score[top],
                                      lambda j, anchor=anchor: f"often chosen next after {mention(ids[anchor[j]])}"))
         return out
+
+
+def _step_blocks(users, items, n, w, per_row, out_degree):
+    """The steps' blocks (`blocked_parts`): from each item to the `w` items that followed it
+    in a shopper's sequence, weighted 1/distance; fills `out_degree` on the way."""
+    positions = positions_by_item(items, n)
+    users_p, items_p = padded(users, w, -1, np.int32), padded(items, w, 0, np.int32)
+
+    def entries(lo, hi):  # the steps from items lo..hi-1, nearest first
+        p = positions(lo, hi) + w  # only the block's own interactions, in time order
+        up, ip = users_p[p], items_p[p]
+        rows, cols, vals = [], [], []
+        for d in range(1, w + 1):
+            same = np.flatnonzero(users_p[p + d] == up)
+            rows.append(ip[same])
+            cols.append(items_p[p[same] + d])
+            vals.append(np.full(len(same), 1.0 / d))
+        r, v = np.concatenate(rows), np.concatenate(vals)
+        out_degree[lo:hi] = np.bincount(r - lo, weights=v, minlength=hi - lo)
+        return r, np.concatenate(cols), [v]
+
+    return blocked_parts(entries, per_row, 1, n)
