@@ -336,8 +336,10 @@ class BertRanker(Ranker):
         return order
 
     @staticmethod
-    def _pad_items(torch, entries, use_kv: bool, module=None):
-        width = max(e[0].shape[0] for e in entries)
+    def _pad_items(torch, entries, use_kv: bool, module=None, width: int | None = None):
+        """The items' states (or stored keys and values) padded to `width` (default: the
+        widest of them), with their masks; `module` makes keys and values of states."""
+        width = width or max(e[0].shape[0] for e in entries)
         h = entries[0][0].shape[1]
         mask = torch.zeros(len(entries), width, dtype=torch.long)
         if use_kv:

@@ -156,13 +156,8 @@ class Training:
         item_kv = {}
         for lo in range(0, len(wanted), 1024):
             part = wanted[lo:lo + 1024]
-            states = torch.zeros(len(part), self.item_width, self.hidden)
-            mask = torch.zeros(len(part), self.item_width, dtype=torch.long)
-            for j, item in enumerate(part):
-                st = ranker._item_cache[item][0]
-                states[j, :st.shape[0]] = st
-                mask[j, :st.shape[0]] = 1
-            k, v = net.key_values(states)
+            (k, v), mask = ranker._pad_items(torch, [ranker._item_cache[i] for i in part], False, net,
+                                             width=self.item_width)
             item_kv.update({item: (k[j], v[j], mask[j]) for j, item in enumerate(part)})
         return item_kv
 
