@@ -282,3 +282,66 @@ def test_training_windows_cover_every_step_once_and_hold_out_the_newest_new_item
                        ([0, 2, 3], [0, 3, 4]),   # … then what is left, right-aligned
                        ([0, 2, 3], [0, 3, 2])]   # shopper 1: 2, 3, 2 (met again, so not held out)
     assert prep.inputs.dtype == np.int32  # a million shoppers' windows in half the memory
+
+
+def _children() -> list[int]:
+    import os
+
+    found = []
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
+            found += [int(pid) for pid in f.read().split()]
+    return found
+
+
+linux_only = pytest.mark.skipif(not __import__("sys").platform.startswith("linux"),
+                                reason="the training partner is forked (Linux)")
+
+
+@linux_only
+def test_a_partner_process_halves_every_step_and_the_model_repeats_bit_for_bit():
+    """Two processes share each batch (the partner computes half of it): the model learns
+    what one process learns, and two fits give the same weights bit for bit."""
+    one = TransformerRecaller(dict(FAST, processes=1))
+    one.fit(cycle_shop())
+    a, b = TransformerRecaller(dict(FAST, processes=2)), TransformerRecaller(dict(FAST, processes=2))
+    a.fit(cycle_shop())
+    b.fit(cycle_shop())
+    assert (one.report["processes"], a.report["processes"]) == (1, 2)
+    assert a.report["steps"] == one.report["steps"]  # the same batches, each split in two
+    assert a.report["curve"] == b.report["curve"]
+    assert np.array_equal(a.trained_vectors, b.trained_vectors)
+    walked = ["i00", "i01", "i02", "i03", "i04", "i05"]
+    assert ask(a, walked)[0].item_id == ask(one, walked)[0].item_id == "i06"
+    assert not _children(), "the partner process is gone after the fit"
+
+
+@linux_only
+def test_a_partner_that_dies_fails_the_fit_with_a_clear_error_and_no_process_left():
+    import os
+    import signal
+
+    from plugins.transformer._parallel import PartnerError
+
+    def kill_partner(*_):
+        for pid in _children():
+            os.kill(pid, signal.SIGKILL)
+
+    recaller = TransformerRecaller(dict(FAST, processes=2, max_epochs=5))
+    with pytest.raises(PartnerError, match="partner process .* ended unexpectedly"):
+        recaller.fit(cycle_shop(), progress=kill_partner)
+    assert not _children()
+
+
+@linux_only
+def test_a_cancelled_fit_ends_its_partner():
+    class Cancelled(Exception):
+        pass
+
+    def cancel(*_):
+        raise Cancelled()
+
+    recaller = TransformerRecaller(dict(FAST, processes=2, max_epochs=5))
+    with pytest.raises(Cancelled):
+        recaller.fit(cycle_shop(), progress=cancel)
+    assert not _children()

@@ -34,12 +34,13 @@ class TransformerConfig(BaseModel):
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(5, ge=1, description="epochs without a better validation score before stopping")
     warm_patience: int = Field(2, ge=1, description="the same for a fit that starts from the previous fit")
-    budget_seconds: float = Field(900.0, gt=0, description="CPU seconds of training steps at most")
+    budget_seconds: float = Field(900.0, gt=0, description="CPU seconds of training steps at most (this process's; a partner process works alongside)")
     validation_users: int = Field(2000, ge=0, description="shoppers whose newest item is held out to stop training")
     text: bool = Field(True, description="add a learned projection of the item's text vector (MiniLM)")
     full_softmax_items: int = Field(20000, ge=1, description="above this many items, train against a sample")
     negatives: int = Field(2000, ge=1, description="sampled items per step beyond full_softmax_items")
-    threads: int = Field(1, ge=0, description="torch threads (0: torch's default; more than one spins and slows down on a busy machine)")
+    threads: int = Field(1, ge=0, description="torch threads per training process (0: torch's default; more than one spins and slows down on a busy machine, and makes two runs differ)")
+    processes: int = Field(2, ge=1, le=2, description="training processes sharing every batch: 2 forks a partner that computes half of each step (Linux; the model depends on this number, not on the machine's cores)")
     seed: int = 0
 
 

@@ -117,14 +117,51 @@ def validation_ndcg(net, torch, prep: Prepared, k: int = 10, batch: int = 256) -
 
 def train(net, torch, prep: Prepared, cfg, progress) -> dict:
     """Epochs of next-item cross-entropy over all items (sampled items beyond
-    `cfg.full_softmax_items`), early stopping on validation NDCG@10. Returns a report."""
+    `cfg.full_softmax_items`), early stopping on validation NDCG@10. With `cfg.processes`
+    2, a forked partner process computes half of every batch (`_parallel`). Returns a
+    report."""
+    from ._parallel import StepPartner
+
     gen = np.random.default_rng(cfg.seed)
+    lengths = (prep.inputs > 0).sum(1)
+
+    def part_loss(rows: np.ndarray, sample: np.ndarray | None):
+        """(the summed cross-entropy of these windows' steps, their count)."""
+        width = max(int(lengths[rows].max()), 1)  # the longest window: no all-padding columns
+        seqs = torch.from_numpy(prep.inputs[rows, -width:].astype(np.int64))
+        target = torch.from_numpy(prep.targets[rows, -width:].astype(np.int64))
+        real = target > 0
+        vectors = net.item_vectors()
+        h = net.hidden(seqs, vectors)[real]          # (steps, dim)
+        t = target[real] - 1
+        if sample is None:
+            logits = h @ vectors[1:].T
+            return torch.nn.functional.cross_entropy(logits, t, reduction="sum"), len(t)
+        sample = torch.from_numpy(sample)  # the targets against a shared sample of other items
+        pos = (h * vectors[1:][t]).sum(1, keepdim=True)
+        neg = h @ vectors[1:][sample].T
+        neg = neg.masked_fill(sample[None] == t[:, None], float("-inf"))
+        return torch.nn.functional.cross_entropy(
+            torch.cat([pos, neg], 1), torch.zeros(len(t), dtype=torch.long), reduction="sum"), len(t)
+
+    net.train()
+    partner = StepPartner.start(net, torch, part_loss, cfg.seed + 1, cfg.threads) \
+        if cfg.processes > 1 and len(prep.inputs) > 1 else None
+    try:
+        report = _epochs(net, torch, prep, cfg, progress, gen, lengths, part_loss, partner)
+    finally:
+        if partner is not None:
+            partner.close()
+    report["processes"] = 2 if partner is not None else 1
+    return report
+
+
+def _epochs(net, torch, prep: Prepared, cfg, progress, gen, lengths, part_loss, partner) -> dict:
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n_items = net.n_items
+    sampled = net.n_items > cfg.full_softmax_items
     best, best_epoch, best_state, stale, epochs, steps = -1.0, 0, None, 0, 0, 0
     cpu_used, history = 0.0, []
     stopped = "max_epochs"
-    lengths = (prep.inputs > 0).sum(1)
     for epoch in range(1, cfg.max_epochs + 1):
         started = time.process_time()
         net.train()
@@ -133,27 +170,20 @@ def train(net, torch, prep: Prepared, cfg, progress) -> dict:
             if losses and cpu_used + time.process_time() - started >= cfg.budget_seconds:
                 stopped = "budget"  # mid-epoch: at a million shoppers one epoch outlasts a budget
                 break
-            width = max(int(lengths[rows].max()), 1)  # the batch's longest window: no all-padding columns
-            seqs = torch.from_numpy(prep.inputs[rows, -width:].astype(np.int64))
-            target = torch.from_numpy(prep.targets[rows, -width:].astype(np.int64))
-            real = target > 0
-            vectors = net.item_vectors()
-            h = net.hidden(seqs, vectors)[real]          # (steps, dim)
-            t = target[real] - 1
-            if n_items <= cfg.full_softmax_items:
-                logits = h @ vectors[1:].T
-                loss = torch.nn.functional.cross_entropy(logits, t)
-            else:  # the targets against a shared sample of other items
-                sample = torch.from_numpy(gen.integers(0, n_items, cfg.negatives))
-                pos = (h * vectors[1:][t]).sum(1, keepdim=True)
-                neg = h @ vectors[1:][sample].T
-                neg = neg.masked_fill(sample[None] == t[:, None], float("-inf"))
-                loss = torch.nn.functional.cross_entropy(torch.cat([pos, neg], 1),
-                                                         torch.zeros(len(t), dtype=torch.long))
+            sample = gen.integers(0, net.n_items, cfg.negatives) if sampled else None
+            total = int((prep.targets[rows] > 0).sum())
+            mine = rows
+            if partner is not None and len(rows) > 1:  # the partner takes the second half
+                mine, theirs = rows[:len(rows) // 2], rows[len(rows) // 2:]
+                partner.step(theirs, sample, total)
             opt.zero_grad()
-            loss.backward()
+            loss, _ = part_loss(mine, sample)
+            (loss / total).backward()
+            loss = float(loss.detach())
+            if partner is not None and len(rows) > 1:
+                loss += partner.gather()[0]
             opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss / total)
             steps += 1
             if steps % TRIM_EVERY == 0:  # each step's tensors are a different size: glibc's
                 give_back_memory(collect=False)  # heap keeps them (+1 GB at 300k shoppers)
