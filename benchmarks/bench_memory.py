@@ -14,8 +14,9 @@ never written to) and its item vectors are encoded once, so that every `train` b
 from the same copy and times fitting rather than text encoding.
 
 Every `train` is a new process (`python -m engine.cli --db COPY train --json`) on a fresh copy
-of that database; its peak RSS is the process's own `ru_maxrss` (as `/usr/bin/time -v`
-reports it), its time the wall clock. With `--before REV` the same runs happen on a git
+of that database; its peak memory is the larger of the process's own `ru_maxrss` (what
+`/usr/bin/time -v` reports) and the sampled peak PSS of it and the processes it forks
+(`tree_memory.py`), its time the wall clock. With `--before REV` the same runs happen on a git
 worktree of REV (through PYTHONPATH, with this virtualenv), each shop's versions one after
 the other. The table shows the validation figures `train` prints: each ranker's validation
 NDCG@10 and the held-back check that chose the serving ranker.
@@ -33,7 +34,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -41,6 +41,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE)]
 
 from _env import machine  # noqa: E402
+from tree_memory import measure  # noqa: E402
 
 SHOPS = {
     "demo": {"users": 5000, "items": 2000, "days": 90},
@@ -61,17 +62,17 @@ def environment(tree: Path | None) -> dict:
 
 
 def run_child(argv: list[str], env: dict, log: Path) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (GiB) and stdout of one process (stderr goes to `log`)."""
+    """Wall seconds, peak memory (GiB) and stdout of one process. The peak is the larger of
+    the process's own peak RSS and the sampled peak PSS of it and the processes it forks
+    (`tree_memory.py`: train forks a training partner and a ranker fitted beside bert)."""
     with open(log, "wb") as err, tempfile.TemporaryFile() as out:
-        started = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, cwd=tempfile.gettempdir(), stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
-        seconds = time.perf_counter() - started
+        found = measure(argv, env=env, cwd=tempfile.gettempdir(), stdout=out, stderr=err)
         out.seek(0)
         text = out.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
+    if found["exit"] != 0:
         raise SystemExit(f"{' '.join(argv)} failed; see {log}:\n{log.read_text()[-2000:]}")
-    return seconds, usage.ru_maxrss / 2**20, text
+    peak_mib = max(found["main_peak_rss_mib"], found["tree_peak_pss_mib"])
+    return found["wall_s"], peak_mib / 1024, text
 
 
 def counts(db: Path) -> dict:

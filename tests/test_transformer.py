@@ -7,6 +7,7 @@ from engine import Dataset, Interaction, Query
 from engine.artifacts import dump_state, load_state
 from engine.testing import T0, RecallerContract
 from plugins.transformer import TransformerRecaller
+from tests.processes import children, linux_only
 
 FAST = {"dim": 16, "max_len": 8, "layers": 1, "heads": 1, "max_epochs": 40, "patience": 40,
         "dropout": 0.0, "lr": 0.01, "threads": 1}
@@ -284,20 +285,6 @@ def test_training_windows_cover_every_step_once_and_hold_out_the_newest_new_item
     assert prep.inputs.dtype == np.int32  # a million shoppers' windows in half the memory
 
 
-def _children() -> list[int]:
-    import os
-
-    found = []
-    for task in os.listdir(f"/proc/{os.getpid()}/task"):
-        with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
-            found += [int(pid) for pid in f.read().split()]
-    return found
-
-
-linux_only = pytest.mark.skipif(not __import__("sys").platform.startswith("linux"),
-                                reason="the training partner is forked (Linux)")
-
-
 @linux_only
 def test_a_partner_process_halves_every_step_and_the_model_repeats_bit_for_bit():
     """Two processes share each batch (the partner computes half of it): the model learns
@@ -313,7 +300,7 @@ def test_a_partner_process_halves_every_step_and_the_model_repeats_bit_for_bit()
     assert np.array_equal(a.trained_vectors, b.trained_vectors)
     walked = ["i00", "i01", "i02", "i03", "i04", "i05"]
     assert ask(a, walked)[0].item_id == ask(one, walked)[0].item_id == "i06"
-    assert not _children(), "the partner process is gone after the fit"
+    assert not children(), "the partner process is gone after the fit"
 
 
 @linux_only
@@ -324,13 +311,13 @@ def test_a_partner_that_dies_fails_the_fit_with_a_clear_error_and_no_process_lef
     from plugins.transformer._parallel import PartnerError
 
     def kill_partner(*_):
-        for pid in _children():
+        for pid in children():
             os.kill(pid, signal.SIGKILL)
 
     recaller = TransformerRecaller(dict(FAST, processes=2, max_epochs=5))
     with pytest.raises(PartnerError, match="partner process .* ended unexpectedly"):
         recaller.fit(cycle_shop(), progress=kill_partner)
-    assert not _children()
+    assert not children()
 
 
 @linux_only
@@ -344,4 +331,4 @@ def test_a_cancelled_fit_ends_its_partner():
     recaller = TransformerRecaller(dict(FAST, processes=2, max_epochs=5))
     with pytest.raises(Cancelled):
         recaller.fit(cycle_shop(), progress=cancel)
-    assert not _children()
+    assert not children()

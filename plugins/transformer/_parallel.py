@@ -15,10 +15,13 @@ would not: with two intra-op threads two runs of the same fit differed, and on a
 machine every operator waited for the second thread (a step took ten times as long); a
 partner process waits once per step.
 
-Linux only (fork): elsewhere `StepPartner.start` returns None and the caller trains alone."""
+Linux only (fork): elsewhere, and where the engine allows no helper process
+(`engine.helpers_allowed()`: `train`'s final fits), `StepPartner.start` returns None and the
+caller trains alone."""
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
 import sys
@@ -26,6 +29,8 @@ import traceback
 from typing import Callable
 
 import numpy as np
+
+from engine import give_back_memory, helpers_allowed
 
 # how long this process waits for the partner's part of a step before giving up
 STEP_TIMEOUT = 600.0
@@ -48,7 +53,7 @@ class StepPartner:
         """Fork the partner. `part_loss(rows, extra)` -> (summed loss tensor, target count)
         is what both processes run on their part of a step (it closes over the model and the
         training data, which the fork shares). The weights are moved to shared memory."""
-        if not hasattr(os, "fork") or sys.platform != "linux":
+        if not hasattr(os, "fork") or sys.platform != "linux" or not helpers_allowed():
             return None
         import multiprocessing
 
@@ -58,6 +63,9 @@ class StepPartner:
         size = sum(p.numel() for p in params)
         grads = torch.zeros(size, dtype=torch.float32).share_memory_()
         mine, theirs = multiprocessing.Pipe()
+        # free-but-resident heap (the last fit's temporaries) would stay with the partner:
+        # this process gives it back later, the partner's copy of it would stay resident
+        give_back_memory()
         pid = os.fork()
         if pid == 0:  # the partner: never returns
             code = 1
@@ -130,6 +138,7 @@ class StepPartner:
 
 def _serve(conn, net, torch, params, grads, part_loss, seed: int, threads: int) -> None:
     """The partner's loop: for each step, its part's gradients into `grads`."""
+    gc.freeze()  # the parent's objects: a collection here would write to (and copy) their pages
     torch.set_num_threads(max(threads, 1))
     torch.manual_seed(seed)
     net.train()

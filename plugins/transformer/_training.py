@@ -115,6 +115,41 @@ def validation_ndcg(net, torch, prep: Prepared, k: int = 10, batch: int = 256) -
     return total / len(prep.val_targets)
 
 
+def full_softmax_loss(torch, h, items, target):
+    """The summed cross-entropy of scores `h @ items.T` against `target` (rows of `items`),
+    keeping one (steps x items) matrix from the forward pass to the backward: the backward
+    turns the saved scores into the softmax in place. torch's cross_entropy keeps its
+    log-softmax and makes two more such matrices in the backward — on the demo shop 33 MB
+    each, every step, mapped and page-faulted afresh."""
+    return _loss_function(torch).apply(h, items, target)
+
+
+_LOSS = None
+
+
+def _loss_function(torch):
+    global _LOSS
+    if _LOSS is None:
+        class FullSoftmaxLoss(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, h, items, target):
+                scores = h @ items.T
+                lse = torch.logsumexp(scores, dim=1)
+                loss = (lse - scores.gather(1, target[:, None])[:, 0]).sum()
+                ctx.save_for_backward(h, items, target, scores, lse)
+                return loss
+
+            @staticmethod
+            def backward(ctx, grad):
+                h, items, target, scores, lse = ctx.saved_tensors
+                probs = scores.sub_(lse[:, None]).exp_()  # the softmax, in the scores' place
+                probs[torch.arange(len(target)), target] -= 1
+                probs.mul_(grad)
+                return probs @ items, probs.T @ h, None
+        _LOSS = FullSoftmaxLoss
+    return _LOSS
+
+
 def train(net, torch, prep: Prepared, cfg, progress) -> dict:
     """Epochs of next-item cross-entropy over all items (sampled items beyond
     `cfg.full_softmax_items`), early stopping on validation NDCG@10. With `cfg.processes`
@@ -135,8 +170,7 @@ def train(net, torch, prep: Prepared, cfg, progress) -> dict:
         h = net.hidden(seqs, vectors)[real]          # (steps, dim)
         t = target[real] - 1
         if sample is None:
-            logits = h @ vectors[1:].T
-            return torch.nn.functional.cross_entropy(logits, t, reduction="sum"), len(t)
+            return full_softmax_loss(torch, h, vectors[1:], t), len(t)
         sample = torch.from_numpy(sample)  # the targets against a shared sample of other items
         pos = (h * vectors[1:][t]).sum(1, keepdim=True)
         neg = h @ vectors[1:][sample].T
