@@ -13,7 +13,6 @@ from .errors import (
 from .hookspecs import hookimpl
 from .helpers import TEXT_FIELDS, Anchor, item_text, kind_verb, recent_anchors
 from .kernels import erf, gelu
-from .forked import helpers_allowed
 from .memory import give_back_memory
 from .metrics import ndcg_at
 from .textfiles import detect_encoding
@@ -33,7 +32,7 @@ __all__ = [
     "Recommendation", "Record", "Resources", "detect_encoding", "Triple", "UnknownComponentError", "User", "hookimpl",
     "KeyLookup", "PUBLIC_EVENT_KINDS", "describe_components", "new_plugin", "Trace", "inspect", "EvaluationReport", "ImportReport",
     "ModelScores", "RankerChoice", "TrainReport", "ReplayReport",
-    "banned_items", "erf", "event_time_window", "gelu", "give_back_memory", "helpers_allowed", "item_ids", "load_plugins", "recallers_of", "mention", "no_progress", "top_n",
+    "banned_items", "erf", "event_time_window", "gelu", "give_back_memory", "item_ids", "load_plugins", "recallers_of", "mention", "no_progress", "top_n",
 ]
 
 

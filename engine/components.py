@@ -292,6 +292,11 @@ class Ranker(Component):
         serving will see. `fit` learned from an earlier split; a ranker that reads item
         statistics (popularity, recency) takes them from here. Default: nothing."""
 
+    def drop_caches(self) -> None:
+        """Drop what is only a cache (`rank` rebuilds it when it needs it). `train` calls it
+        once the rankers are final, before the recallers' final fits, so that those fits
+        (and the processes they fork) do not sit beside it. Default: nothing."""
+
     def is_fitted(self) -> bool:
         return getattr(self, "_fitted", False)
 

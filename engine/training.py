@@ -7,25 +7,21 @@ it beats the others there (`choose_ranker`)."""
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import json
 import time
 import traceback
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .artifacts import dump_state, load_state
 from .components import ProgressCallback, Ranker, RankingExample, Recaller, no_progress
 from .config import PipelineSettings
 from .dataset import Dataset
 from .evaluation import holdout
-from .forked import Forked, ForkedError, no_helpers
 from .memory import give_back_memory
 from .metrics import ndcg_at, user_metrics
 from .candidates import CandidateSet, item_ids
-from .pipeline import Pipeline, one_blas_thread
+from .pipeline import Pipeline
 from .types import Query
 
 # (recallers fitted, their quotas, queries, report(done)) -> the queries' candidates
@@ -123,10 +119,9 @@ def isolated(name: str, fit, progress: ProgressCallback, stage: str, failed: dic
     except _Stopped as stop:
         raise stop.original from None
     except Exception as exc:  # noqa: BLE001 — a plugin may raise anything
-        error = str(exc) if isinstance(exc, ForkedError) else f"{type(exc).__name__}: {exc}"
-        failed[name] = {"error": error,  # a forked fit's own traceback
-                        "traceback": getattr(exc, "details", None) or traceback.format_exc()}
-        progress(stage, 1, 1, f"failed: {error}")
+        failed[name] = {"error": f"{type(exc).__name__}: {exc}",
+                        "traceback": traceback.format_exc()}
+        progress(stage, 1, 1, f"failed: {type(exc).__name__}: {exc}")
         return False
     finally:
         # what the fit left in reference cycles is young: a full collection walked every
@@ -248,77 +243,6 @@ def try_out(latest: list[RankingExample], earlier: list[RankingExample],
     return verdicts, latest, earlier
 
 
-def _ranker_job(ranker: Ranker, examples: Sequence[RankingExample], visible: Dataset):
-    """What a forked process runs to fit `ranker`: its metrics, fit seconds and stored model."""
-    def job(progress: ProgressCallback) -> bytes:
-        started = time.perf_counter()
-        with one_blas_thread():  # the other core fits the main ranker
-            metrics = ranker.fit(examples, visible, progress=lambda _s, done, total, msg="":
-                                 progress(f"fit {ranker.name}", done, total, msg))
-        seconds = time.perf_counter() - started
-        payload, fmt, meta = dump_state(ranker.state())
-        head = json.dumps({"metrics": metrics, "seconds": seconds, "format": fmt, "meta": meta},
-                          default=_plain).encode()
-        return head + b"\n" + payload
-    return job
-
-
-def _plain(value):
-    """JSON for numpy numbers in a ranker's metrics."""
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def fit_rankers(rankers: Sequence[Ranker], examples: Sequence[RankingExample], visible: Dataset,
-                progress: ProgressCallback, report: dict, failed: dict) -> None:
-    """Fit each ranker on the validation moments (`report["rankers"]`: their metrics,
-    `report["seconds"]`: how long each took). The ranker of highest priority (the slow one:
-    bert) fits in this process; the others fit beside it at the same time, each in a forked
-    process (Linux), and their models come back as their stored bytes — the same models as
-    fitted here, in the time of the slowest fit rather than the sum."""
-    main = max(rankers, key=lambda r: r.priority) if rankers else None
-    beside: dict[str, tuple[Ranker, Forked]] = {}
-    blas = contextlib.ExitStack()  # side by side, a second BLAS thread would only wait for a core
-    try:
-        for ranker in rankers:
-            job = Forked.start(_ranker_job(ranker, examples, visible)) if ranker is not main else None
-            if job is not None:
-                beside[ranker.name] = (ranker, job)
-                progress(f"fit {ranker.name}", 0, None, "in a second process")
-
-        if beside:
-            blas.enter_context(one_blas_thread())
-
-        def passing_on(stage, done, total, msg=""):  # the forked fits' progress too
-            for _, job in beside.values():
-                job.drain(progress)
-            progress(stage, done, total, msg)
-
-        for ranker in rankers:
-            if ranker.name in beside:
-                continue
-            stage = f"fit {ranker.name}"
-            started = time.perf_counter()
-
-            def fit(report_progress, r=ranker):
-                report["rankers"][r.name] = r.fit(examples, visible, progress=report_progress)
-            if isolated(ranker.name, fit, passing_on if beside else progress, stage, failed):
-                report["seconds"][ranker.name] = time.perf_counter() - started
-        for name, (ranker, job) in beside.items():
-            def collect(report_progress, r=ranker, job=job):
-                head, _, payload = job.result(report_progress).partition(b"\n")
-                head = json.loads(head)
-                r.load(load_state(payload, head["format"], head["meta"]))
-                report["rankers"][r.name] = head["metrics"]
-                report["seconds"][r.name] = head["seconds"]
-            isolated(name, collect, progress, f"fit {name}", failed)
-    finally:
-        blas.close()
-        for _, job in beside.values():
-            job.close()
-
-
 def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mapping[str, int],
                  rankers: Sequence[Ranker], settings: PipelineSettings,
                  progress: ProgressCallback = no_progress, recall: Recall = recall_here) -> dict:
@@ -343,7 +267,14 @@ def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mappi
         # the rankers are compared on users of the latest cut that none of them learned from
         fit_examples, check = check_split(latest, settings.seed, earlier)
         visible = latest[0].known if latest else data
-        fit_rankers(rankers, fit_examples, visible, progress, report, failed)
+        for ranker in rankers:
+            stage = f"fit {ranker.name}"
+            started = time.perf_counter()
+
+            def fit(report_progress, r=ranker):
+                report["rankers"][r.name] = r.fit(fit_examples, visible, progress=report_progress)
+            if isolated(ranker.name, fit, progress, stage, failed):
+                report["seconds"][ranker.name] = time.perf_counter() - started
         rankers = [r for r in rankers if r.name not in failed]
         if check:
             progress("check", 0, len(rankers), f"{len(check)} held-back validation moments")
@@ -365,11 +296,9 @@ def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mappi
         report["candidate_hit_rate"] = hits / max(len(latest), 1)
         report["validation_moments"] = len(examples)
         del examples, latest, earlier, fit_examples, check, visible  # free the candidates before the final fit
-    # the final fits run alone: this process now holds the fitted rankers (bert's encoder
-    # and caches), and a helper forked now would end up with a copy of most of it (the
-    # transformer's training partner took the demo shop's train from 1.7 to 2.1 GB)
-    with no_helpers() if rankers else contextlib.nullcontext():
-        report["seconds"].update(fit_recallers(data, recallers, progress, failed=failed))
+        for ranker in rankers:  # final: what is only a cache goes before the final fits
+            ranker.drop_caches()
+    report["seconds"].update(fit_recallers(data, recallers, progress, failed=failed))
     for ranker in rankers:
         ranker.observe(data)
     return report

@@ -660,3 +660,23 @@ def test_early_stopping_scores_the_same_when_the_items_keys_are_made_in_groups(m
     assert [v for _, _, v in grouped["curve"]] == [v for _, _, v in whole["curve"]]
     assert any(stage == "text" for stage, _, _ in grouped["curve"])
     assert grouped["ndcg@10"] == whole["ndcg@10"]
+
+
+def test_dropped_caches_are_rebuilt_and_score_the_same(trained_db, monkeypatch, tmp_path):
+    """`drop_caches` (train calls it before the recallers' final fits) empties the encoder
+    states; the next request encodes what it needs and scores as before."""
+    eng = open_trained(trained_db, monkeypatch, tmp_path)
+    activate_bert(eng)
+    ranker = eng.pipeline().ranker
+    ranker.net.use_text = True
+    ranker._prepare_serving()
+    before = eng.recommend("user011", n=8, ranker="bert")
+    assert ranker._item_cache
+    ranker.drop_caches()
+    assert not ranker._item_cache
+    eng.recommendation_cache.clear()
+    after = eng.recommend("user011", n=8, ranker="bert")
+    assert ranker._item_cache
+    assert [r.item_id for r in after] == [r.item_id for r in before]
+    assert np.allclose([r.score for r in after], [r.score for r in before], atol=1e-6)
+    eng.close()

@@ -15,7 +15,6 @@ from engine.pipeline import Pipeline, merge
 from engine.plugins import load_plugins
 
 from . import shop
-from .processes import children, linux_only
 
 DEFAULT_RECALLERS = {"popular", "als", "cooccurrence", "sequence"}
 METRIC_KEYS = {f"{m}@5" for m in ("ndcg", "recall", "hit", "mrr", "precision", "coverage")}
@@ -814,67 +813,6 @@ def _pid_rankers():
     return Quick(), Main()
 
 
-@linux_only
-def test_rankers_fit_side_by_side_in_a_forked_process_to_the_same_models(monkeypatch):
-    import os
-
-    from engine.forked import Forked
-
-    quick, main = _pid_rankers()
-    report = _fit_rankers([quick, main])
-    assert not report["failed"]
-    assert report["rankers"]["main"]["pid"] == os.getpid()
-    assert report["rankers"]["fusion"]["pid"] != os.getpid(), "fitted beside, in another process"
-    assert not children()
-    monkeypatch.setattr(Forked, "start", classmethod(lambda cls, job: None))  # one after the other
-    quick_here, main_here = _pid_rankers()
-    again = _fit_rankers([quick_here, main_here])
-    assert again["rankers"]["fusion"]["pid"] == os.getpid()
-    assert quick.weights == quick_here.weights and quick.lone == quick_here.lone
-    for name in ("fusion", "main"):
-        for r in (report, again):
-            r["rankers"][name].pop("pid")
-        assert report["rankers"][name] == again["rankers"][name], name
-
-
-@linux_only
-def test_a_ranker_that_fails_in_its_forked_process_is_recorded_with_its_own_traceback():
-    from plugins.fusion import FusionRanker
-
-    class Broken(FusionRanker):
-        name = "broken"
-
-        def fit(self, examples, data, progress=None):
-            raise ValueError("no weights today")
-
-    _, main = _pid_rankers()
-    report = _fit_rankers([Broken(), main])
-    assert report["failed"]["broken"]["error"] == "ValueError: no weights today"
-    assert 'raise ValueError("no weights today")' in report["failed"]["broken"]["traceback"]
-    assert "main" not in report["failed"] and report["rankers"]["main"]["check_ndcg@10"] >= 0
-    assert not children()
-
-
-@linux_only
-def test_a_cancel_while_the_main_ranker_fits_ends_the_forked_fit():
-    import time
-
-    from plugins.fusion import FusionRanker
-
-    class Slow(FusionRanker):
-        name = "slow"
-
-        def fit(self, examples, data, progress=None):
-            time.sleep(60)
-            return super().fit(examples, data, progress)
-
-    _, main = _pid_rankers()
-    started = time.perf_counter()
-    with pytest.raises(Cancelled):
-        _fit_rankers([Slow(), main], progress=cancel_at("fit main", 1))
-    assert time.perf_counter() - started < 30 and not children()
-
-
 def test_whether_a_ranker_learns_again_from_every_moment_is_its_class_not_the_clock():
     """After the check, a ranker with `refit` learns again from every validation moment; one
     without (bert: minutes of fine-tuning) keeps its first fit — however long the fits took
@@ -886,25 +824,30 @@ def test_whether_a_ranker_learns_again_from_every_moment_is_its_class_not_the_cl
     assert not any(key.endswith("_all") for key in report["rankers"]["main"])
 
 
-def test_the_final_fits_after_the_rankers_start_no_helper_process():
-    """A helper process forked while this one holds the fitted rankers would end up with a
-    copy of most of it: the validation fits may fork (the transformer's training partner),
-    the final fits, after the rankers, may not."""
+
+def test_final_rankers_drop_their_caches_before_the_recallers_final_fits():
+    """Once the rankers are final, what is only a cache (bert's encoder states) goes before
+    the recallers are fitted on all the events (and fork their training partners)."""
     from engine.config import PipelineSettings
     from engine.training import fit_pipeline
+    from plugins.fusion import FusionRanker
     from plugins.popular import PopularRecaller
 
-    from engine import helpers_allowed
+    from engine import Dataset
 
-    allowed = []
+    order = []
 
     class Probe(PopularRecaller):
         def fit(self, data, progress=None):
-            allowed.append(helpers_allowed())
+            order.append("recaller fit")
             super().fit(data, progress)
 
-    quick, main = _pid_rankers()
-    fit_pipeline(_ranker_shop(), {"popular": Probe()}, {"popular": 20}, [quick, main],
-                 PipelineSettings(validation_windows=2))
-    assert allowed == [True, True, False]
-    assert helpers_allowed()
+    class Caching(FusionRanker):
+        def drop_caches(self):
+            order.append("ranker drops its caches")
+
+    evs = shop.events(n_users=60, per_user=25)
+    data = Dataset.from_arrays([e.user_id for e in evs], [e.item_id for e in evs],
+                               [e.kind for e in evs], [e.ts for e in evs])
+    fit_pipeline(data, {"popular": Probe()}, {"popular": 20}, [Caching()], PipelineSettings(validation_windows=2))
+    assert order == ["recaller fit", "recaller fit", "ranker drops its caches", "recaller fit"]

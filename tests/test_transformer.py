@@ -332,3 +332,34 @@ def test_a_cancelled_fit_ends_its_partner():
     with pytest.raises(Cancelled):
         recaller.fit(cycle_shop(), progress=cancel)
     assert not children()
+
+
+@linux_only
+def test_a_big_shop_trains_without_a_partner():
+    """A partner shares the train process's memory only until either side rewrites it: above
+    `partner_max_events` (a big shop's train process holds gigabytes) the fit trains alone."""
+    data = cycle_shop()
+    small = TransformerRecaller(dict(FAST, processes=2, max_epochs=2, partner_max_events=data.n_events))
+    big = TransformerRecaller(dict(FAST, processes=2, max_epochs=2, partner_max_events=data.n_events - 1))
+    small.fit(data)
+    big.fit(data)
+    assert (small.report["processes"], big.report["processes"]) == (2, 1)
+
+
+def test_the_full_softmax_loss_is_cross_entropy_with_its_gradients():
+    import torch
+
+    from plugins.transformer._training import full_softmax_loss
+
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(40, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    items = torch.randn(25, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    target = torch.randint(0, 25, (40,), generator=gen)
+    mine = full_softmax_loss(torch, h, items, target)
+    mine.backward()
+    grads = h.grad.clone(), items.grad.clone()
+    h.grad = items.grad = None
+    theirs = torch.nn.functional.cross_entropy(h @ items.T, target, reduction="sum")
+    theirs.backward()
+    assert torch.allclose(mine, theirs, rtol=1e-12)
+    assert torch.allclose(grads[0], h.grad, atol=1e-12) and torch.allclose(grads[1], items.grad, atol=1e-12)

@@ -41,6 +41,7 @@ class TransformerConfig(BaseModel):
     negatives: int = Field(2000, ge=1, description="sampled items per step beyond full_softmax_items")
     threads: int = Field(1, ge=0, description="torch threads per training process (0: torch's default; more than one spins and slows down on a busy machine, and makes two runs differ)")
     processes: int = Field(2, ge=1, le=2, description="training processes sharing every batch: 2 forks a partner that computes half of each step (Linux; the model depends on this number, not on the machine's cores)")
+    partner_max_events: int = Field(1_000_000, ge=0, description="above this many events the fit trains in one process: a forked partner shares the train process's memory only until either side rewrites it, and a big shop's train process holds gigabytes")
     seed: int = 0
 
 
@@ -115,6 +116,8 @@ class TransformerRecaller(Recaller):
         if len(prep.inputs):
             if self.report["warm_start"]:
                 cfg = cfg.model_copy(update={"patience": cfg.warm_patience})
+            if data.n_events > cfg.partner_max_events:
+                cfg = cfg.model_copy(update={"processes": 1})
             self.report.update(_training.train(net, torch, prep, cfg, progress))
         self._fit_ids, self._fit_size = ids, size
         self._fit_trained = {k: v.detach().clone() for k, v in net.state_dict().items()}

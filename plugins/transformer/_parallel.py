@@ -15,9 +15,7 @@ would not: with two intra-op threads two runs of the same fit differed, and on a
 machine every operator waited for the second thread (a step took ten times as long); a
 partner process waits once per step.
 
-Linux only (fork): elsewhere, and where the engine allows no helper process
-(`engine.helpers_allowed()`: `train`'s final fits), `StepPartner.start` returns None and the
-caller trains alone."""
+Linux only (fork): elsewhere `StepPartner.start` returns None and the caller trains alone."""
 
 from __future__ import annotations
 
@@ -30,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine import give_back_memory, helpers_allowed
+from engine import give_back_memory
 
 # how long this process waits for the partner's part of a step before giving up
 STEP_TIMEOUT = 600.0
@@ -53,7 +51,7 @@ class StepPartner:
         """Fork the partner. `part_loss(rows, extra)` -> (summed loss tensor, target count)
         is what both processes run on their part of a step (it closes over the model and the
         training data, which the fork shares). The weights are moved to shared memory."""
-        if not hasattr(os, "fork") or sys.platform != "linux" or not helpers_allowed():
+        if not hasattr(os, "fork") or sys.platform != "linux":
             return None
         import multiprocessing
 
