@@ -32,6 +32,7 @@ from engine import give_back_memory
 
 # how long this process waits for the partner's part of a step before giving up
 STEP_TIMEOUT = 600.0
+TRIM_EVERY = 20  # steps between giving the partner's freed heap back (as `_training` does)
 
 
 class PartnerError(RuntimeError):
@@ -140,6 +141,7 @@ def _serve(conn, net, torch, params, grads, part_loss, seed: int, threads: int) 
     torch.set_num_threads(max(threads, 1))
     torch.manual_seed(seed)
     net.train()
+    steps = 0
     while True:
         message = conn.recv_bytes()
         if message[:1] == b"Q":
@@ -160,3 +162,6 @@ def _serve(conn, net, torch, params, grads, part_loss, seed: int, threads: int) 
                 grads[at:at + k].copy_(p.grad.reshape(-1))
             at += k
         conn.send_bytes(b"D" + struct.pack("<dq", float(loss.detach()), int(count)))
+        steps += 1
+        if steps % TRIM_EVERY == 0:  # as the parent does: each step's tensors differ in size
+            give_back_memory(collect=False)
