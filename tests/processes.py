@@ -1,4 +1,5 @@
-"""The child processes of this test process (Linux: /proc): a job that forks must leave none."""
+"""The child processes of this test process (Linux: /proc): a job that forks must leave none
+(compare with those before it: other tests' servers may be running)."""
 
 import os
 import sys
@@ -9,9 +10,9 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the job forks a process beside this one (Linux)")
 
 
-def children() -> list[int]:
+def children() -> set[int]:
     found = []
     for task in os.listdir(f"/proc/{os.getpid()}/task"):
         with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
             found += [int(pid) for pid in f.read().split()]
-    return found
+    return set(found)
