@@ -19,5 +19,27 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
-    """The exact GELU, x·Φ(x), as torch.nn.GELU() and BERT compute it (not the tanh form)."""
-    return np.float32(0.5) * x * (1 + erf(x * _SQRT_HALF))
+    """The exact GELU, x·Φ(x), as torch.nn.GELU() and BERT compute it (not the tanh form):
+    0.5·x·(1 + erf(x/√2)), the same operations in the same order as `erf`, in place on
+    three arrays instead of a new one per operation (half the time; MiniLM's encoding spent
+    a third of its time here)."""
+    a = x * _SQRT_HALF
+    sign = np.sign(a)
+    np.abs(a, out=a)
+    t = _P * a
+    t += 1
+    np.divide(1, t, out=t)
+    poly = t * _A[4]
+    for coefficient in (_A[3], _A[2], _A[1], _A[0]):
+        poly += coefficient
+        poly *= t
+    np.multiply(a, a, out=a)
+    np.negative(a, out=a)
+    np.exp(a, out=a)
+    poly *= a
+    np.subtract(1, poly, out=poly)
+    poly *= sign  # erf(x/√2)
+    poly += 1
+    out = np.float32(0.5) * x
+    out *= poly
+    return out

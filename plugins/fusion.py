@@ -61,6 +61,7 @@ class FusionRanker(Ranker):
         self.weights: dict[str, float] = {}
         self.lone = 0.0
         self._cached = None
+        self._table = None
 
     def _scores(self, ranks: np.ndarray, active: np.ndarray, weights: np.ndarray, lone: float) -> np.ndarray:
         """Σ over recallers that ranked the item of w/(c + rank), plus `lone` times what the
@@ -71,11 +72,13 @@ class FusionRanker(Ranker):
         c = self.config.c
         score = np.zeros(len(ranks))
         for j, w in enumerate(np.asarray(weights, dtype=np.float64).tolist()):
-            score += w / (c + ranks[:, j])  # column by column (absent: w / inf = 0), few temporaries
+            if w:  # a zero weight adds 0.0 everywhere: skipped, the sum is the same bit for bit
+                score += w / (c + ranks[:, j])  # column by column (absent: w / inf = 0), few temporaries
         if lone:
             extra = np.zeros(len(ranks))
             for j, w in enumerate(np.asarray(weights, dtype=np.float64).tolist()):
-                extra += missing[:, j] * w / best
+                if w:
+                    extra += missing[:, j] * w / best
             score = score + lone * extra
         return score
 
@@ -91,6 +94,17 @@ class FusionRanker(Ranker):
             self._cached = (key, (missing, best), (ranks, active))  # keeps the ids alive
         return self._cached[1]
 
+    def _layout(self, owner: np.ndarray, place: np.ndarray, relevant: np.ndarray):
+        """Where each candidate sits in the (examples x longest list) table (flat index) and
+        which places hold a relevant item: the same at each of the ~150 scorings of a fit."""
+        if self._table is None or self._table[0] is not owner:
+            width = int(place.max()) + 1
+            at = owner * width + place
+            hits = np.zeros((self._n, width), bool)
+            hits.reshape(-1)[at] = relevant
+            self._table = (owner, (width, at, hits))
+        return self._table[1]
+
     def _mean_ndcg(self, arrays, weights: np.ndarray, lone: float = 0.0) -> float:
         """Mean NDCG@k of the examples ordered by the fused score (ties: recall order). The
         scores go into one (examples x longest list) matrix, padded with -inf, and a stable
@@ -101,15 +115,13 @@ class FusionRanker(Ranker):
         if not self._n or not len(owner):
             return 0.0
         score = self._scores(ranks, active, weights, lone)
-        width = int(place.max()) + 1
+        width, at, hits = self._layout(owner, place, relevant)
         table = np.full((self._n, width), -np.inf)
-        table[owner, place] = score
-        hits = np.zeros((self._n, width), bool)
-        hits[owner, place] = relevant
+        table.reshape(-1)[at] = score
         k = min(k, width)
         # each row's k-th best score; only the entries at or above it (ties included) are
         # sorted, by (row, score, place): the top k of a stable sort of every row
-        kth = -np.partition(-table, k - 1, axis=1)[:, k - 1]
+        kth = np.partition(table, width - k, axis=1)[:, width - k]
         rows, cols = np.nonzero(table >= kth[:, None])
         order = np.lexsort((cols, -table[rows, cols], rows))
         rows, cols = rows[order], cols[order]
@@ -155,7 +167,7 @@ class FusionRanker(Ranker):
         self.weights = {name: float(v) for name, v in zip(names, w)}
         self.lone = lone
         self._fitted = True
-        self._cached = None
+        self._cached = self._table = None
         return {f"ndcg@{k}": best, f"ndcg@{k}_equal_weights": start, "examples": len(examples),
                 "weights": dict(self.weights), "lone": lone}
 

@@ -326,3 +326,18 @@ def _shared_encoder():
     if not _ENCODER:  # the weights load once for the contract's tests
         _ENCODER.append(MiniLMEncoder(ONE))
     return _ENCODER[0]
+
+
+def test_gelu_in_place_is_bit_for_bit_the_plain_formula():
+    """`gelu` works in place for speed; the encoder's vectors (and every model trained on
+    them) must not move by a bit, so it must give exactly 0.5·x·(1 + erf(x/√2))."""
+    import numpy as np
+
+    from engine.kernels import _SQRT_HALF, erf, gelu
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(100_000) * 4, [0.0, -0.0, 1e-30, -1e-30, 20.0, -20.0]])
+    x = x.astype(np.float32).reshape(2, -1)
+    plain = np.float32(0.5) * x * (1 + erf(x * _SQRT_HALF))
+    assert gelu(x).dtype == np.float32
+    assert np.array_equal(gelu(x), plain)
