@@ -285,7 +285,8 @@ def fit_pipeline(data: Dataset, recallers: Mapping[str, Recaller], quotas: Mappi
             # only decided which one serves), unless its class says its fit is too slow
             # (`refit` False: a fine-tuned model keeps its fit) — decided by the class, not
             # by how long the fit took here, so a busy machine gives the same models. The
-            # others keep their first fit (fusion's refit took 19 s of the demo shop's train).
+            # others keep their first fit (a refit of a ranker that did not serve took 19 s of
+            # the demo shop's train).
             serving = settings.ranker or choose_ranker(report, rankers)[0]
             for ranker in (r for r in rankers if r.refit and r.name == serving):
                 def again(_s, done, total, msg="", name=ranker.name):
