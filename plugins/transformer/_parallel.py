@@ -49,8 +49,8 @@ class StepPartner:
 
     @classmethod
     def start(cls, net, torch, part_loss: Callable, seed: int, threads: int) -> StepPartner | None:
-        """Fork the partner. `part_loss(rows, extra)` -> (summed loss tensor, target count)
-        is what both processes run on their part of a step (it closes over the model and the
+        """Fork the partner. `part_loss(rows, extra)` -> the summed loss tensor is what both
+        processes run on their part of a step (it closes over the model and the
         training data, which the fork shares). The weights are moved to shared memory."""
         if not hasattr(os, "fork") or sys.platform != "linux":
             return None
@@ -90,11 +90,11 @@ class StepPartner:
         self._conn.send_bytes(b"S" + struct.pack("<qq", len(rows), total) + rows.tobytes()
                               + extra.tobytes())
 
-    def gather(self) -> tuple[float, int]:
+    def gather(self) -> float:
         """Wait for the partner's part; add its gradients to the parameters' own. Returns its
-        summed loss and target count."""
+        summed loss."""
         message = self._receive()
-        loss, count = struct.unpack("<dq", message[1:17])
+        (loss,) = struct.unpack("<d", message[1:9])
         at = 0
         for p in self._params:
             n = p.numel()
@@ -104,7 +104,7 @@ class StepPartner:
             else:
                 p.grad.add_(part)
             at += n
-        return loss, count
+        return loss
 
     def _receive(self) -> bytes:
         if not self._conn.poll(STEP_TIMEOUT):
@@ -151,7 +151,7 @@ def _serve(conn, net, torch, params, grads, part_loss, seed: int, threads: int) 
         rows, extra = body[:n], body[n:]
         for p in params:
             p.grad = None
-        loss, count = part_loss(rows, extra if len(extra) else None)
+        loss = part_loss(rows, extra if len(extra) else None)
         (loss / total).backward()
         at = 0
         for p in params:
@@ -161,7 +161,7 @@ def _serve(conn, net, torch, params, grads, part_loss, seed: int, threads: int) 
             else:
                 grads[at:at + k].copy_(p.grad.reshape(-1))
             at += k
-        conn.send_bytes(b"D" + struct.pack("<dq", float(loss.detach()), int(count)))
+        conn.send_bytes(b"D" + struct.pack("<d", float(loss.detach())))
         steps += 1
         if steps % TRIM_EVERY == 0:  # as the parent does: each step's tensors differ in size
             give_back_memory(collect=False)

@@ -161,7 +161,7 @@ def train(net, torch, prep: Prepared, cfg, progress) -> dict:
     lengths = (prep.inputs > 0).sum(1)
 
     def part_loss(rows: np.ndarray, sample: np.ndarray | None):
-        """(the summed cross-entropy of these windows' steps, their count)."""
+        """The summed cross-entropy of these windows' steps."""
         width = max(int(lengths[rows].max()), 1)  # the longest window: no all-padding columns
         seqs = torch.from_numpy(prep.inputs[rows, -width:].astype(np.int64))
         target = torch.from_numpy(prep.targets[rows, -width:].astype(np.int64))
@@ -170,13 +170,13 @@ def train(net, torch, prep: Prepared, cfg, progress) -> dict:
         h = net.hidden(seqs, vectors)[real]          # (steps, dim)
         t = target[real] - 1
         if sample is None:
-            return full_softmax_loss(torch, h, vectors[1:], t), len(t)
+            return full_softmax_loss(torch, h, vectors[1:], t)
         sample = torch.from_numpy(sample)  # the targets against a shared sample of other items
         pos = (h * vectors[1:][t]).sum(1, keepdim=True)
         neg = h @ vectors[1:][sample].T
         neg = neg.masked_fill(sample[None] == t[:, None], float("-inf"))
         return torch.nn.functional.cross_entropy(
-            torch.cat([pos, neg], 1), torch.zeros(len(t), dtype=torch.long), reduction="sum"), len(t)
+            torch.cat([pos, neg], 1), torch.zeros(len(t), dtype=torch.long), reduction="sum")
 
     net.train()
     partner = StepPartner.start(net, torch, part_loss, cfg.seed + 1, cfg.threads) \
@@ -211,11 +211,11 @@ def _epochs(net, torch, prep: Prepared, cfg, progress, gen, lengths, part_loss, 
                 mine, theirs = rows[:len(rows) // 2], rows[len(rows) // 2:]
                 partner.step(theirs, sample, total)
             opt.zero_grad()
-            loss, _ = part_loss(mine, sample)
+            loss = part_loss(mine, sample)
             (loss / total).backward()
             loss = float(loss.detach())
             if partner is not None and len(rows) > 1:
-                loss += partner.gather()[0]
+                loss += partner.gather()
             opt.step()
             losses.append(loss / total)
             steps += 1
