@@ -305,6 +305,38 @@ def test_a_partner_process_halves_every_step_and_the_model_repeats_bit_for_bit()
 
 
 @linux_only
+def test_the_partner_scores_half_of_each_validation_and_the_score_is_the_same_to_the_bit():
+    """While this process scores the first half of the held-out shoppers, the partner
+    scores the second: the epoch's validation NDCG is the one process's, bit for bit."""
+    import torch
+
+    from plugins.transformer import _training
+    from plugins.transformer._model import SequenceModel
+    from plugins.transformer._parallel import StepPartner
+
+    data = cycle_shop(n_users=60)
+    prep = _training.prepare(_training.user_sequences(data.users, data.items, data.ts), 8, 1000, 0)
+    torch.manual_seed(0)
+    net = SequenceModel(data.n_items, 16, 8, 1, 1, 0.0, None)
+    alone = _training.validation_ndcg(net, torch, prep, batch=7)
+    before = children()
+    partner = StepPartner.start(net, torch, lambda rows, extra: None,
+                                lambda lo, hi: _training.validation_sums(net, torch, prep, lo, hi, batch=7),
+                                seed=1, threads=1)
+    try:
+        theirs = []
+        gather = partner.gather_validation
+        partner.gather_validation = lambda: theirs.append(gather()) or theirs[-1]
+        shared = _training.validation_ndcg(net, torch, prep, batch=7, partner=partner)
+    finally:
+        partner.close()
+    batches = -(-len(prep.val_targets) // 7)
+    assert batches > 2 and len(theirs[0]) == batches - batches // 2
+    assert shared == alone > 0
+    assert children() <= before
+
+
+@linux_only
 def test_a_partner_that_dies_fails_the_fit_with_a_clear_error_and_no_process_left():
     import os
     import signal

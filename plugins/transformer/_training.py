@@ -95,24 +95,44 @@ def prepare(seqs: Sequences, max_len: int, val_users: int, seed: int,
     return Prepared(inputs, targets, val_in, val_t)
 
 
-def validation_ndcg(net, torch, prep: Prepared, k: int = 10, batch: int = 256) -> float:
-    """NDCG@k of each held-out newest item ranked among all items but the shopper's earlier ones."""
-    if not len(prep.val_targets):
+def validation_ndcg(net, torch, prep: Prepared, k: int = 10, batch: int = 256, partner=None) -> float:
+    """NDCG@k of each held-out newest item ranked among all items but the shopper's earlier
+    ones. With a `partner` (`_parallel.StepPartner`), it scores the second half of the
+    batches meanwhile; the batches' sums are added in the same order either way, so the
+    score is the same to the bit."""
+    n = len(prep.val_targets)
+    if not n:
         return 0.0
-    net.eval()
+    batches = -(-n // batch)
+    split = batches // 2 * batch if partner is not None and batches > 1 else n
+    if split < n:
+        partner.validate(split, n)
+    sums = validation_sums(net, torch, prep, 0, split, k, batch)
+    if split < n:
+        sums += partner.gather_validation()
     total = 0.0
+    for part in sums:
+        total += part
+    return total / n
+
+
+def validation_sums(net, torch, prep: Prepared, lo: int, hi: int, k: int = 10, batch: int = 256) -> list[float]:
+    """The NDCG@k sums of held-out shoppers `lo:hi`, one per `batch` of them (`lo` starts a
+    batch)."""
+    net.eval()
+    sums = []
     with torch.no_grad():
         vectors = net.item_vectors()
-        for lo in range(0, len(prep.val_targets), batch):
-            seqs = torch.from_numpy(prep.val_inputs[lo:lo + batch])
-            target = torch.from_numpy(prep.val_targets[lo:lo + batch]) - 1
+        for start in range(lo, hi, batch):
+            seqs = torch.from_numpy(prep.val_inputs[start:min(start + batch, hi)])
+            target = torch.from_numpy(prep.val_targets[start:min(start + batch, hi)]) - 1
             scores = net.last_scores(seqs, vectors)
             seen = (seqs - 1).clamp(min=0)
             scores.scatter_(1, seen, float("-inf"))
             own = scores.gather(1, target[:, None])
             rank = (scores > own).sum(1)
-            total += float(torch.where(rank < k, 1.0 / torch.log2(rank.double() + 2), 0.0).sum())
-    return total / len(prep.val_targets)
+            sums.append(float(torch.where(rank < k, 1.0 / torch.log2(rank.double() + 2), 0.0).sum()))
+    return sums
 
 
 def full_softmax_loss(torch, h, items, target):
@@ -178,8 +198,11 @@ def train(net, torch, prep: Prepared, cfg, progress) -> dict:
         return torch.nn.functional.cross_entropy(
             torch.cat([pos, neg], 1), torch.zeros(len(t), dtype=torch.long), reduction="sum")
 
+    def part_validation(lo: int, hi: int) -> list[float]:
+        return validation_sums(net, torch, prep, lo, hi)
+
     net.train()
-    partner = StepPartner.start(net, torch, part_loss, cfg.seed + 1, cfg.threads) \
+    partner = StepPartner.start(net, torch, part_loss, part_validation, cfg.seed + 1, cfg.threads) \
         if cfg.processes > 1 and len(prep.inputs) > 1 else None
     try:
         report = _epochs(net, torch, prep, cfg, progress, gen, lengths, part_loss, partner)
@@ -223,7 +246,7 @@ def _epochs(net, torch, prep: Prepared, cfg, progress, gen, lengths, part_loss, 
                 give_back_memory(collect=False)  # heap keeps them (+1 GB at 300k shoppers)
         cpu_used += time.process_time() - started
         epochs = epoch
-        score = validation_ndcg(net, torch, prep)
+        score = validation_ndcg(net, torch, prep, partner=partner)
         history.append(round(score, 6))
         if progress:
             progress("transformer", epoch, cfg.max_epochs,
