@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 K = 10  # the NDCG cut-off early stopping watches
 KV_BYTES = 256 << 20  # the early-stopping items' keys and values held at once
+TRIM_EVERY = 10  # steps between giving the freed heap back (each step's tensors are a
+# different size, and glibc's heap keeps them: the demo shop's feature stage swung by 0.4 GB)
 
 
 class Training:
@@ -265,6 +267,8 @@ class Training:
                 self.cut_by_minutes = True
                 break
             self._train_step(opt, stage, use_text)
+            if self.step % TRIM_EVERY == 0 and self.step % cfg.eval_every:  # (a check trims)
+                give_back_memory(collect=False)
             if self.step % cfg.eval_every == 0:  # the text must show it is worth its cost
                 gained = self._check(stage) and (not use_text or self._text_gain(before)[2])
                 checks_without = 0 if gained else checks_without + 1

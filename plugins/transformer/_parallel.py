@@ -34,7 +34,7 @@ from engine import give_back_memory
 
 # how long this process waits for the partner's part of a step before giving up
 STEP_TIMEOUT = 600.0
-TRIM_EVERY = 20  # steps between giving the partner's freed heap back (as `_training` does)
+TRIM_EVERY = 10  # steps between giving the partner's freed heap back (as `_training` does)
 
 
 class PartnerError(RuntimeError):

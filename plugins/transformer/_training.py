@@ -17,7 +17,7 @@ import numpy as np
 
 from engine import give_back_memory
 
-TRIM_EVERY = 20  # training steps between giving the freed heap back
+TRIM_EVERY = 10  # training steps between giving the freed heap back
 
 
 @dataclass
