@@ -321,7 +321,7 @@ def test_the_partner_scores_half_of_each_validation_and_the_score_is_the_same_to
     alone = _training.validation_ndcg(net, torch, prep, batch=7)
     before = children()
     partner = StepPartner.start(net, torch, lambda rows, extra: None,
-                                lambda lo, hi: _training.validation_sums(net, torch, prep, lo, hi, batch=7),
+                                lambda lo, hi, k, batch: _training.validation_sums(net, torch, prep, lo, hi, k, batch),
                                 seed=1, threads=1)
     try:
         theirs = []

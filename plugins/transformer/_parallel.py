@@ -32,9 +32,10 @@ import numpy as np
 
 from engine import give_back_memory
 
+from ._training import TRIM_EVERY  # the partner gives its freed heap back as this process does
+
 # how long this process waits for the partner's part of a step before giving up
 STEP_TIMEOUT = 600.0
-TRIM_EVERY = 10  # steps between giving the partner's freed heap back (as `_training` does)
 
 
 class PartnerError(RuntimeError):
@@ -53,8 +54,8 @@ class StepPartner:
     def start(cls, net, torch, part_loss: Callable, part_validation: Callable, seed: int,
               threads: int) -> StepPartner | None:
         """Fork the partner. `part_loss(rows, extra)` -> the summed loss tensor is what both
-        processes run on their part of a step, and `part_validation(lo, hi)` -> a list of
-        floats on their part of a validation (both close over the model and the data, which
+        processes run on their part of a step, and `part_validation(lo, hi, k, batch)` -> a
+        list of floats on their part of a validation (both close over the model and the data, which
         the fork shares). The weights are moved to shared memory."""
         if not hasattr(os, "fork") or sys.platform != "linux":
             return None
@@ -110,9 +111,10 @@ class StepPartner:
             at += n
         return loss
 
-    def validate(self, lo: int, hi: int) -> None:
-        """Start the partner on validation rows `lo:hi` (between steps: the weights are still)."""
-        self._conn.send_bytes(b"V" + struct.pack("<qq", lo, hi))
+    def validate(self, lo: int, hi: int, k: int, batch: int) -> None:
+        """Start the partner on validation rows `lo:hi`, NDCG@`k` in batches of `batch`
+        (between steps: the weights are still)."""
+        self._conn.send_bytes(b"V" + struct.pack("<qqqq", lo, hi, k, batch))
 
     def gather_validation(self) -> list[float]:
         """Wait for the partner's part of the validation: its `part_validation` floats."""
@@ -162,8 +164,8 @@ def _serve(conn, net, torch, params, grads, part_loss, part_validation, seed: in
         if message[:1] == b"Q":
             return
         if message[:1] == b"V":
-            lo, hi = struct.unpack("<qq", message[1:17])
-            sums = part_validation(lo, hi)
+            lo, hi, k, batch = struct.unpack("<qqqq", message[1:33])
+            sums = part_validation(lo, hi, k, batch)
             net.train()
             conn.send_bytes(b"W" + struct.pack(f"<{len(sums)}d", *sums))
             continue

@@ -106,7 +106,7 @@ def validation_ndcg(net, torch, prep: Prepared, k: int = 10, batch: int = 256, p
     batches = -(-n // batch)
     split = batches // 2 * batch if partner is not None and batches > 1 else n
     if split < n:
-        partner.validate(split, n)
+        partner.validate(split, n, k, batch)
     sums = validation_sums(net, torch, prep, 0, split, k, batch)
     if split < n:
         sums += partner.gather_validation()
@@ -198,8 +198,8 @@ def train(net, torch, prep: Prepared, cfg, progress) -> dict:
         return torch.nn.functional.cross_entropy(
             torch.cat([pos, neg], 1), torch.zeros(len(t), dtype=torch.long), reduction="sum")
 
-    def part_validation(lo: int, hi: int) -> list[float]:
-        return validation_sums(net, torch, prep, lo, hi)
+    def part_validation(lo: int, hi: int, k: int, batch: int) -> list[float]:
+        return validation_sums(net, torch, prep, lo, hi, k, batch)
 
     net.train()
     partner = StepPartner.start(net, torch, part_loss, part_validation, cfg.seed + 1, cfg.threads) \
